@@ -1,1 +1,35 @@
-fn main() {}
+//! `ferry`: the command-line entry point. Parsing lives in [`cli`], each
+//! command in [`commands`]; this file only wires them and turns an error
+//! into one line on stderr and the documented exit code.
+
+mod cli;
+mod commands;
+mod error;
+
+use clap::Parser;
+
+fn main() {
+    // Everything Ferry creates (journal, token, key files) is private to its
+    // user; RocksDB creates its own files, so the process umask is the one
+    // place to say so.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let args = cli::Cli::parse();
+    init_logging();
+    let code = match commands::run(args) {
+        Ok(()) => ferry_core::ExitCode::Success,
+        Err(e) => {
+            eprintln!("ferry: {e}");
+            e.code
+        }
+    };
+    std::process::exit(code.code());
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
