@@ -13,6 +13,7 @@
 
 pub mod error;
 pub mod event;
+pub mod fuzzing;
 pub mod metric_names;
 pub mod position;
 pub mod shard;

@@ -50,9 +50,16 @@ pub fn inspect(dir: &Path) -> Result<DirState, JournalError> {
         Ok(rd) => rd,
         Err(e) if e.kind() == IoKind::NotFound => return Ok(DirState::New),
         Err(e) if e.kind() == IoKind::NotADirectory => {
-            return Err(JournalError::NotAJournal {
-                dir: show(dir),
-                reason: "it is a file, not a directory".into(),
+            return Err(if dir.is_file() {
+                JournalError::NotAJournal {
+                    dir: show(dir),
+                    reason: "it is a file, not a directory".into(),
+                }
+            } else {
+                JournalError::NotWritable {
+                    dir: show(dir),
+                    reason: "a parent of it is a file, not a directory".into(),
+                }
             })
         }
         Err(e) => return Err(not_writable(dir, &e)),

@@ -27,6 +27,7 @@
 //!   checkpoint older than the stored one is refused.
 
 pub mod frame;
+pub mod fuzzing;
 mod persist;
 
 pub use frame::{decode_frame, encode_frame, FrameError};

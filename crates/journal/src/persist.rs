@@ -6,10 +6,11 @@ use std::time::Duration;
 
 /// The fsync policy of a journal. An append resolves only once its batch is
 /// durable under this policy, so "acknowledged" always means what it says.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum PersistPolicy {
     /// fsync every write group. Concurrent appenders share one fsync (group
     /// commit). Survives power loss. The default.
+    #[default]
     EveryBatch,
     /// Write at once, fsync at most every `interval`; appends resolve after
     /// the fsync that covers them. Fewer fsyncs, higher latency.
@@ -17,12 +18,6 @@ pub enum PersistPolicy {
     /// Never fsync; the OS writes back when it likes. Survives a crash of
     /// Ferry, not of the machine. For benchmarks and throwaway journals.
     Never,
-}
-
-impl Default for PersistPolicy {
-    fn default() -> Self {
-        PersistPolicy::EveryBatch
-    }
 }
 
 impl fmt::Display for PersistPolicy {

@@ -1,0 +1,405 @@
+//! The `ferry` binary against bad input and damaged journals: every refusal
+//! is one line on stderr naming the problem and the fix, with the documented
+//! exit code, and changes nothing on disk.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+
+fn ferry(args: &[&str]) -> Output {
+    Command::new(FERRY).args(args).output().expect("run ferry")
+}
+
+/// Asserts a refusal: exit `code`, exactly one stderr line containing every
+/// one of `needles`, nothing on stdout.
+fn refused(out: &Output, code: i32, needles: &[&str]) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "stderr: {stderr} stdout: {stdout}"
+    );
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "want one line, got: {stderr}");
+    assert!(lines[0].starts_with("ferry: "), "{stderr}");
+    for n in needles {
+        assert!(stderr.contains(n), "`{n}` missing from: {stderr}");
+    }
+    stderr
+}
+
+/// Every file below `dir` with its size and modification time.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u64, SystemTime)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                stack.push(e.path());
+            } else {
+                out.insert(e.path(), (m.len(), m.modified().unwrap()));
+            }
+        }
+    }
+    out
+}
+
+fn demo_journal(dir: &Path, events: &str) {
+    let out = ferry(&[
+        "journal",
+        "demo",
+        "--journal",
+        dir.to_str().unwrap(),
+        "--events",
+        events,
+        "--fsync",
+        "never",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn bad_urls_are_refused_without_touching_the_journal() {
+    let t = tempfile::tempdir().unwrap();
+    let j = t.path().join("journal");
+    let js = j.to_str().unwrap();
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "redis://admin:hunter2@127.0.0.1/x",
+            &["unknown store scheme `redis`", "use one of"],
+        ),
+        (
+            "etcd:///app",
+            &["names no host", "etcd://127.0.0.1:2379/prefix"],
+        ),
+        (
+            "etcd://127.0.0.1:99999/app",
+            &["bad port `99999`", "1 to 65535"],
+        ),
+        ("etcd://root:hunter2@127.0.0.1:0/app", &["bad port `0`"]),
+        (
+            "vault://127.0.0.1:8200",
+            &["names no KV mount", "vault://host:8200/<mount>/<path>"],
+        ),
+        ("kafka://127.0.0.1:9092", &["names no topic"]),
+    ];
+    for (url, needles) in cases {
+        let out = ferry(&[
+            "start",
+            "--check-only",
+            "--journal",
+            js,
+            "--source",
+            url,
+            "--target",
+            "etcd://127.0.0.1:2379/copy",
+        ]);
+        let msg = refused(&out, 2, needles);
+        assert!(!msg.contains("hunter2"), "secret leaked: {msg}");
+        assert!(!j.exists(), "a refused start created the journal");
+    }
+    // A Bolt file cannot be a target; a store cannot be its own target.
+    let out = ferry(&[
+        "start",
+        "--check-only",
+        "--journal",
+        js,
+        "--source",
+        "etcd://h/a",
+        "--target",
+        "bolt:///tmp/x.db",
+    ]);
+    refused(&out, 2, &["cannot be a target"]);
+    let out = ferry(&[
+        "start",
+        "--check-only",
+        "--journal",
+        js,
+        "--source",
+        "etcd://h/a",
+        "--target",
+        "etcd://h:2379/a",
+    ]);
+    refused(&out, 2, &["both a source and a target"]);
+    assert!(!j.exists());
+}
+
+#[test]
+fn valid_check_only_passes_and_sends_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let j = t.path().join("journal");
+    let out = ferry(&[
+        "start",
+        "--check-only",
+        "--journal",
+        j.to_str().unwrap(),
+        "--source",
+        "etcd://root:hunter2@127.0.0.1:2379/app",
+        "--target",
+        "etcd://127.0.0.1:2379/app-copy",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("pre-checks passed"), "{stdout}");
+    assert!(
+        stdout.contains("etcd://root:***@127.0.0.1:2379/app"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("hunter2"));
+}
+
+#[test]
+fn unwritable_journal_directory_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    // A path below a regular file can never be created, whoever runs this.
+    let file = t.path().join("plain-file");
+    std::fs::write(&file, "x").unwrap();
+    let below = file.join("journal");
+    let out = ferry(&[
+        "journal",
+        "demo",
+        "--journal",
+        below.to_str().unwrap(),
+        "--events",
+        "10",
+    ]);
+    refused(&out, 2, &["is not writable", "choose another --journal"]);
+
+    // A directory this user may not write: root ignores modes, so run ferry
+    // as `nobody` then.
+    let ro = t.path().join("read-only");
+    std::fs::create_dir(&ro).unwrap();
+    let j = ro.join("journal");
+    let mut cmd;
+    if nix::unistd::geteuid().is_root() {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", FERRY]);
+    } else {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o500)).unwrap();
+        cmd = Command::new(FERRY);
+    }
+    let out = cmd
+        .args([
+            "start",
+            "--check-only",
+            "--journal",
+            j.to_str().unwrap(),
+            "--source",
+            "etcd://h/a",
+            "--target",
+            "etcd://h/b",
+        ])
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    refused(&out, 2, &["is not writable", "permission denied"]);
+    assert!(!j.exists());
+}
+
+#[test]
+fn newer_format_is_refused_untouched() {
+    let t = tempfile::tempdir().unwrap();
+    let j = t.path().join("journal");
+    demo_journal(&j, "2000");
+    std::fs::write(j.join("FORMAT"), "ferry-journal-format 99\n").unwrap();
+    let before = snapshot(&j);
+    for args in [
+        vec!["journal", "verify", j.to_str().unwrap()],
+        vec!["journal", "repair", j.to_str().unwrap()],
+        vec!["journal", "inspect", j.to_str().unwrap()],
+        vec![
+            "start",
+            "--check-only",
+            "--journal",
+            j.to_str().unwrap(),
+            "--source",
+            "etcd://h/a",
+            "--target",
+            "etcd://h/b",
+        ],
+    ] {
+        let out = ferry(&args);
+        refused(&out, 2, &["format version 99", "use a newer ferry"]);
+    }
+    assert_eq!(
+        snapshot(&j),
+        before,
+        "a refused command changed the journal"
+    );
+}
+
+#[test]
+fn journal_in_use_by_another_ferry_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let j = t.path().join("journal");
+    let js = j.to_str().unwrap();
+    // A real ferry process that holds the journal for a while.
+    let mut holder = Command::new(FERRY)
+        .args([
+            "journal",
+            "demo",
+            "--journal",
+            js,
+            "--events",
+            "100000000",
+            "--batch",
+            "1",
+            "--fsync",
+            "never",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !j.join("CURRENT").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the holder never opened its journal"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = ferry(&["journal", "repair", js]);
+    refused(&out, 3, &["in use by another ferry process"]);
+    let out = ferry(&[
+        "start",
+        "--check-only",
+        "--journal",
+        js,
+        "--source",
+        "etcd://h/a",
+        "--target",
+        "etcd://h/b",
+    ]);
+    refused(&out, 3, &["in use by another ferry process"]);
+    // Verify and inspect read without the lock.
+    assert!(ferry(&["journal", "inspect", js]).status.success());
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert!(ferry(&["journal", "verify", js]).status.success());
+}
+
+fn flip_record(dir: &Path, shard: u32, seq: u64) {
+    let cfs = ["events", "shards", "source_checkpoints", "applied", "meta"];
+    let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), dir, cfs).unwrap();
+    let cf = db.cf_handle("events").unwrap();
+    let mut key = shard.to_be_bytes().to_vec();
+    key.extend_from_slice(&seq.to_be_bytes());
+    let mut v = db.get_cf(cf, &key).unwrap().expect("record exists");
+    let mid = v.len() / 2;
+    v[mid] ^= 0x10;
+    db.put_cf(cf, &key, &v).unwrap();
+}
+
+#[test]
+fn damaged_record_is_reported_and_repaired() {
+    let t = tempfile::tempdir().unwrap();
+    let j = t.path().join("journal");
+    let js = j.to_str().unwrap();
+    // A demo killed while appending leaves records that were not replayed.
+    let mut holder = Command::new(FERRY)
+        .args([
+            "journal",
+            "demo",
+            "--journal",
+            js,
+            "--events",
+            "100000000",
+            "--batch",
+            "100",
+            "--shards",
+            "2",
+            "--fsync",
+            "never",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let inspect = ferry(&["journal", "inspect", js, "--json"]);
+    let summary: serde_json::Value =
+        serde_json::from_slice(&inspect.stdout).expect("inspect --json");
+    let shard0 = &summary["shards"][0];
+    let (first, last) = (
+        shard0["first"].as_u64().unwrap(),
+        shard0["last"].as_u64().unwrap(),
+    );
+    assert!(last >= first + 10, "too few records to damage: {summary}");
+    let bad = first + 5;
+    flip_record(&j, 0, bad);
+
+    let out = ferry(&["journal", "verify", js]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "damaged: shard 0 sequence {bad}: checksum mismatch"
+        )),
+        "{stdout}"
+    );
+    refused(&out, 1, &["damaged place", "ferry journal repair"]);
+
+    let out = ferry(&[
+        "journal",
+        "inspect",
+        js,
+        "--shard",
+        "0",
+        "--from",
+        &first.to_string(),
+        "--limit",
+        "100",
+    ]);
+    refused(&out, 1, &[&format!("shard 0 sequence {bad} is damaged")]);
+
+    let out = ferry(&["journal", "repair", js]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!(
+            "shard 0: dropped sequences {bad}..={last} ({} records)",
+            last + 1 - bad
+        )),
+        "{stdout}"
+    );
+    assert!(stdout.contains("re-snapshots"), "{stdout}");
+    assert!(ferry(&["journal", "verify", js]).status.success());
+    let out = ferry(&[
+        "journal",
+        "inspect",
+        js,
+        "--shard",
+        "0",
+        "--from",
+        &first.to_string(),
+        "--json",
+    ]);
+    let records: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        records["records"].as_array().unwrap().len() as u64,
+        bad - first
+    );
+}
