@@ -37,4 +37,44 @@ pub const DESCRIPTIONS: &[(&str, &str)] = &[
         JOURNAL_TRUNCATED_EVENTS_TOTAL,
         "Events removed from the journal after every target applied them.",
     ),
+    (
+        SOURCE_HEAD_POSITION,
+        "The newest position the source reported (etcd revision).",
+    ),
+    (SNAPSHOT_COPIED_KEYS_TOTAL, "Keys copied by snapshots."),
+    (REPLAY_APPLIED_EVENTS_TOTAL, "Events durably applied to targets."),
+    (
+        REPLAY_LAG_EVENTS,
+        "Events journaled but not yet applied, per shard and target.",
+    ),
+    (
+        REPLAY_LAG_SECONDS,
+        "Seconds the oldest unapplied event has waited, per shard and target.",
+    ),
+    (REPLAY_APPLIED_SEQ, "Last applied journal sequence, per shard and target."),
+    (JOURNAL_LAST_SEQ, "Last journaled sequence, per shard."),
+    (SINK_ERRORS_TOTAL, "Target errors by error_type."),
+    (
+        CUTOVER_PHASE,
+        "Cutover phase: 0 syncing, 1 waiting for lag, 2 source read-only, 3 draining to the fence, 4 verifying, 5 done, 6 aborted, 7 failed.",
+    ),
 ];
+
+/// The newest position the source reported (etcd revision, …).
+pub const SOURCE_HEAD_POSITION: &str = "ferry_source_head_position";
+/// Keys copied by snapshots.
+pub const SNAPSHOT_COPIED_KEYS_TOTAL: &str = "ferry_snapshot_copied_keys_total";
+/// Events applied to targets.
+pub const REPLAY_APPLIED_EVENTS_TOTAL: &str = "ferry_replay_applied_events_total";
+/// Journaled but unapplied events, per shard and target.
+pub const REPLAY_LAG_EVENTS: &str = "ferry_replay_lag_events";
+/// Age of the oldest unapplied event, per shard and target.
+pub const REPLAY_LAG_SECONDS: &str = "ferry_replay_lag_seconds";
+/// Last applied sequence, per shard and target.
+pub const REPLAY_APPLIED_SEQ: &str = "ferry_replay_applied_seq";
+/// Last journaled sequence, per shard.
+pub const JOURNAL_LAST_SEQ: &str = "ferry_journal_last_seq";
+/// Errors from targets, by `error_type` (transient, permanent, fatal).
+pub const SINK_ERRORS_TOTAL: &str = "ferry_sink_errors_total";
+/// The cutover phase as a number (see `ferry_agent::cutover::CutoverPhase`).
+pub const CUTOVER_PHASE: &str = "ferry_cutover_phase";

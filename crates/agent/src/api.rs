@@ -1,0 +1,121 @@
+//! The control API's types, shared by the agent and the CLI.
+//!
+//! `GET /v1/status` → [`StatusResponse`]; `POST /v1/stop` with
+//! [`StopRequest`] → [`StopResponse`]. Both need `Authorization: Bearer
+//! <token>` (the token is in the journal directory) unless the agent
+//! requires client certificates. `GET /metrics` is Prometheus text and
+//! needs no token. `GET /?token=…` is a status page for a browser.
+
+use ferry_lag::LagSnapshot;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Where the whole migration is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentState {
+    /// Copying and following the sources.
+    Syncing,
+    /// `stop` was asked for: see [`CutoverStatus`].
+    CuttingOver,
+    /// The cutover finished: the target is open, the agent is exiting.
+    Done,
+    /// `stop --abort` or a failed cutover: the target was not opened.
+    Aborted,
+    /// The pipeline stopped on an error (see `error`).
+    Failed,
+}
+
+/// The cutover's steps (SPEC section 5), in order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CutoverPhase {
+    #[default]
+    NotStarted,
+    WaitingForLag,
+    SourceReadOnly,
+    DrainingToFence,
+    Verifying,
+    Done,
+    Aborted,
+    Failed,
+}
+
+impl CutoverPhase {
+    /// The value of the `ferry_cutover_phase` gauge.
+    pub fn gauge(self) -> f64 {
+        match self {
+            CutoverPhase::NotStarted => 0.0,
+            CutoverPhase::WaitingForLag => 1.0,
+            CutoverPhase::SourceReadOnly => 2.0,
+            CutoverPhase::DrainingToFence => 3.0,
+            CutoverPhase::Verifying => 4.0,
+            CutoverPhase::Done => 5.0,
+            CutoverPhase::Aborted => 6.0,
+            CutoverPhase::Failed => 7.0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CutoverStatus {
+    pub phase: CutoverPhase,
+    /// One sentence on what is happening or why it stopped.
+    pub message: String,
+}
+
+/// One shard's part of the proof.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardProof {
+    pub shard: u32,
+    /// The journal sequence of this shard's fence marker.
+    pub fence_seq: u64,
+    /// Each target's applied sequence when the target was opened.
+    pub applied: BTreeMap<String, u64>,
+}
+
+/// The recorded proof that the target holds everything the read-only
+/// source will ever have (SPEC section 5, step 5).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CutoverProof {
+    /// The source position read after it was made read-only.
+    pub fence_position: u64,
+    pub shards: Vec<ShardProof>,
+    /// Keys compared by verification, and differences found (must be 0).
+    pub verified_keys: u64,
+    pub differences: u64,
+    /// How the source was made read-only (`auth` or `external`).
+    pub read_only_mode: String,
+    /// Unix ms: source read-only, target opened.
+    pub source_read_only_at_ms: u64,
+    pub target_opened_at_ms: u64,
+    /// Source read-only to target writable.
+    pub read_only_window_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusResponse {
+    pub state: AgentState,
+    pub pid: u32,
+    pub started_at_ms: u64,
+    pub sources: Vec<String>,
+    pub targets: Vec<String>,
+    pub lag: LagSnapshot,
+    pub cutover: CutoverStatus,
+    pub proof: Option<CutoverProof>,
+    /// Set when the pipeline stopped on an error.
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopRequest {
+    /// Skip the waits and stop at once without opening the target.
+    #[serde(default)]
+    pub abort: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopResponse {
+    pub accepted: bool,
+    pub message: String,
+}

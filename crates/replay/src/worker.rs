@@ -1,0 +1,191 @@
+//! One replay worker: one shard, one target.
+//!
+//! Loop: read the next bounded batch after the applied checkpoint; wait for
+//! new records when there are none (woken by the lag tracker when the tailer
+//! journals more, with a short timeout as a safety net); pass the rate
+//! limiter; apply through the sink, retrying transient errors with backoff;
+//! record the durable sequence in the journal (which refuses to move it
+//! backward) and in the lag tracker.
+
+use crate::{RateLimiter, Sink, SinkError};
+use ferry_core::metric_names as m;
+use ferry_core::{ErrorKind, ErrorPolicy, Seq, ShardId};
+use ferry_journal::{Journal, ReadBudget};
+use ferry_lag::LagTracker;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Tells workers to stop. Every task holds a clone; `stop` is broadcast.
+#[derive(Clone)]
+pub struct Shutdown(watch::Receiver<bool>);
+
+impl Shutdown {
+    /// A new shutdown signal and the sender that triggers it.
+    pub fn new() -> (watch::Sender<bool>, Shutdown) {
+        let (tx, rx) = watch::channel(false);
+        (tx, Shutdown(rx))
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves once shutdown was requested (or the sender is gone).
+    pub async fn wait(&mut self) {
+        while !*self.0.borrow_and_update() {
+            if self.0.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Tuning of a worker.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// How much one apply call gets at most.
+    pub budget: ReadBudget,
+    /// Longest wait for new records before looking again anyway.
+    pub idle_wait: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            budget: ReadBudget::DEFAULT,
+            // The lag tracker wakes workers at once; this only bounds the
+            // damage of a missed wake-up.
+            idle_wait: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Retries `op` per the error policy until it succeeds, a non-transient error
+/// comes back, or shutdown is requested (`Ok(None)`).
+async fn retry<T, F, Fut>(
+    what: &str,
+    target: &str,
+    shutdown: &mut Shutdown,
+    mut op: F,
+) -> Result<Option<T>, SinkError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, SinkError>>,
+{
+    let mut attempt = 0;
+    loop {
+        match op().await {
+            Ok(v) => return Ok(Some(v)),
+            Err(e) => {
+                metrics::counter!(m::SINK_ERRORS_TOTAL, "error_type" => e.error_type(), "target" => target.to_string())
+                    .increment(1);
+                match e.kind.policy(attempt) {
+                    ErrorPolicy::Retry { after } => {
+                        tracing::warn!(target_store = target, error = %e, attempt, "{what} failed; retrying in {after:?}");
+                        attempt += 1;
+                        tokio::select! {
+                            () = tokio::time::sleep(after) => {}
+                            () = shutdown.wait() => return Ok(None),
+                        }
+                    }
+                    ErrorPolicy::StopShard | ErrorPolicy::Fail => return Err(e),
+                }
+            }
+        }
+    }
+}
+
+/// Runs one worker until shutdown. Returns `Err` only for fatal errors; a
+/// permanent error stops this shard for this target, is reported to the lag
+/// tracker, and the worker then idles until shutdown.
+pub async fn run<J: Journal, S: Sink>(
+    journal: Arc<J>,
+    sink: Arc<S>,
+    shard: ShardId,
+    lag: Arc<LagTracker>,
+    limiter: Option<Arc<RateLimiter>>,
+    cfg: WorkerConfig,
+    mut shutdown: Shutdown,
+) -> Result<(), SinkError> {
+    let target = sink.name().to_string();
+    let fatal = |e: ferry_journal::JournalError| SinkError::fatal(format!("journal: {e}"));
+    let from_journal = journal.applied(&target, shard).map_err(fatal)?.unwrap_or(0);
+    let Some(from_sink) = retry("reading the target checkpoint", &target, &mut shutdown, || {
+        sink.durable_checkpoint(shard)
+    })
+    .await?
+    else {
+        return Ok(());
+    };
+    let mut applied: Seq = from_journal.max(from_sink.unwrap_or(0));
+    if applied > from_journal {
+        // The target got further than the journal recorded before a crash.
+        journal.set_applied(&target, shard, applied).await.map_err(fatal)?;
+    }
+    let mut wake = lag.subscribe(shard);
+    lag.register(shard, 0, &[(target.clone(), applied)]);
+    while !shutdown.is_stopping() {
+        let events = match journal.read(shard, applied + 1, cfg.budget) {
+            Ok(ev) => ev,
+            Err(e) if e.kind() == ErrorKind::Permanent => {
+                lag.worker_error(shard, &target, e.to_string());
+                tracing::error!(shard = shard.0, target_store = %target, error = %e, "replay stopped for this shard");
+                shutdown.wait().await;
+                return Ok(());
+            }
+            Err(e) => return Err(fatal(e)),
+        };
+        let Some(last) = events.last() else {
+            tokio::select! {
+                _ = wake.changed() => {}
+                () = tokio::time::sleep(cfg.idle_wait) => {}
+                () = shutdown.wait() => {}
+            }
+            continue;
+        };
+        let last_position = last.position.order;
+        if let Some(limiter) = &limiter {
+            // Whole batches pass the limiter in chunks no larger than its burst.
+            let mut left = events.len() as u32;
+            while left > 0 {
+                let n = left.min(1000);
+                let permits = NonZeroU32::new(n).expect("n > 0");
+                tokio::select! {
+                    r = limiter.until_n_ready(permits) => {
+                        if r.is_err() {
+                            break; // burst smaller than n: the limiter cannot do better
+                        }
+                    }
+                    () = shutdown.wait() => return Ok(()),
+                }
+                left -= n;
+            }
+        }
+        let result = retry("applying a batch", &target, &mut shutdown, || sink.apply(shard, &events)).await;
+        let durable = match result {
+            Ok(Some(seq)) => seq,
+            Ok(None) => return Ok(()),
+            Err(e) if e.kind == ErrorKind::Fatal => return Err(e),
+            Err(e) => {
+                lag.worker_error(shard, &target, e.message.clone());
+                tracing::error!(shard = shard.0, target_store = %target, error = %e, "replay stopped for this shard");
+                shutdown.wait().await;
+                return Ok(());
+            }
+        };
+        if durable > applied {
+            let count = durable - applied;
+            journal.set_applied(&target, shard, durable).await.map_err(fatal)?;
+            let position = events
+                .iter()
+                .rev()
+                .find(|e| e.seq <= durable)
+                .map_or(last_position, |e| e.position.order);
+            lag.applied(shard, &target, durable, count, position);
+            applied = durable;
+        }
+    }
+    Ok(())
+}
