@@ -3,6 +3,8 @@
 
 use ferry_core::{Event, Op, Position, ShardId, StoreMeta, Value};
 use ferry_journal::{AppendBatch, ShardAppend, SourceCheckpoint};
+pub mod harness;
+
 use std::path::PathBuf;
 
 /// The `ferry` binary of this build. `cargo test --workspace` builds it

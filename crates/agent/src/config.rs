@@ -39,7 +39,9 @@ impl std::str::FromStr for ReadOnlyMode {
         match s {
             "auth" => Ok(ReadOnlyMode::Auth),
             "external" => Ok(ReadOnlyMode::External),
-            _ => Err(format!("unknown read-only mode `{s}`: use auth or external")),
+            _ => Err(format!(
+                "unknown read-only mode `{s}`: use auth or external"
+            )),
         }
     }
 }
@@ -104,9 +106,12 @@ impl AgentConfig {
     pub fn load(dir: &Path) -> Result<Option<AgentConfig>, String> {
         let path = dir.join(CONFIG_FILE);
         match std::fs::read(&path) {
-            Ok(data) => serde_json::from_slice(&data)
-                .map(Some)
-                .map_err(|e| format!("{} is damaged ({e}); remove it to start over", path.display())),
+            Ok(data) => serde_json::from_slice(&data).map(Some).map_err(|e| {
+                format!(
+                    "{} is damaged ({e}); remove it to start over",
+                    path.display()
+                )
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(format!("cannot read {}: {e}", path.display())),
         }
@@ -119,7 +124,9 @@ impl AgentConfig {
 
     /// The address a CLI on this machine uses to reach the agent.
     pub fn local_url(&self) -> String {
-        let addr = self.listen_addr().unwrap_or_else(|_| DEFAULT_LISTEN.parse().expect("default"));
+        let addr = self
+            .listen_addr()
+            .unwrap_or_else(|_| DEFAULT_LISTEN.parse().expect("default"));
         let host = if addr.ip().is_unspecified() {
             "127.0.0.1".to_string()
         } else if addr.is_ipv6() {

@@ -7,6 +7,10 @@
 
 pub mod api;
 pub mod config;
+mod control;
+pub mod cutover;
 mod page;
+pub mod runtime;
 pub mod security;
 pub mod server;
+mod sinks;

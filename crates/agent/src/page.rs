@@ -3,7 +3,10 @@
 use crate::api::StatusResponse;
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 pub fn render(s: &StatusResponse) -> String {
@@ -48,6 +51,10 @@ pub fn render(s: &StatusResponse) -> String {
         targets = esc(&s.targets.join(", ")),
         phase = s.cutover.phase,
         msg = esc(&s.cutover.message),
-        error = s.error.as_deref().map(|e| format!("<p><b>Error:</b> {}</p>", esc(e))).unwrap_or_default(),
+        error = s
+            .error
+            .as_deref()
+            .map(|e| format!("<p><b>Error:</b> {}</p>", esc(e)))
+            .unwrap_or_default(),
     )
 }

@@ -28,6 +28,9 @@ const CA_KEY_FILE: &str = "agent-ca-key.pem";
 const CERT_FILE: &str = "agent-cert.pem";
 const KEY_FILE: &str = "agent-key.pem";
 pub const TOKEN_FILE: &str = "agent.token";
+/// A random id naming this journal on targets, so checkpoints a target
+/// holds from another journal are never taken for this one's.
+const JOURNAL_ID_FILE: &str = "journal.id";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecurityError {
@@ -68,6 +71,26 @@ fn read(path: &Path) -> Result<Vec<u8>, SecurityError> {
     })
 }
 
+fn random_hex(n: usize) -> String {
+    let mut bytes = vec![0u8; n];
+    rand::Rng::fill(&mut rand::rngs::OsRng, &mut bytes[..]);
+    hex::encode(bytes)
+}
+
+/// Reads the journal id, creating it on first use.
+pub fn ensure_journal_id(dir: &Path) -> Result<String, SecurityError> {
+    let path = dir.join(JOURNAL_ID_FILE);
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim().to_string();
+        if id.len() == 32 {
+            return Ok(id);
+        }
+    }
+    let id = random_hex(16);
+    write_private(&path, format!("{id}\n").as_bytes())?;
+    Ok(id)
+}
+
 /// Reads the token, creating it on first use.
 pub fn ensure_token(dir: &Path) -> Result<String, SecurityError> {
     let path = dir.join(TOKEN_FILE);
@@ -77,9 +100,7 @@ pub fn ensure_token(dir: &Path) -> Result<String, SecurityError> {
             return Ok(t);
         }
     }
-    let mut bytes = [0u8; 32];
-    rand::Rng::fill(&mut rand::rngs::OsRng, &mut bytes);
-    let token = hex::encode(bytes);
+    let token = random_hex(32);
     write_private(&path, format!("{token}\n").as_bytes())?;
     Ok(token)
 }
@@ -134,7 +155,9 @@ pub fn ensure_identity(
 }
 
 fn make_identity(dir: &Path, extra_names: &[String]) -> Result<(), SecurityError> {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
     let e = |e: rcgen::Error| SecurityError::Cert(e.to_string());
     let ca_key = KeyPair::generate().map_err(e)?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(e)?;
@@ -144,14 +167,23 @@ fn make_identity(dir: &Path, extra_names: &[String]) -> Result<(), SecurityError
         .push(DnType::CommonName, "Ferry agent CA");
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let ca_cert = ca_params.self_signed(&ca_key).map_err(e)?;
-    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    let mut names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
     if let Ok(h) = std::fs::read_to_string("/etc/hostname") {
         let h = h.trim();
         if !h.is_empty() {
             names.push(h.to_string());
         }
     }
-    names.extend(extra_names.iter().filter(|n| !n.is_empty() && *n != "0.0.0.0").cloned());
+    names.extend(
+        extra_names
+            .iter()
+            .filter(|n| !n.is_empty() && *n != "0.0.0.0")
+            .cloned(),
+    );
     names.sort();
     names.dedup();
     let key = KeyPair::generate().map_err(e)?;
@@ -195,7 +227,10 @@ pub fn fingerprint(der: &[u8]) -> String {
 
 /// The rustls server configuration; with `client_ca`, client certificates
 /// signed by it are required.
-pub fn server_config(id: &Identity, client_ca: Option<&Path>) -> Result<Arc<rustls::ServerConfig>, SecurityError> {
+pub fn server_config(
+    id: &Identity,
+    client_ca: Option<&Path>,
+) -> Result<Arc<rustls::ServerConfig>, SecurityError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
@@ -205,11 +240,16 @@ pub fn server_config(id: &Identity, client_ca: Option<&Path>) -> Result<Arc<rust
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
             for c in certs(ca)? {
-                roots.add(c).map_err(|e| SecurityError::Tls(e.to_string()))?;
+                roots
+                    .add(c)
+                    .map_err(|e| SecurityError::Tls(e.to_string()))?;
             }
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()
-                .map_err(|e| SecurityError::Tls(e.to_string()))?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| SecurityError::Tls(e.to_string()))?;
             builder.with_client_cert_verifier(verifier)
         }
     };
@@ -239,7 +279,10 @@ mod tests {
         let tok = ensure_token(t.path()).unwrap();
         assert_eq!(tok, ensure_token(t.path()).unwrap());
         for f in [CA_FILE, CA_KEY_FILE, CERT_FILE, KEY_FILE, TOKEN_FILE] {
-            let mode = std::fs::metadata(t.path().join(f)).unwrap().permissions().mode();
+            let mode = std::fs::metadata(t.path().join(f))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600, "{f}");
         }
         assert!(server_config(&a, None).is_ok());

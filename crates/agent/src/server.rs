@@ -86,7 +86,9 @@ fn authorized(state: &ApiState, headers: &HeaderMap, query: Option<&str>) -> boo
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    bearer.or(query).is_some_and(|t| token_matches(t.trim(), &state.token))
+    bearer
+        .or(query)
+        .is_some_and(|t| token_matches(t.trim(), &state.token))
 }
 
 fn unauthorized() -> Response {
@@ -104,13 +106,21 @@ async fn status(State(s): State<Arc<ApiState>>, headers: HeaderMap) -> Response 
     Json(s.control.status()).into_response()
 }
 
-async fn stop(State(s): State<Arc<ApiState>>, headers: HeaderMap, body: Option<Json<StopRequest>>) -> Response {
+async fn stop(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    body: Option<Json<StopRequest>>,
+) -> Response {
     if !authorized(&s, &headers, None) {
         return unauthorized();
     }
     let req = body.map(|Json(b)| b).unwrap_or_default();
     let resp = s.control.stop(req);
-    let code = if resp.accepted { StatusCode::ACCEPTED } else { StatusCode::CONFLICT };
+    let code = if resp.accepted {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::CONFLICT
+    };
     (code, Json(resp)).into_response()
 }
 

@@ -1,6 +1,7 @@
 //! The command line: every flag also reads an environment variable.
 
 use clap::{Args, Parser, Subcommand};
+use ferry_agent::config::ReadOnlyMode;
 use ferry_journal::PersistPolicy;
 use std::path::PathBuf;
 
@@ -18,18 +19,29 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run the pre-checks for a migration (this build: --check-only).
+    /// Run the pre-checks, start the agent (detached) and monitor it.
     Start(StartArgs),
+    /// Show per-shard progress and lag of the running agent.
+    Status(StatusArgs),
+    /// Cut over: source read-only, wait for the fence, verify, open the target.
+    Stop(StopArgs),
+    /// Switch a source store read-only or back, by hand.
+    SetServerMode(ServerModeArgs),
+    /// Compare a source and a target and list the keys that differ.
+    Verify(VerifyArgs),
     /// Inspect, verify or repair a journal directory.
     #[command(subcommand)]
     Journal(JournalCommand),
+    /// Run the agent in this process (what `ferry start` launches).
+    #[command(hide = true)]
+    Agent(AgentArgs),
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct StartArgs {
     // URLs are parsed by the command, not by clap: clap's error would echo
     // the raw value, password included.
-    /// A source store URL (repeatable; in FERRY_SOURCE, separate with spaces).
+    /// A source store URL (in FERRY_SOURCE, separate several with spaces).
     #[arg(
         long = "source",
         env = "FERRY_SOURCE",
@@ -48,12 +60,139 @@ pub struct StartArgs {
     /// The journal directory.
     #[arg(long, env = "FERRY_JOURNAL", default_value = "ferry-journal")]
     pub journal: PathBuf,
-    /// Number of shards per source.
+    /// Number of shards.
     #[arg(long, env = "FERRY_SHARDS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub shards: u32,
     /// Run the pre-checks, print them, and stop without sending any data.
     #[arg(long, env = "FERRY_CHECK_ONLY")]
     pub check_only: bool,
+    /// Run the agent in this process instead of detached.
+    #[arg(long, env = "FERRY_FOREGROUND")]
+    pub foreground: bool,
+    /// Start the agent and return at once instead of monitoring it.
+    #[arg(long, env = "FERRY_NO_MONITOR")]
+    pub no_monitor: bool,
+    /// Copy even though the target is not empty (its keys are overwritten, and ones the source lacks are removed).
+    #[arg(long, env = "FERRY_FORCE")]
+    pub force: bool,
+    /// Cap source reads and target writes, in operations per second.
+    #[arg(long, env = "FERRY_RATE_LIMIT", value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_limit: Option<u32>,
+    /// Where the agent listens (HTTPS).
+    #[arg(long = "agent.listen", env = "FERRY_AGENT_LISTEN", default_value = ferry_agent::config::DEFAULT_LISTEN)]
+    pub agent_listen: String,
+    /// The agent's certificate (PEM); made and kept in the journal if not given.
+    #[arg(long = "agent.cert", env = "FERRY_AGENT_CERT", requires = "agent_key")]
+    pub agent_cert: Option<PathBuf>,
+    /// The agent's private key (PEM).
+    #[arg(long = "agent.key", env = "FERRY_AGENT_KEY", requires = "agent_cert")]
+    pub agent_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (mTLS).
+    #[arg(long = "agent.client-ca", env = "FERRY_AGENT_CLIENT_CA")]
+    pub agent_client_ca: Option<PathBuf>,
+    /// How the source is made read-only at cutover: auth (etcd roles) or external (you stop the writers).
+    #[arg(
+        long = "source.read-only",
+        env = "FERRY_SOURCE_READ_ONLY",
+        default_value = "auth"
+    )]
+    pub source_read_only: ReadOnlyMode,
+    /// Fail instead of re-snapshotting when the source compacted past the journal.
+    #[arg(long, env = "FERRY_NO_RESNAPSHOT")]
+    pub no_resnapshot: bool,
+    /// Skip verification before the target is opened at cutover.
+    #[arg(long, env = "FERRY_NO_VERIFY")]
+    pub no_verify: bool,
+}
+
+/// How the CLI reaches an agent.
+#[derive(Args, Debug, Clone)]
+pub struct AgentConn {
+    /// The agent's URL (default: from the journal's agent.json).
+    #[arg(long, env = "FERRY_AGENT")]
+    pub agent: Option<String>,
+    /// The journal directory, where the agent's CA and token are.
+    #[arg(long, env = "FERRY_JOURNAL", default_value = "ferry-journal")]
+    pub journal: PathBuf,
+    /// The CA that signed the agent's certificate (default: the journal's agent-ca.pem).
+    #[arg(long = "agent.ca", env = "FERRY_AGENT_CA")]
+    pub agent_ca: Option<PathBuf>,
+    /// The control token (default: the journal's agent.token).
+    #[arg(
+        long = "agent.token",
+        env = "FERRY_AGENT_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// A client certificate, for agents that require one.
+    #[arg(
+        long = "agent.client-cert",
+        env = "FERRY_AGENT_CLIENT_CERT",
+        requires = "client_key"
+    )]
+    pub client_cert: Option<PathBuf>,
+    /// The client certificate's key.
+    #[arg(
+        long = "agent.client-key",
+        env = "FERRY_AGENT_CLIENT_KEY",
+        requires = "client_cert"
+    )]
+    pub client_key: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub conn: AgentConn,
+    /// Redraw every second until interrupted.
+    #[arg(long)]
+    pub watch: bool,
+    /// Print the status as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct StopArgs {
+    #[command(flatten)]
+    pub conn: AgentConn,
+    /// Skip the waits and stop now, without opening the target.
+    #[arg(long)]
+    pub abort: bool,
+    /// Give up waiting for the cutover after this long (e.g. 90s, 10m).
+    #[arg(long, default_value = "15m")]
+    pub timeout: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ServerModeArgs {
+    /// The store to switch.
+    #[arg(long, env = "FERRY_SOURCE")]
+    pub source: String,
+    /// readonly or default.
+    #[arg(long)]
+    pub mode: String,
+    /// The journal of the migration that made it read-only, to restore exactly what it changed.
+    #[arg(long, env = "FERRY_JOURNAL")]
+    pub journal: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    #[arg(long, env = "FERRY_SOURCE")]
+    pub source: String,
+    #[arg(long, env = "FERRY_TARGET")]
+    pub target: String,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    /// The journal directory holding agent.json.
+    #[arg(long, env = "FERRY_JOURNAL")]
+    pub journal: PathBuf,
 }
 
 #[derive(Subcommand, Debug)]

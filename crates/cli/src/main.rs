@@ -3,6 +3,7 @@
 //! into one line on stderr and the documented exit code.
 
 mod cli;
+mod client;
 mod commands;
 mod error;
 

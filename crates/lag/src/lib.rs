@@ -181,7 +181,11 @@ impl LagTracker {
 
     /// Sets every registered shard's phase.
     pub fn set_phase_all(&self, phase: Phase) {
-        self.with(|s| s.shards.values_mut().for_each(|st| st.phase = phase.clone()));
+        self.with(|s| {
+            s.shards
+                .values_mut()
+                .for_each(|st| st.phase = phase.clone())
+        });
     }
 
     /// The source reported its head position.
@@ -192,7 +196,14 @@ impl LagTracker {
 
     /// The tailer made events durable in the journal: shard's last sequence is
     /// now `seq`, captured at `capture_ms`.
-    pub fn journaled(&self, shard: ShardId, first_seq: Seq, seq: Seq, position: &Position, capture_ms: u64) {
+    pub fn journaled(
+        &self,
+        shard: ShardId,
+        first_seq: Seq,
+        seq: Seq,
+        position: &Position,
+        capture_ms: u64,
+    ) {
         self.with(|s| {
             s.journaled_position = s.journaled_position.max(position.order);
             s.source_head = s.source_head.max(position.order);
@@ -223,7 +234,13 @@ impl LagTracker {
 
     /// A receiver that changes whenever the shard's journaled sequence grows.
     pub fn subscribe(&self, shard: ShardId) -> watch::Receiver<Seq> {
-        self.with(|s| s.shards.entry(shard).or_insert_with(ShardState::new).notify.subscribe())
+        self.with(|s| {
+            s.shards
+                .entry(shard)
+                .or_insert_with(ShardState::new)
+                .notify
+                .subscribe()
+        })
     }
 
     /// `target` durably applied `shard` through `seq` (`count` events in this
@@ -247,7 +264,12 @@ impl LagTracker {
                 ts.rate_per_s = alpha * inst + (1.0 - alpha) * ts.rate_per_s;
             }
             ts.last_rate_at_ms = now;
-            let min_applied = st.targets.values().map(|t| t.applied_seq).min().unwrap_or(seq);
+            let min_applied = st
+                .targets
+                .values()
+                .map(|t| t.applied_seq)
+                .min()
+                .unwrap_or(seq);
             // Forget capture times every target is past.
             while let Some((&first, _)) = st.pending.first_key_value() {
                 let next = st.pending.range(first + 1..).next().map(|(k, _)| *k);
@@ -262,7 +284,8 @@ impl LagTracker {
                 }
             }
         });
-        metrics::counter!(m::REPLAY_APPLIED_EVENTS_TOTAL, "target" => target.to_string()).increment(count);
+        metrics::counter!(m::REPLAY_APPLIED_EVENTS_TOTAL, "target" => target.to_string())
+            .increment(count);
     }
 
     /// A worker stopped on an error an operator must handle.
@@ -297,9 +320,15 @@ impl LagTracker {
                                 .range(..=t.applied_seq + 1)
                                 .next_back()
                                 .filter(|_| lag_events > 0)
-                                .or_else(|| st.pending.range(t.applied_seq + 1..).next().filter(|_| lag_events > 0))
+                                .or_else(|| {
+                                    st.pending
+                                        .range(t.applied_seq + 1..)
+                                        .next()
+                                        .filter(|_| lag_events > 0)
+                                })
                                 .map(|(_, ms)| *ms);
-                            let lag_seconds = oldest.map_or(0.0, |ms| now.saturating_sub(ms) as f64 / 1000.0);
+                            let lag_seconds =
+                                oldest.map_or(0.0, |ms| now.saturating_sub(ms) as f64 / 1000.0);
                             (
                                 name.clone(),
                                 TargetProgress {
@@ -328,7 +357,8 @@ impl LagTracker {
                 metrics::gauge!(m::REPLAY_LAG_SECONDS, &labels).set(p.lag_seconds);
                 metrics::gauge!(m::REPLAY_APPLIED_SEQ, &labels).set(p.applied_seq as f64);
             }
-            metrics::gauge!(m::JOURNAL_LAST_SEQ, "shard" => sh.shard.to_string()).set(sh.journaled_seq as f64);
+            metrics::gauge!(m::JOURNAL_LAST_SEQ, "shard" => sh.shard.to_string())
+                .set(sh.journaled_seq as f64);
         }
     }
 }

@@ -43,7 +43,11 @@ impl Sink for Recording {
             if applied.last().is_some_and(|l| *l >= e.seq) {
                 continue;
             }
-            assert_eq!(applied.last().copied().unwrap_or(0) + 1, e.seq, "gap or reorder");
+            assert_eq!(
+                applied.last().copied().unwrap_or(0) + 1,
+                e.seq,
+                "gap or reorder"
+            );
             applied.push(e.seq);
         }
         Ok(*applied.last().unwrap_or(&0))
@@ -78,7 +82,10 @@ fn batch(first: Seq, n: u64) -> AppendBatch {
 async fn until(what: &str, f: impl Fn() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !f() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -94,18 +101,41 @@ async fn applies_in_order_retries_and_truncates() {
     let lag = Arc::new(LagTracker::new());
     let (stop, shutdown) = Shutdown::new();
     let cfg = WorkerConfig {
-        budget: ferry_journal::ReadBudget { max_events: 7, max_bytes: 1 << 20 },
+        budget: ferry_journal::ReadBudget {
+            max_events: 7,
+            max_bytes: 1 << 20,
+        },
         idle_wait: Duration::from_millis(50),
     };
-    let w = tokio::spawn(worker::run(Arc::clone(&j), Arc::clone(&sink), ShardId(0), Arc::clone(&lag), None, cfg, shutdown.clone()));
-    ferry_journal::Journal::append(j.as_ref(), batch(1, 30)).await.unwrap();
+    let w = tokio::spawn(worker::run(
+        Arc::clone(&j),
+        Arc::clone(&sink),
+        ShardId(0),
+        Arc::clone(&lag),
+        None,
+        cfg,
+        shutdown.clone(),
+    ));
+    ferry_journal::Journal::append(j.as_ref(), batch(1, 30))
+        .await
+        .unwrap();
     lag.journaled(ShardId(0), 1, 30, &Position::at(30), 0);
     until("30 applied", || sink.applied.lock().unwrap().len() == 30).await;
-    until("checkpoint 30", || j.applied("recording", ShardId(0)).unwrap() == Some(30)).await;
-    ferry_journal::Journal::append(j.as_ref(), batch(31, 5)).await.unwrap();
+    until("checkpoint 30", || {
+        j.applied("recording", ShardId(0)).unwrap() == Some(30)
+    })
+    .await;
+    ferry_journal::Journal::append(j.as_ref(), batch(31, 5))
+        .await
+        .unwrap();
     lag.journaled(ShardId(0), 31, 35, &Position::at(35), 0);
     until("35 applied", || sink.applied.lock().unwrap().len() == 35).await;
-    assert_eq!(truncator::truncate_applied(j.as_ref(), &["recording".into()]).await.unwrap(), 1);
+    assert_eq!(
+        truncator::truncate_applied(j.as_ref(), &["recording".into()])
+            .await
+            .unwrap(),
+        1
+    );
     assert_eq!(j.bounds(ShardId(0)).unwrap().map(|b| b.first), Some(36));
     stop.send(true).unwrap();
     w.await.unwrap().unwrap();
@@ -121,15 +151,33 @@ async fn permanent_error_stops_the_shard_and_is_reported() {
     });
     let lag = Arc::new(LagTracker::new());
     let (stop, shutdown) = Shutdown::new();
-    let w = tokio::spawn(worker::run(Arc::clone(&j), Arc::clone(&sink), ShardId(0), Arc::clone(&lag), None, WorkerConfig::default(), shutdown));
-    ferry_journal::Journal::append(j.as_ref(), batch(1, 10)).await.unwrap();
+    let w = tokio::spawn(worker::run(
+        Arc::clone(&j),
+        Arc::clone(&sink),
+        ShardId(0),
+        Arc::clone(&lag),
+        None,
+        WorkerConfig::default(),
+        shutdown,
+    ));
+    ferry_journal::Journal::append(j.as_ref(), batch(1, 10))
+        .await
+        .unwrap();
     lag.journaled(ShardId(0), 1, 10, &Position::at(10), 0);
     until("error reported", || {
-        lag.snapshot().shards.iter().any(|s| s.targets.get("recording").is_some_and(|t| t.error.is_some()))
+        lag.snapshot().shards.iter().any(|s| {
+            s.targets
+                .get("recording")
+                .is_some_and(|t| t.error.is_some())
+        })
     })
     .await;
     let snap = lag.snapshot();
-    assert!(snap.shards[0].targets["recording"].error.as_deref().unwrap().contains("refused seq 4"));
+    assert!(snap.shards[0].targets["recording"]
+        .error
+        .as_deref()
+        .unwrap()
+        .contains("refused seq 4"));
     assert_eq!(j.applied("recording", ShardId(0)).unwrap(), None);
     stop.send(true).unwrap();
     w.await.unwrap().unwrap();

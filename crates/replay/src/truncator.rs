@@ -23,7 +23,10 @@ pub async fn run<J: Journal>(
 }
 
 /// One truncation pass; returns how many shards were truncated.
-pub async fn truncate_applied<J: Journal>(journal: &J, targets: &[String]) -> Result<usize, JournalError> {
+pub async fn truncate_applied<J: Journal>(
+    journal: &J,
+    targets: &[String],
+) -> Result<usize, JournalError> {
     let mut truncated = 0;
     for shard in journal.shards()? {
         let Some(bounds) = journal.bounds(shard)? else {

@@ -112,9 +112,12 @@ pub async fn run<J: Journal, S: Sink>(
     let target = sink.name().to_string();
     let fatal = |e: ferry_journal::JournalError| SinkError::fatal(format!("journal: {e}"));
     let from_journal = journal.applied(&target, shard).map_err(fatal)?.unwrap_or(0);
-    let Some(from_sink) = retry("reading the target checkpoint", &target, &mut shutdown, || {
-        sink.durable_checkpoint(shard)
-    })
+    let Some(from_sink) = retry(
+        "reading the target checkpoint",
+        &target,
+        &mut shutdown,
+        || sink.durable_checkpoint(shard),
+    )
     .await?
     else {
         return Ok(());
@@ -122,7 +125,10 @@ pub async fn run<J: Journal, S: Sink>(
     let mut applied: Seq = from_journal.max(from_sink.unwrap_or(0));
     if applied > from_journal {
         // The target got further than the journal recorded before a crash.
-        journal.set_applied(&target, shard, applied).await.map_err(fatal)?;
+        journal
+            .set_applied(&target, shard, applied)
+            .await
+            .map_err(fatal)?;
     }
     let mut wake = lag.subscribe(shard);
     lag.register(shard, 0, &[(target.clone(), applied)]);
@@ -163,7 +169,10 @@ pub async fn run<J: Journal, S: Sink>(
                 left -= n;
             }
         }
-        let result = retry("applying a batch", &target, &mut shutdown, || sink.apply(shard, &events)).await;
+        let result = retry("applying a batch", &target, &mut shutdown, || {
+            sink.apply(shard, &events)
+        })
+        .await;
         let durable = match result {
             Ok(Some(seq)) => seq,
             Ok(None) => return Ok(()),
@@ -177,7 +186,10 @@ pub async fn run<J: Journal, S: Sink>(
         };
         if durable > applied {
             let count = durable - applied;
-            journal.set_applied(&target, shard, durable).await.map_err(fatal)?;
+            journal
+                .set_applied(&target, shard, durable)
+                .await
+                .map_err(fatal)?;
             let position = events
                 .iter()
                 .rev()

@@ -27,6 +27,12 @@ impl Etcd {
     /// Starts etcd on two free loopback ports and waits until
     /// `GET /health` reports `"health":"true"`.
     pub fn start() -> Result<Etcd, TestkitError> {
+        Self::start_with_args(&[])
+    }
+
+    /// Like [`Etcd::start`], with extra etcd flags (e.g.
+    /// `--max-request-bytes=4194304`); restarts keep them.
+    pub fn start_with_args(extra: &[&str]) -> Result<Etcd, TestkitError> {
         let program = find_program(SERVER, "etcd", "FERRY_ETCD_BIN", false)?;
         let mut attempt = 0;
         loop {
@@ -34,7 +40,7 @@ impl Etcd {
             let dir = temp_dir(SERVER)?;
             let client_port = port()?;
             let peer_port = port()?;
-            let spec = spec(program.clone(), dir.path(), client_port, peer_port);
+            let spec = spec(program.clone(), dir.path(), client_port, peer_port, extra);
             match Proc::start(spec) {
                 Ok(proc) => {
                     return Ok(Etcd {
@@ -117,7 +123,7 @@ fn port() -> Result<u16, TestkitError> {
     })
 }
 
-fn spec(program: PathBuf, dir: &Path, client: u16, peer: u16) -> Spec {
+fn spec(program: PathBuf, dir: &Path, client: u16, peer: u16, extra: &[&str]) -> Spec {
     let client_url = format!("http://127.0.0.1:{client}");
     let peer_url = format!("http://127.0.0.1:{peer}");
     let args: Vec<OsString> = vec![
@@ -147,6 +153,10 @@ fn spec(program: PathBuf, dir: &Path, client: u16, peer: u16) -> Spec {
         "--logger=zap".into(),
         "--log-level=warn".into(),
     ];
+    let args: Vec<OsString> = args
+        .into_iter()
+        .chain(extra.iter().map(OsString::from))
+        .collect();
     let addr = format!("127.0.0.1:{client}");
     Spec {
         server: SERVER,

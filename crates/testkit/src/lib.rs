@@ -66,6 +66,12 @@ pub use etcd::Etcd;
 pub use mongo::MongoWire;
 pub use openbao::OpenBao;
 
+/// A free loopback port for a test's own listener (an agent's API, say),
+/// never handed out twice in one process and clear of the ephemeral range.
+pub fn free_port() -> std::io::Result<u16> {
+    ports::free_port()
+}
+
 /// Why a server could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum TestkitError {

@@ -1,7 +1,14 @@
 //! One module per command.
 
+mod agent;
 mod journal;
+mod mode;
+mod monitor;
+mod precheck;
 mod start;
+mod status;
+mod stop;
+mod verify;
 
 use crate::cli::{Cli, Command, JournalCommand};
 use crate::error::CliError;
@@ -9,6 +16,11 @@ use crate::error::CliError;
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Start(a) => start::run(a),
+        Command::Status(a) => status::run(a),
+        Command::Stop(a) => stop::run(a),
+        Command::SetServerMode(a) => mode::run(a),
+        Command::Verify(a) => verify::run(a),
+        Command::Agent(a) => agent::run(a),
         Command::Journal(JournalCommand::Verify(a)) => journal::verify(&a.dir),
         Command::Journal(JournalCommand::Inspect(a)) => journal::inspect(&a),
         Command::Journal(JournalCommand::Repair(a)) => journal::repair(&a.dir),

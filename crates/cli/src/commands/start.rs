@@ -1,20 +1,67 @@
-//! `ferry start`: validate the stores and the journal, print the checks.
-//!
-//! This build runs the checks that need no store connection: every URL
-//! parses, each store can play its role, sources and targets are distinct,
-//! and the journal directory can be opened for writing (not locked by
-//! another process, not of a newer format, writable). Replication itself
-//! comes with the store pipelines; until then `--check-only` is required.
+//! `ferry start`: pre-checks, then the agent (detached unless
+//! `--foreground`), then a monitor of its progress. Killing the monitor
+//! leaves the agent running; `start` again with the same journal resumes
+//! (or, if the agent still runs, just monitors it).
 
+use super::{monitor, precheck};
 use crate::cli::StartArgs;
+use crate::client::AgentTarget;
 use crate::error::CliError;
+use ferry_agent::config::{
+    AgentConfig, DEFAULT_CUTOVER_MAX_LAG_EVENTS, DEFAULT_CUTOVER_TIMEOUT_MS,
+};
+use ferry_agent::runtime::{AgentRun, Outcome};
 use ferry_core::{ExitCode, StoreUrl};
-use ferry_journal::PersistPolicy;
-use ferry_journal_rocks::{OpenMode, RocksJournal};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const AGENT_LOG: &str = "agent.log";
+
+fn parse_all(urls: &[String]) -> Result<Vec<StoreUrl>, CliError> {
+    urls.iter()
+        .filter(|u| !u.trim().is_empty())
+        .map(|u| StoreUrl::parse(u).map_err(CliError::from))
+        .collect()
+}
+
+pub fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            CliError::new(
+                ExitCode::Runtime,
+                format!("cannot start the async runtime: {e}"),
+            )
+        })
+}
+
+fn config_for(args: &StartArgs, sources: &[StoreUrl], targets: &[StoreUrl]) -> AgentConfig {
+    AgentConfig {
+        sources: sources.iter().map(ToString::to_string).collect(),
+        targets: targets.iter().map(ToString::to_string).collect(),
+        shards: args.shards,
+        listen: args.agent_listen.clone(),
+        cert: args.agent_cert.clone(),
+        key: args.agent_key.clone(),
+        client_ca: args.agent_client_ca.clone(),
+        rate_limit_ops: args.rate_limit,
+        source_read_only: args.source_read_only,
+        resnapshot_on_compaction: !args.no_resnapshot,
+        verify_on_cutover: !args.no_verify,
+        cutover_max_lag_events: DEFAULT_CUTOVER_MAX_LAG_EVENTS,
+        cutover_timeout_ms: DEFAULT_CUTOVER_TIMEOUT_MS,
+    }
+}
 
 pub fn run(args: StartArgs) -> Result<(), CliError> {
     let sources = parse_all(&args.sources)?;
     let targets = parse_all(&args.targets)?;
+    if sources.len() != 1 {
+        return Err(CliError::new(ExitCode::Usage, "give exactly one --source"));
+    }
     for t in &targets {
         if !t.kind().can_be_target() {
             return Err(CliError::new(
@@ -25,42 +72,192 @@ pub fn run(args: StartArgs) -> Result<(), CliError> {
                 ),
             ));
         }
-    }
-    for s in &sources {
-        if let Some(t) = targets.iter().find(|t| t.to_string() == s.to_string()) {
+        if t.to_string() == sources[0].to_string() {
             return Err(CliError::new(
                 ExitCode::Usage,
                 format!("{t} is both a source and a target; give the target a different store or prefix"),
             ));
         }
     }
-    for s in &sources {
-        println!("check  source  {s}: URL valid ({})", s.kind().name());
+    let cfg = config_for(&args, &sources, &targets);
+    cfg.validate()
+        .map_err(|e| CliError::new(ExitCode::Usage, e))?;
+    let dir = args.journal.as_path();
+    let existing = AgentConfig::load(dir).map_err(|e| CliError::new(ExitCode::Usage, e))?;
+    if let Some(old) = &existing {
+        if old.sources != cfg.sources || old.targets != cfg.targets {
+            return Err(CliError::new(
+                ExitCode::Usage,
+                format!(
+                    "journal {} belongs to the migration {} → {}; use another --journal for a different one",
+                    dir.display(),
+                    old.sources.join(" "),
+                    old.targets.join(" ")
+                ),
+            ));
+        }
     }
-    for t in &targets {
-        println!("check  target  {t}: URL valid ({})", t.kind().name());
+    let rt = runtime()?;
+    if precheck::agent_running(dir) {
+        println!(
+            "an agent is already running this migration (journal {}); monitoring it",
+            dir.display()
+        );
+        if args.no_monitor {
+            return Ok(());
+        }
+        let target = AgentTarget::resolve(dir, None, None, None, None)?;
+        return rt.block_on(monitor::follow(&target, None, false));
     }
-    // Opening for writing proves the directory is usable and takes the lock
-    // for the duration of the check; nothing else is written to a new one.
-    let journal = RocksJournal::open(&args.journal, OpenMode::Create, PersistPolicy::EveryBatch)?;
-    println!(
-        "check  journal {}: writable, not in use, format supported",
-        journal.dir().display()
-    );
-    drop(journal);
+    let resuming = existing.is_some();
+    let checked = rt.block_on(precheck::stores(
+        &sources[0],
+        &targets,
+        args.force,
+        resuming,
+        args.source_read_only == ferry_agent::config::ReadOnlyMode::External,
+    ))?;
+    if resuming {
+        rt.block_on(precheck::resume_point(
+            &checked.source,
+            &sources[0].to_string(),
+            dir,
+            !args.no_resnapshot,
+        ))?;
+    }
+    drop(checked);
+    precheck::journal(dir)?;
     if args.check_only {
-        println!("pre-checks passed; --check-only: no data was sent");
+        println!("pre-checks passed; --check-only: no data was sent and nothing was written");
         return Ok(());
     }
-    Err(CliError::new(
-        ExitCode::Usage,
-        "this build of ferry runs the pre-checks only; add --check-only (replication arrives with the store pipelines)",
-    ))
+    // Create the journal itself first, so the directory is a journal
+    // before the agent's own files appear in it.
+    drop(ferry_journal_rocks::RocksJournal::open(
+        dir,
+        ferry_journal_rocks::OpenMode::Create,
+        ferry_journal::PersistPolicy::EveryBatch,
+    )?);
+    cfg.save(dir)
+        .map_err(|e| CliError::new(ExitCode::Runtime, e))?;
+    if resuming {
+        println!("resuming the migration recorded in {}", dir.display());
+    }
+    if args.foreground {
+        let run = AgentRun {
+            dir: dir.to_path_buf(),
+            cfg,
+            source: sources[0].clone(),
+            targets,
+        };
+        return match rt
+            .block_on(run.run())
+            .map_err(|e| CliError::new(ExitCode::Runtime, e))?
+        {
+            Outcome::CutOver => Ok(()),
+            Outcome::Interrupted => Ok(()),
+            Outcome::Aborted(why) => Err(CliError::new(ExitCode::Runtime, why)),
+        };
+    }
+    let child = spawn_agent(dir, &args)?;
+    let target = AgentTarget::resolve(dir, None, None, None, None)?;
+    let status = rt.block_on(wait_ready(&target, child, dir))?;
+    println!(
+        "agent {} running at {}; `ferry status --journal {}` shows progress, `ferry stop --journal {}` cuts over",
+        status.pid,
+        target.url,
+        dir.display(),
+        dir.display()
+    );
+    if args.no_monitor {
+        return Ok(());
+    }
+    rt.block_on(monitor::follow(&target, None, false))
 }
 
-fn parse_all(urls: &[String]) -> Result<Vec<StoreUrl>, CliError> {
-    urls.iter()
-        .filter(|u| !u.trim().is_empty())
-        .map(|u| StoreUrl::parse(u).map_err(CliError::from))
-        .collect()
+fn spawn_agent(dir: &Path, args: &StartArgs) -> Result<u32, CliError> {
+    let exe = std::env::current_exe().map_err(|e| {
+        CliError::new(
+            ExitCode::Runtime,
+            format!("cannot find the ferry binary: {e}"),
+        )
+    })?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(AGENT_LOG))
+        .map_err(|e| {
+            CliError::new(
+                ExitCode::Runtime,
+                format!("cannot open {}: {e}", dir.join(AGENT_LOG).display()),
+            )
+        })?;
+    let err_log = log
+        .try_clone()
+        .map_err(|e| CliError::new(ExitCode::Runtime, e.to_string()))?;
+    // The full URLs (credentials included) go through the environment,
+    // which only this user can read, never through argv or agent.json.
+    let child = Command::new(exe)
+        .arg("agent")
+        .arg("--journal")
+        .arg(dir)
+        .env("FERRY_SOURCE", args.sources.join(" "))
+        .env("FERRY_TARGET", args.targets.join(" "))
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(err_log)
+        // Its own process group: Ctrl-C on the monitor does not reach it.
+        .process_group(0)
+        .spawn()
+        .map_err(|e| CliError::new(ExitCode::Runtime, format!("cannot start the agent: {e}")))?;
+    Ok(child.id())
+}
+
+async fn wait_ready(
+    target: &AgentTarget,
+    pid: u32,
+    dir: &Path,
+) -> Result<ferry_agent::api::StatusResponse, CliError> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match target.status().await {
+            Ok(s) if s.pid == pid => return Ok(s),
+            _ if !std::path::Path::new(&format!("/proc/{pid}")).exists() || zombie(pid) => {
+                let log = std::fs::read_to_string(dir.join(AGENT_LOG)).unwrap_or_default();
+                let last = log
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("no output");
+                return Err(CliError::new(
+                    ExitCode::Runtime,
+                    format!(
+                        "the agent exited during start-up: {}",
+                        last.trim_start_matches("ferry: ")
+                    ),
+                ));
+            }
+            _ if Instant::now() > deadline => {
+                return Err(CliError::new(
+                    ExitCode::Runtime,
+                    format!(
+                        "the agent did not answer within 60 s; see {}",
+                        dir.join(AGENT_LOG).display()
+                    ),
+                ))
+            }
+            _ => tokio::time::sleep(Duration::from_millis(150)).await,
+        }
+    }
+}
+
+/// A child that exited but was not reaped (we never wait on the agent).
+fn zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(true)
 }

@@ -1,0 +1,126 @@
+//! The agent's shared state, as the API and the cutover see it.
+
+use crate::api::{
+    AgentState, CutoverPhase, CutoverProof, CutoverStatus, StatusResponse, StopRequest,
+    StopResponse,
+};
+use ferry_core::metric_names as m;
+use ferry_lag::LagTracker;
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+
+struct Inner {
+    state: AgentState,
+    cutover: CutoverStatus,
+    proof: Option<CutoverProof>,
+    error: Option<String>,
+}
+
+/// Implements [`crate::server::Control`]; cheap to share.
+pub struct AgentControl {
+    inner: Mutex<Inner>,
+    lag: Arc<LagTracker>,
+    stop_tx: mpsc::Sender<StopRequest>,
+    sources: Vec<String>,
+    targets: Vec<String>,
+    started_at_ms: u64,
+}
+
+impl AgentControl {
+    pub fn new(
+        lag: Arc<LagTracker>,
+        sources: Vec<String>,
+        targets: Vec<String>,
+    ) -> (Arc<AgentControl>, mpsc::Receiver<StopRequest>) {
+        let (stop_tx, stop_rx) = mpsc::channel(8);
+        let c = AgentControl {
+            inner: Mutex::new(Inner {
+                state: AgentState::Syncing,
+                cutover: CutoverStatus::default(),
+                proof: None,
+                error: None,
+            }),
+            lag,
+            stop_tx,
+            sources,
+            targets,
+            started_at_ms: ferry_lag::now_ms(),
+        };
+        (Arc::new(c), stop_rx)
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
+        f(&mut self.inner.lock().expect("agent state lock poisoned"))
+    }
+
+    pub fn state(&self) -> AgentState {
+        self.with(|i| i.state)
+    }
+
+    pub fn set_state(&self, state: AgentState) {
+        self.with(|i| i.state = state);
+    }
+
+    pub fn set_cutover(&self, phase: CutoverPhase, message: impl Into<String>) {
+        let message = message.into();
+        tracing::info!(phase = ?phase, "cutover: {message}");
+        metrics::gauge!(m::CUTOVER_PHASE).set(phase.gauge());
+        self.with(|i| i.cutover = CutoverStatus { phase, message });
+    }
+
+    pub fn set_proof(&self, proof: CutoverProof) {
+        self.with(|i| i.proof = Some(proof));
+    }
+
+    pub fn fail(&self, error: String) {
+        tracing::error!(error = %error, "the agent stopped");
+        self.with(|i| {
+            i.state = AgentState::Failed;
+            i.error = Some(error);
+        });
+    }
+}
+
+impl crate::server::Control for AgentControl {
+    fn status(&self) -> StatusResponse {
+        let lag = self.lag.snapshot();
+        self.with(|i| StatusResponse {
+            state: i.state,
+            pid: std::process::id(),
+            started_at_ms: self.started_at_ms,
+            sources: self.sources.clone(),
+            targets: self.targets.clone(),
+            lag,
+            cutover: i.cutover.clone(),
+            proof: i.proof.clone(),
+            error: i.error.clone(),
+        })
+    }
+
+    fn stop(&self, req: StopRequest) -> StopResponse {
+        let state = self.state();
+        let ok = match (state, req.abort) {
+            (AgentState::Syncing, _) | (AgentState::CuttingOver, true) => {
+                self.stop_tx.try_send(req.clone()).is_ok()
+            }
+            _ => false,
+        };
+        if ok && !req.abort {
+            // Set now, not when the agent picks the request up, so a caller
+            // polling right after this answer never sees an earlier attempt's
+            // outcome as this one's.
+            self.set_state(AgentState::CuttingOver);
+            self.set_cutover(CutoverPhase::WaitingForLag, "cutover requested");
+        }
+        let message = match (ok, state, req.abort) {
+            (true, _, true) => "aborting: the target will not be opened".to_string(),
+            (true, _, false) => "cutover started; follow it with `ferry status`".to_string(),
+            (false, AgentState::CuttingOver, false) => "a cutover is already running".to_string(),
+            (false, s, _) => format!("the agent is {s:?}; nothing to stop"),
+        };
+        StopResponse {
+            accepted: ok,
+            message,
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! Wiring and running one migration: journal, tailer, workers, API, cutover.
+
+use crate::api::{AgentState, CutoverPhase};
+use crate::config::AgentConfig;
+use crate::control::AgentControl;
+use crate::cutover::{Cutover, READONLY_FILE};
+use crate::sinks::TargetSink;
+use crate::{security, server};
+use ferry_core::{ShardId, StoreUrl};
+use ferry_etcd::{EtcdSink, EtcdStore, EtcdTailer, TailerOptions};
+use ferry_journal::{Journal, PersistPolicy};
+use ferry_journal_rocks::{OpenMode, RocksJournal};
+use ferry_lag::LagTracker;
+use ferry_replay::{worker, Shutdown, WorkerConfig};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinSet;
+
+/// How the agent ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Cut over; the target is open.
+    CutOver,
+    /// Stopped by `stop --abort` or a failed cutover; the target was not opened.
+    Aborted(String),
+    /// Stopped by a signal; `ferry start` with the same journal resumes.
+    Interrupted,
+}
+
+/// How long the agent keeps answering `status` after the migration ended,
+/// so a CLI waiting on `stop` sees the final state.
+const LINGER: Duration = Duration::from_secs(5);
+
+pub struct AgentRun {
+    pub dir: PathBuf,
+    pub cfg: AgentConfig,
+    /// Full URLs (with credentials), from the environment.
+    pub source: StoreUrl,
+    pub targets: Vec<StoreUrl>,
+}
+
+fn install_metrics() -> Result<metrics_exporter_prometheus::PrometheusHandle, String> {
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
+    for (name, help) in ferry_core::metric_names::DESCRIPTIONS {
+        metrics::describe_counter!(*name, *help);
+    }
+    Ok(handle)
+}
+
+/// Source-side user Ferry writes as, from the URL (keeps its permissions).
+fn source_user(url: &StoreUrl) -> Option<String> {
+    match url {
+        StoreUrl::Etcd { user, .. } => user.clone(),
+        _ => None,
+    }
+}
+
+impl AgentRun {
+    pub async fn run(self) -> Result<Outcome, String> {
+        let dir = self.dir.as_path();
+        let journal = Arc::new(
+            RocksJournal::open(dir, OpenMode::Create, PersistPolicy::EveryBatch)
+                .map_err(|e| e.to_string())?,
+        );
+        let metrics = install_metrics()?;
+        let listen = self.cfg.listen_addr()?;
+        let id = security::ensure_identity(
+            dir,
+            self.cfg.cert.as_deref().zip(self.cfg.key.as_deref()),
+            &[listen.ip().to_string()],
+        )
+        .map_err(|e| e.to_string())?;
+        let token = security::ensure_token(dir).map_err(|e| e.to_string())?;
+        let tls = security::server_config(&id, self.cfg.client_ca.as_deref())
+            .map_err(|e| e.to_string())?;
+        let listener = server::bind(listen)?;
+
+        let source = EtcdStore::connect(&self.source)
+            .await
+            .map_err(|e| e.to_string())?;
+        recover_read_only(dir, &source).await;
+        let mut target_stores = Vec::new();
+        for t in &self.targets {
+            target_stores.push(EtcdStore::connect(t).await.map_err(|e| e.to_string())?);
+        }
+
+        let lag = Arc::new(LagTracker::new());
+        let names: Vec<String> = self.targets.iter().map(ToString::to_string).collect();
+        for s in 0..self.cfg.shards {
+            let shard = ShardId(s);
+            let journaled = journal
+                .bounds(shard)
+                .map_err(|e| e.to_string())?
+                .map_or(0, |b| b.last);
+            let applied: Vec<(String, u64)> = names
+                .iter()
+                .map(|n| Ok((n.clone(), journal.applied(n, shard)?.unwrap_or(0))))
+                .collect::<Result<_, ferry_journal::JournalError>>()
+                .map_err(|e| e.to_string())?;
+            lag.register(shard, journaled, &applied);
+        }
+        let (control, mut stop_rx) = AgentControl::new(
+            Arc::clone(&lag),
+            vec![self.source.to_string()],
+            names.clone(),
+        );
+
+        let tailer = EtcdTailer::new(
+            source.clone(),
+            self.source.to_string(),
+            self.cfg.shards,
+            TailerOptions {
+                resnapshot_on_compaction: self.cfg.resnapshot_on_compaction,
+                ..TailerOptions::default()
+            },
+        );
+        let fence = tailer.fence_handle();
+        let liveness = tailer.liveness();
+        let source_prefix = String::from_utf8_lossy(source.prefix()).into_owned();
+        let journal_id = security::ensure_journal_id(dir).map_err(|e| e.to_string())?;
+        let mut sinks = Vec::new();
+        for (store, name) in target_stores.iter().zip(&names) {
+            let sink = Arc::new(TargetSink::Etcd(
+                EtcdSink::new(
+                    store.clone(),
+                    source_prefix.clone(),
+                    name.clone(),
+                    self.cfg.shards,
+                    Some(liveness.clone()),
+                )
+                .with_journal_id(journal_id.clone()),
+            ));
+            ferry_replay::Sink::startup(sink.as_ref())
+                .await
+                .map_err(|e| e.to_string())?;
+            sinks.push(sink);
+        }
+
+        let (stop_pipeline, shutdown) = Shutdown::new();
+        let (stop_api, api_shutdown) = Shutdown::new();
+        let limiter = self.cfg.rate_limit_ops.map(|n| {
+            let n = std::num::NonZeroU32::new(n).expect("validated non-zero");
+            Arc::new(governor::RateLimiter::direct(governor::Quota::per_second(
+                n,
+            )))
+        });
+        let api = {
+            let mut s = api_shutdown.clone();
+            tokio::spawn(server::serve(
+                listener,
+                tls,
+                token,
+                self.cfg.client_ca.is_none(),
+                Arc::clone(&control) as Arc<dyn server::Control>,
+                metrics,
+                async move { s.wait().await },
+            ))
+        };
+        println!(
+            "ferry agent {} listening on {} (certificate SHA-256 {}); token in {}",
+            std::process::id(),
+            self.cfg.local_url(),
+            id.fingerprint,
+            dir.join(security::TOKEN_FILE).display()
+        );
+
+        let mut tasks: JoinSet<Result<(), String>> = JoinSet::new();
+        {
+            let (j, l, s) = (Arc::clone(&journal), Arc::clone(&lag), shutdown.clone());
+            tasks.spawn(async move { tailer.run(j, l, s).await.map_err(|e| e.to_string()) });
+        }
+        for sink in &sinks {
+            for s in 0..self.cfg.shards {
+                let (j, k, l, lim, sd) = (
+                    Arc::clone(&journal),
+                    Arc::clone(sink),
+                    Arc::clone(&lag),
+                    limiter.clone(),
+                    shutdown.clone(),
+                );
+                tasks.spawn(async move {
+                    worker::run(j, k, ShardId(s), l, lim, WorkerConfig::default(), sd)
+                        .await
+                        .map_err(|e| e.to_string())
+                });
+            }
+        }
+        {
+            let (j, s) = (Arc::clone(&journal), shutdown.clone());
+            let names = names.clone();
+            tasks.spawn(async move {
+                ferry_replay::truncator::run(j, names, Duration::from_secs(1), s)
+                    .await
+                    .map_err(|e| e.to_string())
+            });
+        }
+        {
+            let (l, mut s) = (Arc::clone(&lag), shutdown.clone());
+            tasks.spawn(async move {
+                loop {
+                    l.publish_metrics();
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        () = s.wait() => return Ok(()),
+                    }
+                }
+            });
+        }
+
+        let outcome = loop {
+            tokio::select! {
+                req = stop_rx.recv() => match req {
+                    Some(r) if r.abort => {
+                        control.set_cutover(CutoverPhase::Aborted, "aborted by the operator before the cutover");
+                        control.set_state(AgentState::Aborted);
+                        break Outcome::Aborted("aborted by the operator".into());
+                    }
+                    Some(_) => {
+                        control.set_state(AgentState::CuttingOver);
+                        let c = Cutover {
+                            dir,
+                            cfg: &self.cfg,
+                            control: &control,
+                            lag: &lag,
+                            source: &source,
+                            targets: &target_stores,
+                            fence: &fence,
+                            ferry_user: source_user(&self.source),
+                        };
+                        match c.run(&mut stop_rx).await {
+                            Ok(proof) => {
+                                let window = proof.read_only_window_ms;
+                                control.set_proof(proof);
+                                control.set_cutover(CutoverPhase::Done, format!("target open; the source was read-only for {window} ms"));
+                                control.set_state(AgentState::Done);
+                                break Outcome::CutOver;
+                            }
+                            Err(f) if f.phase == CutoverPhase::Aborted => {
+                                control.set_cutover(CutoverPhase::Aborted, f.message.clone());
+                                control.set_state(AgentState::Aborted);
+                                break Outcome::Aborted(f.message);
+                            }
+                            Err(f) => {
+                                // Nothing was opened and the source is back as
+                                // it was: keep syncing so the operator can fix
+                                // the cause and run `ferry stop` again.
+                                control.set_cutover(CutoverPhase::Failed, f.message);
+                                control.set_state(AgentState::Syncing);
+                            }
+                        }
+                    }
+                    None => break Outcome::Interrupted,
+                },
+                Some(done) = tasks.join_next() => {
+                    let msg = match done {
+                        Ok(Ok(())) => "a pipeline task ended unexpectedly".to_string(),
+                        Ok(Err(e)) => e,
+                        Err(e) => format!("a pipeline task panicked: {e}"),
+                    };
+                    control.fail(msg.clone());
+                    break Outcome::Aborted(msg);
+                }
+                () = termination() => break Outcome::Interrupted,
+            }
+        };
+
+        // Stop the pipeline: workers finish their batch, checkpoints are saved.
+        let _ = stop_pipeline.send(true);
+        while let Some(r) = tasks.join_next().await {
+            if let Ok(Err(e)) = r {
+                tracing::warn!(error = %e, "task ended with an error during shutdown");
+            }
+        }
+        for s in &sinks {
+            ferry_replay::Sink::shutdown(s.as_ref()).await;
+        }
+        if outcome != Outcome::Interrupted {
+            tokio::time::sleep(LINGER).await;
+        }
+        let _ = stop_api.send(true);
+        let _ = api.await;
+        drop(journal);
+        Ok(outcome)
+    }
+}
+
+/// SIGINT or SIGTERM: stop cleanly; the next start resumes.
+async fn termination() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+/// A previous agent died with the source read-only: give the writes back.
+async fn recover_read_only(dir: &Path, source: &EtcdStore) {
+    let path = dir.join(READONLY_FILE);
+    let Ok(data) = std::fs::read(&path) else {
+        return;
+    };
+    match serde_json::from_slice::<ferry_etcd::readonly::SavedPermissions>(&data) {
+        Ok(saved) => match ferry_etcd::readonly::restore(source, &saved).await {
+            Ok(()) => {
+                tracing::warn!("a previous cutover was interrupted with the source read-only; its write permissions were restored");
+                let _ = std::fs::remove_file(&path);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not restore the source's write permissions saved by an interrupted cutover")
+            }
+        },
+        Err(e) => tracing::error!(error = %e, "{} is damaged", path.display()),
+    }
+}

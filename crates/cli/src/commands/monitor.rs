@@ -1,0 +1,220 @@
+//! Showing progress: the `start` monitor, `status` and `status --watch`.
+//!
+//! On a terminal the monitor redraws one line in place; otherwise it prints
+//! a plain line every few seconds, so logs stay readable.
+
+use crate::client::AgentTarget;
+use crate::error::CliError;
+use ferry_agent::api::{AgentState, CutoverPhase, StatusResponse};
+use ferry_core::ExitCode;
+use ferry_lag::Phase;
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+/// Totals over all shards: (copied, total) of snapshots still running.
+fn snapshot_progress(s: &StatusResponse) -> Option<(u64, u64)> {
+    let mut any = false;
+    let (mut copied, mut total) = (0, 0);
+    for sh in &s.lag.shards {
+        if let Phase::Snapshot {
+            copied: c,
+            total: t,
+        } = sh.phase
+        {
+            any = true;
+            copied += c;
+            total += t;
+        }
+    }
+    any.then_some((copied, total))
+}
+
+fn rate(s: &StatusResponse) -> f64 {
+    s.lag
+        .shards
+        .iter()
+        .flat_map(|sh| sh.targets.values())
+        .map(|t| t.rate_per_s)
+        .sum()
+}
+
+/// One line summarising everything.
+pub fn summary(s: &StatusResponse) -> String {
+    let applied_rate = rate(s);
+    let phase = match snapshot_progress(s) {
+        Some((c, t)) => {
+            let pct = if t > 0 { c * 100 / t } else { 0 };
+            let eta = if applied_rate > 1.0 && t > c {
+                format!(", ETA {:.0} s", (t - c) as f64 / applied_rate)
+            } else {
+                String::new()
+            };
+            format!("snapshot {c}/{t} keys ({pct}%){eta}")
+        }
+        None if s.lag.all_streaming() => "streaming".to_string(),
+        None => "starting".to_string(),
+    };
+    let mut line = format!(
+        "{:?} | {phase} | lag {} events, {:.1} s | {:.0} events/s applied | source at {}",
+        s.state,
+        s.lag.max_lag_events(),
+        s.lag.max_lag_seconds(),
+        applied_rate,
+        s.lag.source_head
+    );
+    if s.cutover.phase != ferry_agent::api::CutoverPhase::NotStarted {
+        line.push_str(&format!(
+            " | cutover {:?}: {}",
+            s.cutover.phase, s.cutover.message
+        ));
+    }
+    if let Some(e) = &s.error {
+        line.push_str(&format!(" | error: {e}"));
+    }
+    line
+}
+
+/// The per-shard table of `status`.
+pub fn table(s: &StatusResponse) -> String {
+    let mut out = format!(
+        "{}\nsource {} → {}\n",
+        summary(s),
+        s.sources.join(" "),
+        s.targets.join(" ")
+    );
+    out.push_str(&format!(
+        "{:>5}  {:<22} {:<28} {:>10} {:>10} {:>9} {:>8} {:>9}\n",
+        "shard", "phase", "target", "journaled", "applied", "lag", "lag s", "rate/s"
+    ));
+    for sh in &s.lag.shards {
+        let phase = match &sh.phase {
+            Phase::Starting => "starting".to_string(),
+            Phase::Snapshot { copied, total } => format!("snapshot {copied}/{total}"),
+            Phase::Streaming => "streaming".to_string(),
+            Phase::Stopped { error } => format!("stopped: {error}"),
+        };
+        for (t, p) in &sh.targets {
+            let t_short: String = t.chars().take(28).collect();
+            out.push_str(&format!(
+                "{:>5}  {:<22} {:<28} {:>10} {:>10} {:>9} {:>8.1} {:>9.0}{}\n",
+                sh.shard,
+                phase,
+                t_short,
+                sh.journaled_seq,
+                p.applied_seq,
+                p.lag_events,
+                p.lag_seconds,
+                p.rate_per_s,
+                p.error
+                    .as_deref()
+                    .map(|e| format!("  error: {e}"))
+                    .unwrap_or_default()
+            ));
+        }
+    }
+    if let Some(p) = &s.proof {
+        out.push_str(&proof_text(p));
+    }
+    out
+}
+
+pub fn proof_text(p: &ferry_agent::api::CutoverProof) -> String {
+    let mut out = format!(
+        "cutover proof: source read-only ({}) at fence revision {}; {} keys verified, {} differences; read-only window {} ms\n",
+        p.read_only_mode, p.fence_position, p.verified_keys, p.differences, p.read_only_window_ms
+    );
+    for sh in &p.shards {
+        let applied: Vec<String> = sh.applied.iter().map(|(t, a)| format!("{t}={a}")).collect();
+        out.push_str(&format!(
+            "  shard {:>3}: fence seq {:>8}, applied {}\n",
+            sh.shard,
+            sh.fence_seq,
+            applied.join(" ")
+        ));
+    }
+    out
+}
+
+fn finished(s: &StatusResponse) -> bool {
+    matches!(
+        s.state,
+        AgentState::Done | AgentState::Aborted | AgentState::Failed
+    )
+}
+
+/// Follows the agent until it finishes or goes away, or `until` passes.
+/// With `cutover`, a failed cutover (the agent goes back to syncing) ends it too.
+pub async fn follow(
+    target: &AgentTarget,
+    until: Option<Instant>,
+    cutover: bool,
+) -> Result<(), CliError> {
+    let tty = std::io::stdout().is_terminal();
+    let mut last_plain = Instant::now() - Duration::from_secs(60);
+    let mut last: Option<StatusResponse> = None;
+    loop {
+        match target.status().await {
+            Ok(s) => {
+                if tty {
+                    print!("\r\x1b[2K{}", summary(&s));
+                    let _ = std::io::stdout().flush();
+                } else if last_plain.elapsed() >= Duration::from_secs(5) || finished(&s) {
+                    println!("{}", summary(&s));
+                    last_plain = Instant::now();
+                }
+                if cutover
+                    && s.state == AgentState::Syncing
+                    && s.cutover.phase == CutoverPhase::Failed
+                {
+                    if tty {
+                        println!();
+                    }
+                    return Err(CliError::new(
+                        ExitCode::Runtime,
+                        format!(
+                            "the cutover failed and the target was not opened: {}",
+                            s.cutover.message
+                        ),
+                    ));
+                }
+                if finished(&s) {
+                    if tty {
+                        println!();
+                    }
+                    if let Some(p) = &s.proof {
+                        print!("{}", proof_text(p));
+                    }
+                    return match s.state {
+                        AgentState::Done => Ok(()),
+                        _ => Err(CliError::new(
+                            ExitCode::Runtime,
+                            s.error.clone().unwrap_or_else(|| s.cutover.message.clone()),
+                        )),
+                    };
+                }
+                last = Some(s);
+            }
+            Err(e) => {
+                if tty {
+                    println!();
+                }
+                // The agent went away: after a finished cutover that is normal.
+                return match last {
+                    Some(l) if finished(&l) => Ok(()),
+                    Some(_) => Err(CliError::new(
+                        ExitCode::Runtime,
+                        format!("the agent stopped answering ({e}); `ferry start` with the same journal resumes"),
+                    )),
+                    None => Err(e),
+                };
+            }
+        }
+        if until.is_some_and(|u| Instant::now() >= u) {
+            return Err(CliError::new(
+                ExitCode::Runtime,
+                "gave up waiting (--timeout); the agent goes on",
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(if tty { 500 } else { 1000 })).await;
+    }
+}

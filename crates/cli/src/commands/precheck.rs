@@ -1,0 +1,228 @@
+//! `ferry start` pre-checks: everything that can be known before any data
+//! moves. Each check prints one line; the first refusal ends the run with
+//! one sentence and exit code 3 (2 for bad input), and nothing is written.
+
+use crate::error::CliError;
+use ferry_core::{ExitCode, StoreKind, StoreUrl};
+use ferry_etcd::{EtcdError, EtcdStore, TARGET_MAX_REQUEST_BYTES};
+use std::fs::File;
+use std::path::Path;
+
+/// Journals smaller than this much free space are refused: a snapshot of a
+/// typical etcd (a few hundred MB at most) plus compaction headroom.
+const MIN_FREE_JOURNAL_BYTES: u64 = 1 << 30;
+
+pub fn line(what: &str, text: impl AsRef<str>) {
+    println!("pre-check  {what:<8} {}", text.as_ref());
+}
+
+pub fn refused(e: EtcdError) -> CliError {
+    CliError::new(ExitCode::Refused, e.to_string())
+}
+
+/// What the checks learned that `start` needs.
+pub struct Checked {
+    pub source: EtcdStore,
+}
+
+/// Checks the stores. `resuming`: the journal already holds this migration
+/// (the target then holds Ferry's own copy and need not be empty).
+pub async fn stores(
+    source: &StoreUrl,
+    targets: &[StoreUrl],
+    force: bool,
+    resuming: bool,
+    external_read_only: bool,
+) -> Result<Checked, CliError> {
+    for u in std::iter::once(source).chain(targets) {
+        if u.kind() != StoreKind::Etcd {
+            return Err(CliError::new(
+                ExitCode::Usage,
+                format!(
+                    "{u}: this build migrates etcd to etcd; {} stores arrive with later releases",
+                    u.kind().name()
+                ),
+            ));
+        }
+        if let StoreUrl::Etcd { prefix, .. } = u {
+            if prefix.is_empty() {
+                return Err(CliError::new(
+                    ExitCode::Usage,
+                    format!("{u} names no key prefix; Ferry copies one prefix, e.g. etcd://127.0.0.1:2379/app"),
+                ));
+            }
+        }
+    }
+    let src = EtcdStore::connect(source).await.map_err(refused)?;
+    let version = src.server_version().await.map_err(refused)?;
+    let count = src.count_prefix().await.map_err(refused)?;
+    let largest = src.max_value_len_in_prefix().await.map_err(refused)?;
+    line(
+        "source",
+        format!(
+            "{source}: reachable, credentials accepted, etcd {version}, {count} keys{}",
+            largest
+                .as_ref()
+                .map(|l| format!(", largest value {} B", l.value_bytes))
+                .unwrap_or_default()
+        ),
+    );
+    let auth = src.auth_enabled().await.map_err(refused)?;
+    if external_read_only {
+        line("source", "read-only at cutover: external (you stop the writers; Ferry refuses to open the target if it sees a write after the fence)");
+    } else if auth {
+        line("source", "read-only at cutover: auth is on; write permission will be taken from every role but Ferry's and given back on abort");
+    } else {
+        return Err(CliError::new(
+            ExitCode::Refused,
+            format!("{source} has authentication disabled, so Ferry cannot make it read-only at cutover; enable etcd auth or pass --source.read-only=external and stop the writers yourself"),
+        ));
+    }
+    for t in targets {
+        let tgt = EtcdStore::connect(t).await.map_err(refused)?;
+        if src.overlaps(&tgt) {
+            return Err(CliError::new(
+                ExitCode::Usage,
+                format!("{source} and {t} overlap on the same cluster: Ferry would copy its own writes; choose prefixes where neither contains the other"),
+            ));
+        }
+        let tv = tgt.server_version().await.map_err(refused)?;
+        let tcount = tgt.count_prefix().await.map_err(refused)?;
+        if tcount > 0 && !force && !resuming {
+            return Err(CliError::new(
+                ExitCode::Refused,
+                format!("{t} already holds {tcount} keys; copying overwrites them and removes those the source lacks: pass --force to go ahead or choose an empty prefix"),
+            ));
+        }
+        if let Some(l) = &largest {
+            // A put carries the key and value plus a few dozen bytes of framing.
+            if l.value_bytes + l.key.len() + 512 > TARGET_MAX_REQUEST_BYTES {
+                return Err(CliError::new(
+                    ExitCode::Refused,
+                    format!(
+                        "the source key `{}` holds {} bytes, more than {t} accepts in one request ({TARGET_MAX_REQUEST_BYTES} bytes); raise --max-request-bytes on the target etcd or shrink the value",
+                        String::from_utf8_lossy(&l.key),
+                        l.value_bytes
+                    ),
+                ));
+            }
+        }
+        let state = match (tcount, resuming) {
+            (_, true) => "holds this migration's copy (resuming)".to_string(),
+            (0, _) => "empty".to_string(),
+            (n, _) => format!("holds {n} keys: --force given, they will be overwritten"),
+        };
+        line("target", format!("{t}: reachable, credentials accepted, etcd {tv}, {state}; values fit its {TARGET_MAX_REQUEST_BYTES}-byte request limit"));
+    }
+    Ok(Checked { source: src })
+}
+
+/// On resume: is the journaled revision still in the source's history?
+/// Says so in one line; refuses (exit 3) when re-snapshots are off.
+pub async fn resume_point(
+    source: &EtcdStore,
+    source_name: &str,
+    dir: &Path,
+    resnapshot: bool,
+) -> Result<(), CliError> {
+    use ferry_journal::Journal;
+    let Ok(j) = ferry_journal_rocks::RocksJournal::open(
+        dir,
+        ferry_journal_rocks::OpenMode::ReadOnly,
+        ferry_journal::PersistPolicy::Never,
+    ) else {
+        return Ok(());
+    };
+    let Some(pos) = j.source_checkpoint(source_name)? else {
+        line("source", "no snapshot journaled yet: the agent takes one");
+        return Ok(());
+    };
+    let resume = pos.order as i64 + 1;
+    let mut client = source.client();
+    let opts = etcd_client::GetOptions::new()
+        .with_count_only()
+        .with_revision(resume);
+    match client.get(source.prefix(), Some(opts)).await {
+        Ok(_) => {
+            line(
+                "source",
+                format!("resuming from journaled revision {}", pos.order),
+            );
+            Ok(())
+        }
+        Err(e) if e.to_string().contains("compacted") => {
+            if resnapshot {
+                line("source", format!("{source_name} was compacted past journaled revision {}: the agent takes a new snapshot and the target converges to it", pos.order));
+                Ok(())
+            } else {
+                Err(CliError::new(
+                    ExitCode::Refused,
+                    format!("{source_name} was compacted past journaled revision {}, so the changes since are lost to Ferry; drop --no-resnapshot to take a new snapshot", pos.order),
+                ))
+            }
+        }
+        // Head below the resume revision (nothing new) or a passing error:
+        // the agent handles both.
+        Err(_) => Ok(()),
+    }
+}
+
+/// Whether a live agent holds the journal's lock (without creating anything).
+pub fn agent_running(dir: &Path) -> bool {
+    match File::open(dir.join(ferry_journal_rocks::dir::LOCK_FILE)) {
+        Ok(f) => matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)),
+        Err(_) => false,
+    }
+}
+
+/// Checks the journal directory without creating it.
+pub fn journal(dir: &Path) -> Result<(), CliError> {
+    ferry_journal_rocks::dir::inspect(dir)?;
+    if agent_running(dir) {
+        return Err(ferry_journal::JournalError::Locked {
+            dir: dir.display().to_string(),
+        }
+        .into());
+    }
+    // The nearest existing ancestor must be writable by us.
+    let mut probe = dir.to_path_buf();
+    while !probe.exists() {
+        match probe.parent() {
+            Some(p) if !p.as_os_str().is_empty() => probe = p.to_path_buf(),
+            _ => {
+                probe = std::path::PathBuf::from(".");
+                break;
+            }
+        }
+    }
+    if nix::unistd::access(&probe, nix::unistd::AccessFlags::W_OK).is_err() {
+        return Err(ferry_journal::JournalError::NotWritable {
+            dir: dir.display().to_string(),
+            reason: format!("permission denied on {}", probe.display()),
+        }
+        .into());
+    }
+    let free = nix::sys::statvfs::statvfs(&probe)
+        .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
+        .unwrap_or(u64::MAX);
+    if free < MIN_FREE_JOURNAL_BYTES {
+        return Err(CliError::new(
+            ExitCode::Refused,
+            format!(
+                "only {} MiB are free for the journal in {}; free at least {} MiB or choose another --journal",
+                free >> 20,
+                probe.display(),
+                MIN_FREE_JOURNAL_BYTES >> 20
+            ),
+        ));
+    }
+    line(
+        "journal",
+        format!(
+            "{}: writable, not in use, {} GiB free",
+            dir.display(),
+            free >> 30
+        ),
+    );
+    Ok(())
+}

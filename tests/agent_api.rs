@@ -1,0 +1,395 @@
+//! The agent's API and the CLI's refusals, on real etcd servers: metrics,
+//! tokens, client certificates, bad input, and secrets kept out of sight.
+
+use ferry_testkit::{require, Etcd};
+use ferry_tests::harness::*;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// An HTTPS client that trusts the agent's CA, optionally with a client certificate.
+fn client(ca: &Path, identity: Option<(&str, &str)>) -> reqwest::Client {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let b = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let tls = match identity {
+        None => b.with_no_client_auth(),
+        Some((cert, key)) => b
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+    };
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn metrics_move_and_the_token_is_required() {
+    let (Some(src), Some(tgt)) = (require(Etcd::start()), require(Etcd::start())) else {
+        return;
+    };
+    let rt = rt();
+    let f = Ferry::new();
+    let mut c = rt.block_on(async {
+        let mut c = connect(&src.endpoint(), None).await;
+        load(&mut c, "m", 2_000).await;
+        c
+    });
+    ok(
+        &f.start(
+            &src.url("m"),
+            &tgt.url("m"),
+            &["--source.read-only=external"],
+        ),
+        "start",
+    );
+    f.wait_for("caught up", Duration::from_secs(60), |s| {
+        all_streaming(s) && max_lag(s) == 0
+    });
+    let http = client(&f.journal().join("agent-ca.pem"), None);
+    let base = format!("https://127.0.0.1:{}", f.port);
+    let scrape = || {
+        rt.block_on(async {
+            http.get(format!("{base}/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        })
+    };
+    let before = scrape();
+    assert!(before.contains("ferry_replay_lag_events"), "{before}");
+    let applied_before = metric(&before, "ferry_replay_applied_events_total");
+    assert!(applied_before >= 2000.0, "{applied_before}");
+    rt.block_on(async {
+        for i in 0..300 {
+            c.put(format!("m/more-{i}"), "x", None).await.unwrap();
+        }
+    });
+    f.wait_for("caught up again", Duration::from_secs(30), |s| {
+        max_lag(s) == 0
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = scrape();
+    assert!(
+        metric(&after, "ferry_replay_applied_events_total") >= applied_before + 300.0,
+        "{after}"
+    );
+    assert!(metric(&after, "ferry_journal_appended_events_total") > 0.0);
+
+    // Control endpoints without the token, or with a wrong one, are refused.
+    rt.block_on(async {
+        let r = http
+            .post(format!("{base}/v1/stop"))
+            .json(&serde_json::json!({"abort": true}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        let r = http
+            .get(format!("{base}/v1/status"))
+            .bearer_auth("0".repeat(64))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+    });
+    let out = f.run(&["status", "--agent.token", "wrong"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("refused the token"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        f.status().is_some(),
+        "the agent must still run after refused requests"
+    );
+    // A CLI trusting another CA refuses this agent.
+    let other = Ferry::new();
+    std::fs::create_dir_all(other.journal()).unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let key = rcgen::KeyPair::generate().unwrap();
+    std::fs::write(
+        other.journal().join("agent-ca.pem"),
+        params.self_signed(&key).unwrap().pem(),
+    )
+    .unwrap();
+    let out = other.run(&["status", "--agent", &base]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("does not vouch for"),
+        "{}",
+        stderr(&out)
+    );
+    ok(&f.run(&["stop", "--abort"]), "stop --abort");
+    f.wait_agent_exit(Duration::from_secs(30));
+    // No agent running: one sentence, exit 1.
+    for cmd in [&["status"][..], &["stop"][..]] {
+        let out = f.run(cmd);
+        assert_eq!(out.status.code(), Some(1), "{cmd:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("no agent is running"),
+            "{}",
+            stderr(&out)
+        );
+        assert_eq!(stderr(&out).lines().count(), 1);
+    }
+}
+
+#[test]
+fn client_certificates_are_required_with_client_ca() {
+    let (Some(src), Some(tgt)) = (require(Etcd::start()), require(Etcd::start())) else {
+        return;
+    };
+    let f = Ferry::new();
+    // A client CA and a client certificate it signed.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "ops CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, &ca_key);
+    let cl_key = rcgen::KeyPair::generate().unwrap();
+    let mut cl_params = rcgen::CertificateParams::new(vec!["operator".to_string()]).unwrap();
+    cl_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cl_cert = cl_params.signed_by(&cl_key, &issuer).unwrap();
+    let ca_path = f.dir.path().join("client-ca.pem");
+    let (cert_path, key_path) = (f.dir.path().join("op.pem"), f.dir.path().join("op-key.pem"));
+    std::fs::write(&ca_path, ca_cert.pem()).unwrap();
+    std::fs::write(&cert_path, cl_cert.pem()).unwrap();
+    std::fs::write(&key_path, cl_key.serialize_pem()).unwrap();
+
+    let ca_arg = format!("--agent.client-ca={}", ca_path.display());
+    ok(
+        &f.start(
+            &src.url("tls"),
+            &tgt.url("tls"),
+            &["--source.read-only=external", &ca_arg],
+        ),
+        "start with client CA",
+    );
+    let out = f.run(&["status"]);
+    assert!(
+        !out.status.success(),
+        "status without a client certificate succeeded"
+    );
+    assert!(
+        stderr(&out).contains("client certificate"),
+        "{}",
+        stderr(&out)
+    );
+    let rt = rt();
+    let base = format!("https://127.0.0.1:{}", f.port);
+    let bare = client(&f.journal().join("agent-ca.pem"), None);
+    assert!(
+        rt.block_on(bare.get(format!("{base}/metrics")).send())
+            .is_err(),
+        "TLS without a client certificate was accepted"
+    );
+    let with = [
+        "--agent.client-cert",
+        path_str(&cert_path),
+        "--agent.client-key",
+        path_str(&key_path),
+    ];
+    let mut args = vec!["status", "--json"];
+    args.extend_from_slice(&with);
+    ok(&f.run(&args), "status with a client certificate");
+    let mut args = vec!["stop", "--abort"];
+    args.extend_from_slice(&with);
+    ok(&f.run(&args), "stop --abort with a client certificate");
+    f.wait_agent_exit(Duration::from_secs(30));
+}
+
+#[test]
+fn bad_input_is_refused_in_one_sentence_with_nothing_written() {
+    let (Some(src), Some(tgt)) = (
+        require(Etcd::start_with_args(&["--max-request-bytes=4194304"])),
+        require(Etcd::start()),
+    ) else {
+        return;
+    };
+    let rt = rt();
+    let dead = ferry_testkit::free_port().unwrap();
+    rt.block_on(async {
+        let mut c = connect(&src.endpoint(), None).await;
+        load(&mut c, "app", 100).await;
+        let mut t = connect(&tgt.endpoint(), None).await;
+        t.put("busy/x", "1", None).await.unwrap();
+        c.put("big/huge", vec![b'x'; 2 << 20], None).await.unwrap();
+        c.put("big/small", "ok", None).await.unwrap();
+    });
+    let f = Ferry::new();
+    let cases: Vec<(String, String, Vec<&str>, i32, &str)> = vec![
+        (
+            format!("etcd://127.0.0.1:{dead}/app"),
+            tgt.url("copy"),
+            vec![],
+            3,
+            "unreachable",
+        ),
+        (
+            src.url("app"),
+            format!("etcd://127.0.0.1:{dead}/copy"),
+            vec![],
+            3,
+            "unreachable",
+        ),
+        (
+            format!("etcd://127.0.0.1:{}/", src.client_port()),
+            tgt.url("copy"),
+            vec![],
+            2,
+            "names no key prefix",
+        ),
+        (src.url("app"), tgt.url("busy"), vec![], 3, "pass --force"),
+        (
+            src.url("app"),
+            format!("etcd://{}/app/copy", src.endpoint()),
+            vec![],
+            2,
+            "overlap",
+        ),
+        (src.url("big"), tgt.url("big"), vec![], 3, "more than"),
+        (
+            src.url("app"),
+            tgt.url("copy"),
+            vec![],
+            3,
+            "authentication disabled",
+        ),
+    ];
+    for (s, t, extra, code, needle) in cases {
+        let mut args = vec!["--check-only"];
+        args.extend(extra);
+        let out = f.start(&s, &t, &args);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{s} → {t}: {}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains(needle),
+            "{s} → {t}: `{needle}` not in {}",
+            stderr(&out)
+        );
+        assert!(!f.journal().exists(), "a refused start wrote the journal");
+    }
+    // Wrong credentials on an auth-enabled source; the password never shows.
+    rt.block_on(async {
+        let mut c = connect(&src.endpoint(), None).await;
+        enable_auth(&mut c, "app").await;
+    });
+    let out = f.start(
+        &format!("etcd://root:wrongpw-secret@{}/app", src.endpoint()),
+        &tgt.url("copy"),
+        &["--check-only"],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("refused the user name or password"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("wrongpw-secret") && !stdout(&out).contains("wrongpw-secret"));
+    // The right ones pass the checks, with auth as the read-only means.
+    let out = f.start(
+        &format!("etcd://root:rootpw@{}/app", src.endpoint()),
+        &tgt.url("copy"),
+        &["--check-only"],
+    );
+    ok(&out, "check-only with auth");
+    assert!(
+        stdout(&out).contains("pre-checks passed"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(!f.journal().exists());
+}
+
+#[test]
+fn secrets_never_reach_logs_status_or_metrics() {
+    let (Some(src), Some(tgt)) = (require(Etcd::start()), require(Etcd::start())) else {
+        return;
+    };
+    let rt = rt();
+    rt.block_on(async {
+        let mut c = connect(&src.endpoint(), None).await;
+        load(&mut c, "app", 500).await;
+        enable_auth(&mut c, "app").await;
+    });
+    let f = Ferry::new();
+    let source = format!("etcd://root:rootpw@{}/app", src.endpoint());
+    let mut seen = String::new();
+    let out = f.start(&source, &tgt.url("copy"), &[]);
+    ok(&out, "start");
+    seen += &(stdout(&out) + &stderr(&out));
+    f.wait_for("caught up", Duration::from_secs(60), |s| {
+        all_streaming(s) && max_lag(s) == 0
+    });
+    for cmd in [&["status"][..], &["status", "--json"][..]] {
+        let o = f.run(cmd);
+        seen += &(stdout(&o) + &stderr(&o));
+    }
+    let http = client(&f.journal().join("agent-ca.pem"), None);
+    seen += &rt.block_on(async {
+        http.get(format!("https://127.0.0.1:{}/metrics", f.port))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    let o = f.run(&["stop", "--timeout", "60s"]);
+    seen += &(stdout(&o) + &stderr(&o));
+    f.wait_agent_exit(Duration::from_secs(30));
+    for entry in std::fs::read_dir(f.journal()).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_file() {
+            seen += &String::from_utf8_lossy(&std::fs::read(&p).unwrap());
+        }
+    }
+    assert!(
+        seen.contains("root:***@"),
+        "the redacted URL should appear somewhere: {seen:.2000}"
+    );
+    assert!(!seen.contains("rootpw"), "the password leaked");
+}

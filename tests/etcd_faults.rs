@@ -1,0 +1,295 @@
+//! Fault tests of the etcd pipeline on real servers: SIGKILL of the agent
+//! at random moments, source compaction past the journal, a target outage.
+//! Each ends with `ferry stop` and `ferry verify` finding source and target equal.
+
+use ferry_testkit::{require, Etcd};
+use ferry_tests::harness::*;
+use rand::Rng;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Applied sequence per (shard, target) from a status.
+fn applied(s: &Value) -> BTreeMap<(u64, String), u64> {
+    let mut out = BTreeMap::new();
+    for sh in s["lag"]["shards"].as_array().into_iter().flatten() {
+        for (t, p) in sh["targets"].as_object().into_iter().flatten() {
+            out.insert(
+                (sh["shard"].as_u64().unwrap(), t.clone()),
+                p["applied_seq"].as_u64().unwrap(),
+            );
+        }
+    }
+    out
+}
+
+/// Applied checkpoints from the journal itself (the agent is down).
+fn journal_applied(f: &Ferry) -> BTreeMap<(u64, String), u64> {
+    let out = f.run(&["journal", "inspect", path_str(&f.journal()), "--json"]);
+    ok(&out, "journal inspect");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut m = BTreeMap::new();
+    for sh in v["shards"].as_array().into_iter().flatten() {
+        for (t, seq) in sh["applied"].as_object().into_iter().flatten() {
+            m.insert(
+                (sh["shard"].as_u64().unwrap(), t.clone()),
+                seq.as_u64().unwrap(),
+            );
+        }
+    }
+    m
+}
+
+fn assert_not_backward(
+    before: &BTreeMap<(u64, String), u64>,
+    after: &BTreeMap<(u64, String), u64>,
+    when: &str,
+) {
+    for (k, b) in before {
+        let a = after.get(k).copied().unwrap_or(0);
+        assert!(
+            a >= *b,
+            "{when}: applied checkpoint of {k:?} moved backward from {b} to {a}"
+        );
+    }
+}
+
+#[test]
+fn sigkill_at_random_moments_resumes_and_converges() {
+    let (Some(src), Some(tgt)) = (require(Etcd::start()), require(Etcd::start())) else {
+        return;
+    };
+    let rt = rt();
+    let f = Ferry::new();
+    let (source_url, target_url) = (src.url("crash"), tgt.url("crash"));
+    let client = rt.block_on(async {
+        let mut c = connect(&src.endpoint(), None).await;
+        load(&mut c, "crash", 30_000).await;
+        c
+    });
+    let writer = rt.block_on(async {
+        Writer::spawn(
+            client,
+            "crash".into(),
+            32_000,
+            400_000,
+            Duration::from_micros(800),
+        )
+    });
+    let mut rng = rand::thread_rng();
+    let mut seen: BTreeMap<(u64, String), u64> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    const KILLS: usize = 20;
+    for round in 0..KILLS {
+        assert!(
+            Instant::now() < deadline,
+            "crash test exceeded its time bound"
+        );
+        let out = f.start(
+            &source_url,
+            &target_url,
+            &["--source.read-only=external", "--shards", "4"],
+        );
+        ok(&out, &format!("start (round {round})"));
+        // Kill early (snapshot) in the first rounds, later in streaming.
+        let wait = if round < 6 {
+            rng.gen_range(100..1500)
+        } else {
+            rng.gen_range(300..3000)
+        };
+        std::thread::sleep(Duration::from_millis(wait));
+        if let Some(s) = f.status() {
+            let now = applied(&s);
+            assert_not_backward(&seen, &now, &format!("round {round} (live)"));
+            seen = now;
+        }
+        f.kill_agent();
+        let j = journal_applied(&f);
+        assert_not_backward(&seen, &j, &format!("round {round} (after SIGKILL)"));
+        seen.extend(j);
+    }
+    rt.block_on(writer.finish());
+    ok(
+        &f.start(
+            &source_url,
+            &target_url,
+            &["--source.read-only=external", "--shards", "4"],
+        ),
+        "final start",
+    );
+    f.wait_for("caught up", Duration::from_secs(180), |s| {
+        all_streaming(s) && max_lag(s) == 0
+    });
+    // One more kill during the cutover's drain, then the real cutover.
+    let stopper = f.cmd(&["stop", "--timeout", "60s"]).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(rng.gen_range(0..300)));
+    f.kill_agent();
+    let _ = stopper.wait_with_output();
+    ok(
+        &f.start(
+            &source_url,
+            &target_url,
+            &["--source.read-only=external", "--shards", "4"],
+        ),
+        "start after cutover kill",
+    );
+    f.wait_for("caught up again", Duration::from_secs(120), |s| {
+        all_streaming(s) && max_lag(s) == 0
+    });
+    ok(&f.run(&["stop", "--timeout", "120s"]), "ferry stop");
+    f.wait_agent_exit(Duration::from_secs(30));
+    ok(
+        &f.run(&["verify", "--source", &source_url, "--target", &target_url]),
+        "verify after crashes",
+    );
+}
+
+#[test]
+fn compaction_past_the_journal_resnapshots_and_converges() {
+    let (Some(src), Some(tgt)) = (require(Etcd::start()), require(Etcd::start())) else {
+        return;
+    };
+    let rt = rt();
+    let f = Ferry::new();
+    let (source_url, target_url) = (src.url("cmp"), tgt.url("cmp"));
+    let mut client = rt.block_on(async {
+        let mut c = connect(&src.endpoint(), None).await;
+        load(&mut c, "cmp", 5_000).await;
+        c
+    });
+    ok(
+        &f.start(&source_url, &target_url, &["--source.read-only=external"]),
+        "start",
+    );
+    f.wait_for("caught up", Duration::from_secs(60), |s| {
+        all_streaming(s) && max_lag(s) == 0
+    });
+    ok(&f.run(&["stop", "--abort"]), "stop --abort");
+    f.wait_agent_exit(Duration::from_secs(30));
+    // While the agent is down: deletes, overwrites, new keys, then compaction.
+    rt.block_on(async {
+        for i in 0..1000u64 {
+            client
+                .delete(format!("cmp/key-{i:06}"), None)
+                .await
+                .unwrap();
+        }
+        for i in 1000..2000u64 {
+            client
+                .put(format!("cmp/key-{i:06}"), "changed", None)
+                .await
+                .unwrap();
+        }
+        for i in 0..500u64 {
+            client
+                .put(format!("cmp/new-{i}"), "new", None)
+                .await
+                .unwrap();
+        }
+        let rev = client
+            .get("cmp", None)
+            .await
+            .unwrap()
+            .header()
+            .unwrap()
+            .revision();
+        client.compact(rev, None).await.unwrap();
+    });
+    // With re-snapshot off: refused by the pre-checks, in one sentence.
+    let out = f.start(
+        &source_url,
+        &target_url,
+        &["--source.read-only=external", "--no-resnapshot"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("compacted"), "{}", stderr(&out));
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+    // Default: re-snapshot, with one warning, and converge.
+    let out = f.start(&source_url, &target_url, &["--source.read-only=external"]);
+    ok(&out, "start with re-snapshot");
+    assert!(
+        stdout(&out).contains("compacted") && stdout(&out).contains("new snapshot"),
+        "{}",
+        stdout(&out)
+    );
+    f.wait_for(
+        "caught up after re-snapshot",
+        Duration::from_secs(120),
+        |s| all_streaming(s) && max_lag(s) == 0,
+    );
+    assert!(
+        f.agent_log().contains("taking a new snapshot"),
+        "{}",
+        f.agent_log()
+    );
+    ok(&f.run(&["stop", "--timeout", "60s"]), "stop");
+    f.wait_agent_exit(Duration::from_secs(30));
+    ok(
+        &f.run(&["verify", "--source", &source_url, "--target", &target_url]),
+        "verify after compaction",
+    );
+}
+
+#[test]
+fn target_outage_of_twenty_seconds_is_ridden_out() {
+    let (Some(src), Some(mut tgt)) = (require(Etcd::start()), require(Etcd::start())) else {
+        return;
+    };
+    let rt = rt();
+    let f = Ferry::new();
+    let (source_url, target_url) = (src.url("out"), tgt.url("out"));
+    let client = rt.block_on(async {
+        let mut c = connect(&src.endpoint(), None).await;
+        load(&mut c, "out", 5_000).await;
+        c
+    });
+    ok(
+        &f.start(&source_url, &target_url, &["--source.read-only=external"]),
+        "start",
+    );
+    f.wait_for("caught up", Duration::from_secs(60), |s| {
+        all_streaming(s) && max_lag(s) == 0
+    });
+    let writer = rt.block_on(async {
+        Writer::spawn(
+            client,
+            "out".into(),
+            6_000,
+            1_000_000,
+            Duration::from_millis(2),
+        )
+    });
+    tgt.stop();
+    std::thread::sleep(Duration::from_secs(20));
+    let during = f.status().expect("agent answers during the outage");
+    assert!(
+        max_lag(&during) > 100,
+        "lag did not grow during the outage: {}",
+        max_lag(&during)
+    );
+    tgt.restart().expect("restart target");
+    std::thread::sleep(Duration::from_secs(2));
+    rt.block_on(writer.finish());
+    f.wait_for("lag back near zero", Duration::from_secs(120), |s| {
+        max_lag(s) == 0
+    });
+    ok(&f.run(&["stop", "--timeout", "60s"]), "stop");
+    f.wait_agent_exit(Duration::from_secs(30));
+    ok(
+        &f.run(&["verify", "--source", &source_url, "--target", &target_url]),
+        "verify after outage",
+    );
+}

@@ -1,0 +1,338 @@
+//! Driving a real migration from tests: the `ferry` binary against real
+//! etcd servers, a random writer, and helpers to wait on `ferry status`.
+//!
+//! Every wait is bounded in time; every writer in count and time; every
+//! address is on 127.0.0.1.
+
+use crate::ferry_bin;
+use etcd_client::{Client, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp};
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// One migration's journal and agent port; kills its agent on drop.
+pub struct Ferry {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl Default for Ferry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Ferry {
+    pub fn new() -> Ferry {
+        Ferry {
+            dir: tempfile::tempdir().expect("temp dir"),
+            port: ferry_testkit::free_port().expect("free port"),
+        }
+    }
+
+    pub fn journal(&self) -> PathBuf {
+        self.dir.path().join("journal")
+    }
+
+    /// `ferry ARGS` with this migration's journal in the environment.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(ferry_bin());
+        c.args(args)
+            .env("FERRY_JOURNAL", self.journal())
+            .env_remove("FERRY_SOURCE")
+            .env_remove("FERRY_TARGET")
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("run ferry")
+    }
+
+    /// `ferry start --no-monitor` on this journal and port.
+    pub fn start(&self, source: &str, target: &str, extra: &[&str]) -> Output {
+        let listen = format!("127.0.0.1:{}", self.port);
+        let mut args = vec![
+            "start",
+            "--no-monitor",
+            "--source",
+            source,
+            "--target",
+            target,
+            "--agent.listen",
+            &listen,
+        ];
+        args.extend_from_slice(extra);
+        self.run(&args)
+    }
+
+    /// The agent's status, or None when no agent answers.
+    pub fn status(&self) -> Option<Value> {
+        let out = self.run(&["status", "--json"]);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// Polls status until `pred` holds; panics with the last status after `timeout`.
+    pub fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        let mut last = None;
+        while Instant::now() < deadline {
+            if let Some(s) = self.status() {
+                if pred(&s) {
+                    return s;
+                }
+                last = Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        panic!("timed out after {timeout:?} waiting for {what}; last status: {last:#?}\nagent log:\n{}", self.agent_log());
+    }
+
+    pub fn agent_log(&self) -> String {
+        std::fs::read_to_string(self.journal().join("agent.log")).unwrap_or_default()
+    }
+
+    /// The agent's pid, from the journal lock (present while it runs).
+    pub fn agent_pid(&self) -> Option<i32> {
+        let pid: i32 = std::fs::read_to_string(self.journal().join("ferry.lock"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let alive = !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|r| r.trim_start().starts_with('Z'));
+        (alive && stat.contains("(ferry)")).then_some(pid)
+    }
+
+    /// SIGKILLs the agent and waits until it is gone.
+    pub fn kill_agent(&self) {
+        if let Some(pid) = self.agent_pid() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while self.agent_pid().is_some() {
+                assert!(Instant::now() < deadline, "agent {pid} did not die");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Waits for the agent to exit by itself.
+    pub fn wait_agent_exit(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.agent_pid().is_some() {
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not exit within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Ferry {
+    fn drop(&mut self) {
+        self.kill_agent();
+    }
+}
+
+/// True when every shard streams.
+pub fn all_streaming(s: &Value) -> bool {
+    let shards = s["lag"]["shards"].as_array().cloned().unwrap_or_default();
+    !shards.is_empty() && shards.iter().all(|sh| sh["phase"] == "streaming")
+}
+
+/// The largest lag in events over shards and targets.
+pub fn max_lag(s: &Value) -> u64 {
+    s["lag"]["shards"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|sh| {
+            sh["targets"]
+                .as_object()
+                .into_iter()
+                .flat_map(|t| t.values())
+        })
+        .map(|t| t["lag_events"].as_u64().unwrap_or(0))
+        .max()
+        .unwrap_or(0)
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts success, showing both streams otherwise.
+pub fn ok(o: &Output, what: &str) {
+    assert!(
+        o.status.success(),
+        "{what} failed ({:?}):\nstdout: {}\nstderr: {}",
+        o.status,
+        stdout(o),
+        stderr(o)
+    );
+}
+
+pub async fn connect(endpoint: &str, user: Option<(&str, &str)>) -> Client {
+    let opts = user.map(|(u, p)| ConnectOptions::new().with_user(u, p));
+    Client::connect([endpoint], opts)
+        .await
+        .expect("connect to test etcd")
+}
+
+/// Writes `n` keys `prefix/key-000000…` with values of 256 bytes, in full transactions.
+pub async fn load(client: &mut Client, prefix: &str, n: u64) {
+    let mut i = 0;
+    while i < n {
+        let ops: Vec<TxnOp> = (i..(i + 128).min(n))
+            .map(|k| TxnOp::put(format!("{prefix}/key-{k:06}"), vec![b'v'; 256], None))
+            .collect();
+        i += ops.len() as u64;
+        client
+            .txn(Txn::new().and_then(ops))
+            .await
+            .expect("load txn");
+    }
+}
+
+/// Counts of what a [`Writer`] did.
+#[derive(Default, Debug)]
+pub struct Written {
+    pub ops: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+/// A background writer of puts, overwrites, deletes and lease-attached keys,
+/// bounded by `max_ops` and stopped by `stop`.
+pub struct Writer {
+    pub stop: Arc<AtomicBool>,
+    pub done: Arc<Written>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl Writer {
+    pub fn spawn(
+        mut client: Client,
+        prefix: String,
+        key_space: u64,
+        max_ops: u64,
+        pause: Duration,
+    ) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(Written::default());
+        let (s, d) = (Arc::clone(&stop), Arc::clone(&done));
+        let handle = tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+            let mut leases = Vec::new();
+            for _ in 0..4 {
+                if let Ok(l) = client.lease_grant(600, None).await {
+                    leases.push(l.id());
+                }
+            }
+            for i in 0..max_ops {
+                if s.load(Ordering::Relaxed) {
+                    break;
+                }
+                let key = format!("{prefix}/key-{:06}", rng.gen_range(0..key_space));
+                let roll = rng.gen_range(0..100);
+                let r = if roll < 60 {
+                    let len = rng.gen_range(10..400);
+                    client
+                        .put(key, vec![b'a' + (i % 26) as u8; len], None)
+                        .await
+                        .map(|_| ())
+                } else if roll < 85 {
+                    client.delete(key, None).await.map(|_| ())
+                } else if !leases.is_empty() {
+                    let lease = leases[rng.gen_range(0..leases.len())];
+                    let key = format!("{prefix}/leased-{:04}", rng.gen_range(0..500));
+                    client
+                        .put(
+                            key,
+                            format!("leased-{i}"),
+                            Some(PutOptions::new().with_lease(lease)),
+                        )
+                        .await
+                        .map(|_| ())
+                } else {
+                    Ok(())
+                };
+                d.ops.fetch_add(1, Ordering::Relaxed);
+                if r.is_err() {
+                    d.errors.fetch_add(1, Ordering::Relaxed);
+                }
+                if !pause.is_zero() {
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        });
+        Writer { stop, done, handle }
+    }
+
+    pub async fn finish(self) -> Arc<Written> {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.handle).await;
+        self.done
+    }
+}
+
+/// Number of keys under `prefix`.
+pub async fn count(client: &mut Client, prefix: &str) -> i64 {
+    client
+        .get(
+            prefix,
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )
+        .await
+        .expect("count")
+        .count()
+}
+
+/// Sets up etcd auth: root (password `rootpw`), and user `app` (password
+/// `apppw`) with role `app` allowed to read and write `prefix`.
+pub async fn enable_auth(client: &mut Client, prefix: &str) {
+    use etcd_client::Permission;
+    client
+        .user_add("root", "rootpw", None)
+        .await
+        .expect("add root");
+    client
+        .user_grant_role("root", "root")
+        .await
+        .expect("grant root");
+    client.role_add("app").await.expect("add role");
+    client
+        .role_grant_permission("app", Permission::read_write(prefix).with_prefix())
+        .await
+        .expect("grant app");
+    client
+        .user_add("app", "apppw", None)
+        .await
+        .expect("add app");
+    client
+        .user_grant_role("app", "app")
+        .await
+        .expect("grant app role");
+    client.auth_enable().await.expect("enable auth");
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
