@@ -13,7 +13,7 @@
 //! [`DEAD_RETENTION`], so the map stays bounded by the live leases.
 
 use crate::{EtcdError, EtcdStore};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -47,12 +47,20 @@ impl LeaseState {
 /// Source lease id → state. Cheap to clone (an `Arc`).
 #[derive(Clone, Default)]
 pub struct LeaseLiveness {
-    inner: Arc<Mutex<HashMap<i64, LeaseState>>>,
+    inner: Arc<Mutex<Known>>,
+}
+
+#[derive(Default)]
+struct Known {
+    states: HashMap<i64, LeaseState>,
+    /// Leases a sink maps that the tailer has not looked at yet (after a
+    /// restart, a lease no new event mentions would otherwise stay unknown).
+    wanted: HashSet<i64>,
 }
 
 impl std::fmt::Debug for LeaseLiveness {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "LeaseLiveness({} leases)", self.with(|m| m.len()))
+        write!(f, "LeaseLiveness({} leases)", self.len())
     }
 }
 
@@ -61,13 +69,13 @@ impl LeaseLiveness {
         Self::default()
     }
 
-    fn with<R>(&self, f: impl FnOnce(&mut HashMap<i64, LeaseState>) -> R) -> R {
+    fn with<R>(&self, f: impl FnOnce(&mut Known) -> R) -> R {
         f(&mut self.inner.lock().expect("lease liveness lock poisoned"))
     }
 
     /// What is known about `source_lease`, if it was ever seen.
     pub fn get(&self, source_lease: i64) -> Option<LeaseState> {
-        self.with(|m| m.get(&source_lease).copied())
+        self.with(|m| m.states.get(&source_lease).copied())
     }
 
     /// `Some(true)` alive, `Some(false)` dead, `None` never seen.
@@ -77,7 +85,17 @@ impl LeaseLiveness {
 
     /// How many leases are tracked.
     pub fn len(&self) -> usize {
-        self.with(|m| m.len())
+        self.with(|m| m.states.len())
+    }
+
+    /// Asks the tailer to check `source_lease` on its next round even if no
+    /// event mentions it (a sink that resumed with mapped leases).
+    pub fn track(&self, source_lease: i64) {
+        self.with(|m| {
+            if !m.states.contains_key(&source_lease) {
+                m.wanted.insert(source_lease);
+            }
+        });
     }
 
     pub fn is_empty(&self) -> bool {
@@ -87,13 +105,14 @@ impl LeaseLiveness {
     /// Records a check. A dead lease never comes back to life.
     pub fn record(&self, source_lease: i64, state: LeaseState) {
         self.with(|m| {
-            let keep_dead = m.get(&source_lease).is_some_and(|s| !s.alive);
+            let keep_dead = m.states.get(&source_lease).is_some_and(|s| !s.alive);
             let mut state = state;
             if keep_dead {
                 state.alive = false;
                 state.ttl_s = 0;
             }
-            m.insert(source_lease, state);
+            m.wanted.remove(&source_lease);
+            m.states.insert(source_lease, state);
         });
     }
 
@@ -101,11 +120,14 @@ impl LeaseLiveness {
     /// past [`DEAD_RETENTION`].
     fn due(&self, age: Duration) -> Vec<i64> {
         self.with(|m| {
-            m.retain(|_, s| s.alive || s.checked_at.elapsed() < DEAD_RETENTION);
-            m.iter()
+            m.states
+                .retain(|_, s| s.alive || s.checked_at.elapsed() < DEAD_RETENTION);
+            let stale = m
+                .states
+                .iter()
                 .filter(|(_, s)| s.alive && s.checked_at.elapsed() >= age)
-                .map(|(id, _)| *id)
-                .collect()
+                .map(|(id, _)| *id);
+            m.wanted.iter().copied().chain(stale).collect()
         })
     }
 }
@@ -199,5 +221,9 @@ mod tests {
         assert_eq!(l.is_alive(7), Some(false));
         assert_eq!(l.is_alive(8), None);
         assert_eq!(l.due(Duration::ZERO), Vec::<i64>::new());
+        l.track(9);
+        l.track(7);
+        assert_eq!(l.due(Duration::from_secs(60)), vec![9]);
+        assert_eq!(l.is_alive(9), None);
     }
 }

@@ -232,7 +232,12 @@ impl EtcdStore {
         let r = self
             .timed("counting the keys", kv.get(start, Some(opts)))
             .await?;
-        let rev = r.header().map_or(0, |h| h.revision());
+        // The header carries the current revision, not the one read at.
+        let rev = if revision > 0 {
+            revision
+        } else {
+            r.header().map_or(0, |h| h.revision())
+        };
         let mut count = u64::try_from(r.count()).unwrap_or(0);
         if range_covers_reserved(&self.0.prefix) {
             let (rs, re) = prefix_range(RESERVED_PREFIX);
@@ -246,6 +251,33 @@ impl EtcdStore {
             count = count.saturating_sub(u64::try_from(r.count()).unwrap_or(0));
         }
         Ok((rev, count))
+    }
+
+    /// Whether the prefix holds the same state at revision `to` as at `from`
+    /// (`from < to`), up to keys created and deleted again in between
+    /// (which change nothing a copy must have): no key under it was
+    /// modified in `(from, to]` and its key count is the same.
+    ///
+    /// Costs a read of the whole prefix on the server (etcd applies a
+    /// mod-revision filter after reading the range), so callers throttle it.
+    pub(crate) async fn unchanged_between(&self, from: i64, to: i64) -> Result<bool, EtcdError> {
+        if self.count_at(from).await?.1 != self.count_at(to).await?.1 {
+            return Ok(false);
+        }
+        let (start, end) = prefix_range(&self.0.prefix);
+        let opts = GetOptions::new()
+            .with_range(end)
+            .with_revision(to)
+            .with_min_mod_revision(from + 1)
+            .with_keys_only()
+            .with_limit(64);
+        let mut kv = self.kv();
+        let r = self
+            .timed("checking for changes", kv.get(start, Some(opts)))
+            .await?;
+        // Reserved keys (when the prefix covers them) do not count; if a
+        // full page of them hides the rest, say "changed": it is only safe.
+        Ok(!r.more() && r.kvs().iter().all(|kv| is_reserved(kv.key())))
     }
 
     /// Whether the server has authentication enabled. etcd 3.4 has no
@@ -371,6 +403,7 @@ pub(crate) struct RangeCursor {
     pub revision: i64,
     limit: i64,
     keys_only: bool,
+    reserved: bool,
     done: bool,
 }
 
@@ -384,6 +417,7 @@ impl RangeCursor {
             revision,
             limit: PAGE_MAX_KEYS,
             keys_only: false,
+            reserved: false,
             done: false,
         }
     }
@@ -394,7 +428,13 @@ impl RangeCursor {
         self
     }
 
-    /// The next page, without Ferry's reserved keys; `None` when done. A
+    /// Also return Ferry's reserved keys (to read Ferry's own records).
+    pub fn with_reserved(mut self) -> Self {
+        self.reserved = true;
+        self
+    }
+
+    /// The next page, without Ferry's reserved keys (unless asked); `None` when done. A
     /// page may be empty when it held only reserved keys.
     pub async fn next_page(
         &mut self,

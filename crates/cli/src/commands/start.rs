@@ -106,7 +106,7 @@ pub fn run(args: StartArgs) -> Result<(), CliError> {
         if args.no_monitor {
             return Ok(());
         }
-        let target = AgentTarget::resolve(dir, None, None, None, None)?;
+        let target = AgentTarget::resolve(dir, None, None, None, args.client_cert.clone().zip(args.client_key.clone()))?;
         return rt.block_on(monitor::follow(&target, None, false));
     }
     let resuming = existing.is_some();
@@ -160,15 +160,18 @@ pub fn run(args: StartArgs) -> Result<(), CliError> {
         };
     }
     let child = spawn_agent(dir, &args)?;
-    let target = AgentTarget::resolve(dir, None, None, None, None)?;
+    let target = AgentTarget::resolve(dir, None, None, None, args.client_cert.clone().zip(args.client_key.clone()))?;
     let status = rt.block_on(wait_ready(&target, child, dir))?;
     println!(
-        "agent {} running at {}; `ferry status --journal {}` shows progress, `ferry stop --journal {}` cuts over",
-        status.pid,
+        "agent {child} running at {}; `ferry status --journal {}` shows progress, `ferry stop --journal {}` cuts over",
         target.url,
         dir.display(),
         dir.display()
     );
+    if status.is_none() {
+        println!("the agent requires client certificates: monitor it with `ferry status --agent.client-cert … --agent.client-key …`");
+        return Ok(());
+    }
     if args.no_monitor {
         return Ok(());
     }
@@ -213,15 +216,20 @@ fn spawn_agent(dir: &Path, args: &StartArgs) -> Result<u32, CliError> {
     Ok(child.id())
 }
 
+/// Waits until the agent answers; `None` when it answers only to client
+/// certificates and this CLI has none.
 async fn wait_ready(
     target: &AgentTarget,
     pid: u32,
     dir: &Path,
-) -> Result<ferry_agent::api::StatusResponse, CliError> {
+) -> Result<Option<ferry_agent::api::StatusResponse>, CliError> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         match target.status().await {
-            Ok(s) if s.pid == pid => return Ok(s),
+            Ok(s) if s.pid == pid => return Ok(Some(s)),
+            Err(e) if target.client_cert.is_none() && e.message.contains("requires a client certificate") => {
+                return Ok(None)
+            }
             _ if !std::path::Path::new(&format!("/proc/{pid}")).exists() || zombie(pid) => {
                 let log = std::fs::read_to_string(dir.join(AGENT_LOG)).unwrap_or_default();
                 let last = log

@@ -19,6 +19,7 @@
 
 use crate::error::is_lease_not_found;
 use crate::lease::LeaseLiveness;
+use crate::store::RangeCursor;
 use crate::{EtcdError, EtcdStore};
 use etcd_client::{GetOptions, LeaseGrantOptions};
 use std::collections::HashMap;
@@ -51,6 +52,57 @@ impl TargetLeases {
             liveness,
             map: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// After a restart: takes over every mapping recorded on the target
+    /// whose target lease still lives (so the keeper resumes keeping it
+    /// alive) and asks the tailer to watch its source lease; drops records
+    /// of target leases that are gone.
+    pub async fn load_all(&self) -> Result<usize, EtcdError> {
+        let mut prefix = crate::RESERVED_PREFIX.to_vec();
+        prefix.extend_from_slice(self.store.prefix());
+        prefix.extend_from_slice(b"/lease/");
+        let mut cursor = RangeCursor::prefix(&prefix, 0).with_reserved();
+        let mut loaded = 0;
+        while let Some(page) = cursor.next_page(&self.store).await? {
+            for kv in page {
+                let source = std::str::from_utf8(&kv.key()[prefix.len()..])
+                    .ok()
+                    .and_then(|s| s.parse::<i64>().ok());
+                let target = std::str::from_utf8(kv.value())
+                    .ok()
+                    .and_then(|s| s.parse::<i64>().ok());
+                let (Some(source), Some(target)) = (source, target) else {
+                    continue;
+                };
+                let mut lc = self.store.client().lease_client();
+                let t = self
+                    .store
+                    .timed("reading a lease's TTL", lc.time_to_live(target, None))
+                    .await?;
+                if t.ttl() <= 0 {
+                    let mut c = self.store.kv();
+                    self.store
+                        .timed(
+                            "deleting a lease mapping",
+                            c.delete(kv.key().to_vec(), None),
+                        )
+                        .await?;
+                    continue;
+                }
+                if let Some(l) = &self.liveness {
+                    l.track(source);
+                }
+                self.map.lock().await.entry(source).or_insert(Mapped {
+                    target,
+                    granted_ttl_s: t.granted_ttl(),
+                    expires_at: Instant::now() + secs(t.ttl()),
+                    persisted: true,
+                });
+                loaded += 1;
+            }
+        }
+        Ok(loaded)
     }
 
     /// The mapping record's key for `source` lease.

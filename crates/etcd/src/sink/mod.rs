@@ -368,6 +368,10 @@ impl Sink for EtcdSink {
 
     async fn startup(&self) -> Result<(), SinkError> {
         self.store.server_version().await.map_err(|e| self.err(e))?;
+        let n = self.leases.load_all().await.map_err(|e| self.err(e))?;
+        if n > 0 {
+            tracing::info!(target_store = %self.name, leases = n, "resuming target leases recorded by an earlier run");
+        }
         let mut keeper = self.keeper.lock().expect("keeper lock poisoned");
         if keeper.is_none() {
             let leases = Arc::clone(&self.leases);

@@ -118,8 +118,9 @@ impl Fences {
         self.recent.push_back((key.to_vec(), revision));
     }
 
-    pub fn is_waiting(&self) -> bool {
-        !self.waiting.is_empty()
+    /// True when a fence at or below `revision` waits.
+    pub fn waiting_at_most(&self, revision: i64) -> bool {
+        self.waiting.iter().any(|r| r.revision <= revision)
     }
 
     /// Fence revisions at or below `confirmed`, ascending and deduplicated;

@@ -8,14 +8,20 @@
 //! at their word: without `fragment`, etcd sends all events of one revision
 //! in one response, so after a response whose last event is at revision r,
 //! everything through r arrived. A requested progress response says "the
-//! store is at P", but etcd 3.4.23 sends it on a separate channel that races
-//! with events already queued for the watcher (etcd-io/etcd#15220, fixed in
-//! later 3.4/3.5 releases): it may arrive before events at or below P. So a
-//! progress revision P is only a *candidate*, confirmed either by a later
-//! event above P (events of one watcher come in revision order) or by the
-//! next progress response when no event at or below P arrived in between.
-//! Only confirmed revisions become checkpoints or satisfy fences; an
-//! unconfirmed one only updates the source head shown in `status`.
+//! store is at P", but etcd 3.4.23 answers it on a separate channel, ahead
+//! of events still queued for the watcher and even before a watcher that is
+//! still catching up (or about to be canceled for compaction) delivered
+//! anything (etcd-io/etcd#15220, fixed in later 3.4/3.5 releases; observed
+//! here: a fence confirmed by progress alone before the compaction cancel
+//! arrived). So a progress revision P is only a *candidate*. It becomes
+//! confirmed either by a later event above P (events of one watcher come in
+//! revision order), or by a check on the source itself: the prefix has the
+//! same key count at P as at the confirmed revision and no key modified in
+//! between ([`EtcdStore::unchanged_between`](crate::EtcdStore)). Only
+//! confirmed revisions become checkpoints or satisfy fences; a candidate
+//! only updates the source head shown in `status`. The check reads the
+//! whole prefix on the server, so it runs only for a waiting fence or an
+//! idle checkpoint, throttled to a small share of the time.
 
 use super::fence::{FenceShared, Fences};
 use super::{Appender, EtcdTailer};
@@ -37,40 +43,38 @@ pub(super) enum StreamEnd {
 
 /// The revision bookkeeping of one watch session (see the module doc).
 struct Progress {
-    /// Highest revision known fully delivered (events or a confirmed
-    /// progress response); everything at or below it is journaled or pending.
+    /// Highest revision known fully delivered; everything at or below it
+    /// is journaled or pending.
     confirmed: i64,
-    /// A progress revision not yet confirmed.
+    /// A progress revision above `confirmed`, not yet confirmed.
     candidate: Option<i64>,
-    /// An event at or below the candidate arrived after it: it was early.
-    spoiled: bool,
     /// The checkpoint last journaled.
     journaled: i64,
     last_checkpoint_at: Instant,
+    /// No source check before this (throttle).
+    next_check_at: Instant,
 }
 
 impl Progress {
-    fn on_events(&mut self, first: i64, last: i64) {
-        if let Some(c) = self.candidate {
-            if first <= c {
-                self.spoiled = true;
-            }
-            if last > c {
-                // Everything at or below c came before this event.
-                self.candidate = None;
-                self.spoiled = false;
-            }
+    fn new(from: i64) -> Self {
+        Progress {
+            confirmed: from,
+            candidate: None,
+            journaled: from,
+            last_checkpoint_at: Instant::now(),
+            next_check_at: Instant::now(),
         }
+    }
+
+    fn on_events(&mut self, last: i64) {
         self.confirmed = self.confirmed.max(last);
+        if self.candidate.is_some_and(|c| c <= self.confirmed) {
+            // Everything at or below the candidate came before this event.
+            self.candidate = None;
+        }
     }
 
     fn on_progress(&mut self, p: i64) {
-        if let Some(c) = self.candidate.take() {
-            if !self.spoiled {
-                self.confirmed = self.confirmed.max(c);
-            }
-        }
-        self.spoiled = false;
         if p > self.confirmed {
             self.candidate = Some(p);
         }
@@ -110,13 +114,7 @@ impl EtcdTailer {
             .store
             .timed("starting a watch", wc.watch(start, Some(opts)))
             .await?;
-        let mut progress = Progress {
-            confirmed: from,
-            candidate: None,
-            spoiled: false,
-            journaled: from,
-            last_checkpoint_at: Instant::now(),
-        };
+        let mut progress = Progress::new(from);
         let mut pending = Pending {
             per_shard: app.empty(),
             count: 0,
@@ -162,10 +160,6 @@ impl EtcdTailer {
                         let p = resp.header().map_or(0, |h| h.revision());
                         lag.source_head(&Position::at(u64::try_from(p).unwrap_or(0)));
                         progress.on_progress(p);
-                        if fences.is_waiting() && progress.candidate.is_some() {
-                            // Confirm quickly: the cutover is waiting.
-                            let _ = watch.request_progress().await;
-                        }
                         self.maybe_flush_idle(app, &mut pending, &mut progress, fences).await?;
                     } else {
                         self.take_events(&resp, &mut pending, &mut progress, fences, &shared).await?;
@@ -227,12 +221,10 @@ impl EtcdTailer {
         fences: &mut Fences,
         shared: &FenceShared,
     ) -> Result<(), EtcdError> {
-        let mut first = i64::MAX;
         let mut last = 0;
         for ev in resp.events() {
             let Some(kv) = ev.kv() else { continue };
             let rev = kv.mod_revision();
-            first = first.min(rev);
             last = last.max(rev);
             if Self::skip(kv.key()) {
                 continue;
@@ -254,13 +246,13 @@ impl EtcdTailer {
             pending.since.get_or_insert_with(tokio::time::Instant::now);
         }
         if last > 0 {
-            progress.on_events(first, last);
+            progress.on_events(last);
         }
         Ok(())
     }
 
-    /// Checkpoint-only append on an idle source, at most every
-    /// `idle_checkpoint_interval`, only when the confirmed revision moved.
+    /// Confirms the candidate through the source when a fence waits for it
+    /// or an idle checkpoint is due, then flushes what became ready.
     async fn maybe_flush_idle<J: Journal>(
         &self,
         app: &mut Appender<'_, J>,
@@ -268,11 +260,27 @@ impl EtcdTailer {
         progress: &mut Progress,
         fences: &mut Fences,
     ) -> Result<(), EtcdError> {
-        let fence_ready = !fences.ready(progress.confirmed).is_empty();
         let idle_due = pending.count == 0
-            && progress.confirmed > progress.journaled
             && progress.last_checkpoint_at.elapsed() >= self.opts.idle_checkpoint_interval;
-        if fence_ready || idle_due {
+        if let Some(c) = progress.candidate {
+            let fence_needs = fences.waiting_at_most(c);
+            if fence_needs || (idle_due && Instant::now() >= progress.next_check_at) {
+                let started = Instant::now();
+                let quiet = match self.store.unchanged_between(progress.confirmed, c).await {
+                    Ok(q) => q,
+                    // The watch reports the compaction itself.
+                    Err(EtcdError::Compacted { .. }) => false,
+                    Err(e) => return Err(e),
+                };
+                // Keep the check under ~2% of the time on large prefixes.
+                progress.next_check_at = Instant::now() + started.elapsed() * 50;
+                if quiet {
+                    progress.on_events(c);
+                }
+            }
+        }
+        let fence_ready = !fences.ready(progress.confirmed).is_empty();
+        if fence_ready || (idle_due && progress.confirmed > progress.journaled) {
             self.flush(app, pending, progress, fences).await?;
         }
         Ok(())
@@ -337,36 +345,22 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 mod tests {
     use super::*;
 
-    fn fresh(from: i64) -> Progress {
-        Progress {
-            confirmed: from,
-            candidate: None,
-            spoiled: false,
-            journaled: from,
-            last_checkpoint_at: Instant::now(),
-        }
-    }
-
     #[test]
-    fn progress_is_confirmed_only_when_safe() {
-        let mut p = fresh(10);
+    fn only_events_confirm_without_a_source_check() {
+        let mut p = Progress::new(10);
         p.on_progress(15);
         assert_eq!((p.confirmed, p.candidate), (10, Some(15)));
-        // Next progress with nothing in between confirms 15.
+        // Another progress alone confirms nothing (etcd 3.4 may be early).
         p.on_progress(15);
-        assert_eq!((p.confirmed, p.candidate), (15, None));
-        // A progress that raced ahead of events 16..=18 is not confirmed.
-        p.on_progress(20);
-        p.on_events(16, 18);
-        assert!(p.spoiled);
-        p.on_progress(20);
-        assert_eq!(p.confirmed, 18);
-        assert_eq!(p.candidate, Some(20));
-        // An event above the candidate confirms by stream order.
-        p.on_events(21, 21);
-        assert_eq!((p.confirmed, p.candidate), (21, None));
+        assert_eq!((p.confirmed, p.candidate), (10, Some(15)));
+        // Events below the candidate move `confirmed` but keep the candidate.
+        p.on_events(12);
+        assert_eq!((p.confirmed, p.candidate), (12, Some(15)));
+        // An event above it confirms it by stream order.
+        p.on_events(16);
+        assert_eq!((p.confirmed, p.candidate), (16, None));
         // A stale progress (below what events showed) is ignored.
         p.on_progress(5);
-        assert_eq!((p.confirmed, p.candidate), (21, None));
+        assert_eq!((p.confirmed, p.candidate), (16, None));
     }
 }

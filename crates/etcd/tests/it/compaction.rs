@@ -86,35 +86,6 @@ async fn compaction_fails_or_resnapshots_and_converges() {
     )
     .await;
     p.drain(&source, Duration::from_secs(60)).await;
-    for s in 0..shards {
-        eprintln!(
-            "shard {s}: bounds {:?} applied {:?}",
-            p.journal.bounds(ShardId(s)).unwrap(),
-            p.journal.applied(TARGET, ShardId(s)).unwrap()
-        );
-        for e in p
-            .journal
-            .read(
-                ShardId(s),
-                1,
-                ferry_journal::ReadBudget {
-                    max_events: 1 << 20,
-                    max_bytes: 1 << 30,
-                },
-            )
-            .unwrap()
-        {
-            if e.op.is_marker() || e.key.ends_with(b"000000") || e.key.ends_with(b"000003") {
-                eprintln!(
-                    "  {} {:?} {} {:?}",
-                    e.seq,
-                    e.position,
-                    String::from_utf8_lossy(&e.key),
-                    e.op
-                );
-            }
-        }
-    }
     let report = verify::compare(&source, &target, 3).await.unwrap();
     assert!(report.is_equal(), "{:#?}", report.differences);
     assert_eq!(

@@ -35,21 +35,46 @@ async fn leased_keys_follow_their_source_lease() {
     let target = store(&dst, "copy/").await;
     let p = Pipeline::start(source.clone(), target.clone(), 1, TailerOptions::default()).await;
 
-    // The source keeps its lease alive for longer than its TTL.
+    // The source keeps its lease alive for longer than its TTL, across a
+    // restart of the whole pipeline (the new sink takes the recorded target
+    // lease over, the new tailer learns the source lease from it).
     let (mut keeper, _stream) = sc.lease_keep_alive(lease).await.unwrap();
     let mut target_lease = 0;
+    let mut p = Some(p);
+    let mut restarted = false;
     let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(12) {
+    while start.elapsed() < Duration::from_secs(16) {
         keeper.keep_alive().await.unwrap();
         if let Some((v, l)) = target_key(&mut dc, "copy/session").await {
             assert_eq!(v, b"alive");
             assert_ne!(l, 0, "the target key has a lease");
+            assert!(
+                target_lease == 0 || target_lease == l,
+                "one target lease, reused"
+            );
             target_lease = l;
+        }
+        if !restarted && target_lease != 0 && start.elapsed() > Duration::from_secs(6) {
+            let (kept, r) = p.take().unwrap().stop_keep_journal().await;
+            r.unwrap();
+            p = Some(
+                Pipeline::resume(
+                    source.clone(),
+                    target.clone(),
+                    kept,
+                    1,
+                    TailerOptions::default(),
+                )
+                .await,
+            );
+            restarted = true;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    let p = p.unwrap();
+    assert!(restarted);
     assert_ne!(target_lease, 0, "the leased key reached the target");
-    // 12 s > the 5 s TTL: only the keeper kept the target lease alive.
+    // 16 s > 3 x the 5 s TTL: only the keepers kept the target lease alive.
     assert!(
         target_key(&mut dc, "copy/session").await.is_some(),
         "kept alive past its TTL"

@@ -7,6 +7,7 @@
 mod common;
 mod compaction;
 mod leases;
+mod outage;
 mod pipeline;
 mod readonly;
 mod sink;
