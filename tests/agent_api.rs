@@ -256,13 +256,49 @@ fn bad_input_is_refused_in_one_sentence_with_nothing_written() {
     let f = Ferry::new();
     let ext = vec!["--source.read-only=external"];
     let cases: Vec<(String, String, Vec<&str>, i32, &str)> = vec![
-        (format!("etcd://127.0.0.1:{dead}/app"), tgt.url("copy"), ext.clone(), 3, "unreachable"),
-        (src.url("app"), format!("etcd://127.0.0.1:{dead}/copy"), ext.clone(), 3, "unreachable"),
-        (format!("etcd://127.0.0.1:{}/", src.client_port()), tgt.url("copy"), ext.clone(), 2, "names no key prefix"),
-        (src.url("app"), tgt.url("busy"), ext.clone(), 3, "pass --force"),
-        (src.url("app"), format!("etcd://{}/app/copy", src.endpoint()), ext.clone(), 2, "overlap"),
+        (
+            format!("etcd://127.0.0.1:{dead}/app"),
+            tgt.url("copy"),
+            ext.clone(),
+            3,
+            "unreachable",
+        ),
+        (
+            src.url("app"),
+            format!("etcd://127.0.0.1:{dead}/copy"),
+            ext.clone(),
+            3,
+            "unreachable",
+        ),
+        (
+            format!("etcd://127.0.0.1:{}/", src.client_port()),
+            tgt.url("copy"),
+            ext.clone(),
+            2,
+            "names no key prefix",
+        ),
+        (
+            src.url("app"),
+            tgt.url("busy"),
+            ext.clone(),
+            3,
+            "pass --force",
+        ),
+        (
+            src.url("app"),
+            format!("etcd://{}/app/copy", src.endpoint()),
+            ext.clone(),
+            2,
+            "overlap",
+        ),
         (src.url("big"), tgt.url("big"), ext.clone(), 3, "more than"),
-        (src.url("app"), tgt.url("copy"), vec![], 3, "authentication disabled"),
+        (
+            src.url("app"),
+            tgt.url("copy"),
+            vec![],
+            3,
+            "authentication disabled",
+        ),
     ];
     for (s, t, extra, code, needle) in cases {
         let mut args = vec!["--check-only"];

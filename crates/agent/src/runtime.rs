@@ -66,6 +66,8 @@ impl AgentRun {
                 .map_err(|e| e.to_string())?,
         );
         let metrics = install_metrics()?;
+        metrics::gauge!(ferry_core::metric_names::CUTOVER_PHASE)
+            .set(CutoverPhase::NotStarted.gauge());
         let listen = self.cfg.listen_addr()?;
         let id = security::ensure_identity(
             dir,

@@ -91,10 +91,18 @@ pub struct StartArgs {
     #[arg(long = "agent.client-ca", env = "FERRY_AGENT_CLIENT_CA")]
     pub agent_client_ca: Option<PathBuf>,
     /// A client certificate for the monitor, when the agent requires one.
-    #[arg(long = "agent.client-cert", env = "FERRY_AGENT_CLIENT_CERT", requires = "client_key")]
+    #[arg(
+        long = "agent.client-cert",
+        env = "FERRY_AGENT_CLIENT_CERT",
+        requires = "client_key"
+    )]
     pub client_cert: Option<PathBuf>,
     /// The client certificate's key.
-    #[arg(long = "agent.client-key", env = "FERRY_AGENT_CLIENT_KEY", requires = "client_cert")]
+    #[arg(
+        long = "agent.client-key",
+        env = "FERRY_AGENT_CLIENT_KEY",
+        requires = "client_cert"
+    )]
     pub client_key: Option<PathBuf>,
     /// How the source is made read-only at cutover: auth (etcd roles) or external (you stop the writers).
     #[arg(

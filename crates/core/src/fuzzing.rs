@@ -44,7 +44,11 @@ pub fn store_url(data: &[u8]) {
     };
     let first = shown(text);
     if let Some(changed) = with_other_secret(text) {
-        assert_eq!(first, shown(&changed), "what is shown depends on the secret");
+        assert_eq!(
+            first,
+            shown(&changed),
+            "what is shown depends on the secret"
+        );
     }
 }
 
@@ -70,6 +74,9 @@ mod tests {
     #[test]
     fn a_shown_secret_would_be_caught() {
         assert!(super::with_other_secret("etcd://u:pw@h/x").is_some());
-        assert_ne!(super::shown("etcd://h:pw/x"), super::shown("etcd://h:ZZZ/x"));
+        assert_ne!(
+            super::shown("etcd://h:pw/x"),
+            super::shown("etcd://h:ZZZ/x")
+        );
     }
 }

@@ -106,7 +106,13 @@ pub fn run(args: StartArgs) -> Result<(), CliError> {
         if args.no_monitor {
             return Ok(());
         }
-        let target = AgentTarget::resolve(dir, None, None, None, args.client_cert.clone().zip(args.client_key.clone()))?;
+        let target = AgentTarget::resolve(
+            dir,
+            None,
+            None,
+            None,
+            args.client_cert.clone().zip(args.client_key.clone()),
+        )?;
         return rt.block_on(monitor::follow(&target, None, false));
     }
     let resuming = existing.is_some();
@@ -160,7 +166,13 @@ pub fn run(args: StartArgs) -> Result<(), CliError> {
         };
     }
     let child = spawn_agent(dir, &args)?;
-    let target = AgentTarget::resolve(dir, None, None, None, args.client_cert.clone().zip(args.client_key.clone()))?;
+    let target = AgentTarget::resolve(
+        dir,
+        None,
+        None,
+        None,
+        args.client_cert.clone().zip(args.client_key.clone()),
+    )?;
     let status = rt.block_on(wait_ready(&target, child, dir))?;
     println!(
         "agent {child} running at {}; `ferry status --journal {}` shows progress, `ferry stop --journal {}` cuts over",
@@ -227,7 +239,10 @@ async fn wait_ready(
     loop {
         match target.status().await {
             Ok(s) if s.pid == pid => return Ok(Some(s)),
-            Err(e) if target.client_cert.is_none() && e.message.contains("requires a client certificate") => {
+            Err(e)
+                if target.client_cert.is_none()
+                    && e.message.contains("requires a client certificate") =>
+            {
                 return Ok(None)
             }
             _ if !std::path::Path::new(&format!("/proc/{pid}")).exists() || zombie(pid) => {
