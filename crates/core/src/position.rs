@@ -24,6 +24,7 @@ pub struct Position {
     /// Decides ordering; see the module doc for what each store puts here.
     pub order: u64,
     /// Resume data the tailer needs besides `order`; never interpreted here.
+    #[serde(with = "serde_bytes")]
     pub token: Vec<u8>,
 }
 

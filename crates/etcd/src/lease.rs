@@ -7,6 +7,10 @@
 //! sink keeps its matching target lease alive while the source lease lives
 //! and revokes it once the source lease died.
 //!
+//! A sink that resumes with target leases recorded by an earlier run calls
+//! [`LeaseLiveness::track`] for their source leases, so the tailer checks
+//! them even when no new event mentions them.
+//!
 //! Invariants: one entry per source lease id; an entry only goes from alive
 //! to dead, never back (etcd never reuses a lease id while it lives, and a
 //! dead lease stays dead); dead entries are forgotten after
@@ -103,7 +107,7 @@ impl LeaseLiveness {
     }
 
     /// Records a check. A dead lease never comes back to life.
-    pub fn record(&self, source_lease: i64, state: LeaseState) {
+    pub(crate) fn record(&self, source_lease: i64, state: LeaseState) {
         self.with(|m| {
             let keep_dead = m.states.get(&source_lease).is_some_and(|s| !s.alive);
             let mut state = state;

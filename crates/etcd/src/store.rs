@@ -474,9 +474,10 @@ impl RangeCursor {
                 _ => self.done = true,
             }
             self.adapt(&kvs);
+            let reserved = self.reserved;
             return Ok(Some(
                 kvs.into_iter()
-                    .filter(|kv| !is_reserved(kv.key()))
+                    .filter(|kv| reserved || !is_reserved(kv.key()))
                     .collect(),
             ));
         }

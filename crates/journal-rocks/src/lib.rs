@@ -62,6 +62,10 @@ fn db_options() -> (Options, Vec<ColumnFamilyDescriptor>) {
     db.create_if_missing(true);
     db.create_missing_column_families(true);
     db.set_max_background_jobs(2);
+    // One writer thread does every write (see `writer`): the concurrent
+    // memtable insert path only costs it synchronisation.
+    db.set_allow_concurrent_memtable_write(false);
+    db.set_enable_write_thread_adaptive_yield(false);
     // RocksDB's own info LOG is useful to operators but must not grow forever.
     db.set_keep_log_file_num(3);
     db.set_max_log_file_size(8 << 20);

@@ -40,7 +40,10 @@ pub enum FrameError {
 
 /// Encodes `event` into a new frame.
 pub fn encode_frame(event: &Event) -> Vec<u8> {
-    let mut out = vec![0u8; FRAME_HEADER_LEN];
+    // Sized up front: growing the buffer while encoding cost more than the
+    // encoding itself.
+    let mut out = Vec::with_capacity(FRAME_HEADER_LEN + 64 + event.key.len() + value_len(event));
+    out.extend_from_slice(&[0u8; FRAME_HEADER_LEN]);
     // Encoding into a Vec only fails if the size limit is hit; events are
     // checked against store limits long before, so treat it as a bug.
     bincode::serde::encode_into_std_write(event, &mut out, config())
@@ -48,6 +51,13 @@ pub fn encode_frame(event: &Event) -> Vec<u8> {
     let crc = crc32fast::hash(&out[FRAME_HEADER_LEN..]);
     out[..FRAME_HEADER_LEN].copy_from_slice(&crc.to_be_bytes());
     out
+}
+
+fn value_len(event: &Event) -> usize {
+    match &event.op {
+        ferry_core::Op::Put { value, .. } => value.len(),
+        _ => 0,
+    }
 }
 
 /// Decodes a frame, checking its checksum first.

@@ -64,13 +64,8 @@ impl TargetLeases {
         prefix.extend_from_slice(b"/lease/");
         let mut cursor = RangeCursor::prefix(&prefix, 0).with_reserved();
         let mut loaded = 0;
-        eprintln!(
-            "DEBUG load_all prefix {:?}",
-            String::from_utf8_lossy(&prefix)
-        );
         while let Some(page) = cursor.next_page(&self.store).await? {
             for kv in page {
-                eprintln!("DEBUG found {:?}", String::from_utf8_lossy(kv.key()));
                 let source = std::str::from_utf8(&kv.key()[prefix.len()..])
                     .ok()
                     .and_then(|s| s.parse::<i64>().ok());
@@ -209,14 +204,6 @@ impl TargetLeases {
             .iter()
             .map(|(s, m)| (*s, *m))
             .collect();
-        eprintln!(
-            "DEBUG keep_round map {:?} {:?}",
-            snapshot,
-            snapshot
-                .iter()
-                .map(|(s, _)| liveness.get(*s))
-                .collect::<Vec<_>>()
-        );
         for (source, m) in snapshot {
             let Some(state) = liveness.get(source) else {
                 continue;

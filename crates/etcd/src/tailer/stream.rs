@@ -1,8 +1,8 @@
 //! The streaming half of the tailer: one watch session.
 //!
-//! Events are batched until [`TailerOptions::batch_max_events`] or
-//! [`TailerOptions::batch_max_wait`], then appended with the checkpoint set
-//! to the highest revision known to be fully delivered.
+//! Events are batched until `batch_max_events` or `batch_max_wait`
+//! ([`TailerOptions`](super::TailerOptions)), then appended with the
+//! checkpoint set to the highest revision known to be fully delivered.
 //!
 //! What "fully delivered" means, and why progress responses are not taken
 //! at their word: without `fragment`, etcd sends all events of one revision

@@ -53,13 +53,6 @@ async fn leased_keys_follow_their_source_lease() {
                 "one target lease, reused"
             );
             target_lease = l;
-            eprintln!(
-                "{:?} target lease {l:x} ttl {}",
-                start.elapsed(),
-                ttl(&mut dc, l).await
-            );
-        } else {
-            eprintln!("{:?} no target key", start.elapsed());
         }
         if !restarted && target_lease != 0 && start.elapsed() > Duration::from_secs(6) {
             let (kept, r) = p.take().unwrap().stop_keep_journal().await;
