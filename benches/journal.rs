@@ -89,7 +89,8 @@ fn journal_append(
                     let b = make_batch(shard, next, batch, value_bytes);
                     // Sized from one frame, not by encoding every event twice
                     // (the journal encodes each once, as the raw side does).
-                    bytes += (encode_frame(&b.shards[0].events[0]).len() as u64 + 12) * batch as u64;
+                    bytes +=
+                        (encode_frame(&b.shards[0].events[0]).len() as u64 + 12) * batch as u64;
                     j.append_blocking(b).expect("append");
                     next += batch as u64;
                     events += batch as u64;

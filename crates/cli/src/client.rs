@@ -170,7 +170,7 @@ impl AgentTarget {
         }
     }
 
-    async fn check(&self, resp: reqwest::Response) -> Result<reqwest::Response, CliError> {
+    fn check(&self, resp: reqwest::Response) -> Result<reqwest::Response, CliError> {
         if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
             return Err(CliError::new(
                 ExitCode::Usage,
@@ -187,7 +187,7 @@ impl AgentTarget {
             .send()
             .await
             .map_err(|e| self.explain(e))?;
-        self.check(resp).await?.json().await.map_err(|e| {
+        self.check(resp)?.json().await.map_err(|e| {
             CliError::new(
                 ExitCode::Runtime,
                 format!("the agent sent an unreadable status: {e}"),
@@ -203,7 +203,7 @@ impl AgentTarget {
             .send()
             .await
             .map_err(|e| self.explain(e))?;
-        self.check(resp).await?.json().await.map_err(|e| {
+        self.check(resp)?.json().await.map_err(|e| {
             CliError::new(
                 ExitCode::Runtime,
                 format!("the agent sent an unreadable answer: {e}"),

@@ -11,8 +11,9 @@
 //! give equal digests range by range, which is what the cutover records as
 //! proof. Differences are found key by key while merging: missing on the
 //! target, extra on the target, value differs, lease differs (one side has
-//! a lease and the other not, or the remaining TTLs differ by more than the
-//! tolerance). Ferry's reserved `__ferry/` keys are skipped on both sides.
+//! a lease and the other not, or the target's remaining TTL is shorter
+//! than the source's, or longer than the source's grant, by more than the
+//! tolerance: etcd resets remaining TTLs to the grant on leader changes). Ferry's reserved `__ferry/` keys are skipped on both sides.
 
 use crate::store::RangeCursor;
 use crate::{EtcdError, EtcdStore};
@@ -90,7 +91,8 @@ struct Side<'a> {
     store: &'a EtcdStore,
     cursor: RangeCursor,
     page: VecDeque<KeyValue>,
-    ttl: HashMap<i64, i64>,
+    /// Lease id → (remaining TTL, granted TTL), seconds.
+    ttl: HashMap<i64, (i64, i64)>,
     all: blake3::Hasher,
     range: blake3::Hasher,
     keys: u64,
@@ -143,7 +145,8 @@ impl<'a> Side<'a> {
         self.range_keys += 1;
     }
 
-    async fn ttl_of(&mut self, lease: i64) -> Result<i64, EtcdError> {
+    /// (remaining, granted) TTL of a lease, in seconds.
+    async fn ttl_of(&mut self, lease: i64) -> Result<(i64, i64), EtcdError> {
         if let Some(t) = self.ttl.get(&lease) {
             return Ok(*t);
         }
@@ -155,8 +158,9 @@ impl<'a> Side<'a> {
             .store
             .timed("reading a lease's TTL", lc.time_to_live(lease, None))
             .await?;
-        self.ttl.insert(lease, r.ttl());
-        Ok(r.ttl())
+        let t = (r.ttl(), r.granted_ttl());
+        self.ttl.insert(lease, t);
+        Ok(t)
     }
 
     fn close_range(&mut self) -> (String, u64) {
@@ -283,11 +287,21 @@ async fn entry_diff(
             "leased on the target, not at the source".into(),
         ))),
         (true, true) => {
-            let (ta, tb) = (s.ttl_of(a.lease()).await?, t.ttl_of(b.lease()).await?);
-            if (ta - tb).abs() > tolerance_s {
+            // etcd resets a lease's remaining TTL to its grant when a leader
+            // is elected (a restart, say), so remaining TTLs of two clusters
+            // drift apart by design. What matters: the target's key must not
+            // expire before the source's could, nor outlive the longest the
+            // source grants.
+            let ((ta, ga), (tb, _)) = (s.ttl_of(a.lease()).await?, t.ttl_of(b.lease()).await?);
+            if tb + tolerance_s < ta {
                 Ok(Some((
                     DiffKind::LeaseDiffers,
-                    format!("remaining TTL {ta} s at the source, {tb} s on the target"),
+                    format!("remaining TTL {ta} s at the source but only {tb} s on the target"),
+                )))
+            } else if tb > ga.max(ta) + tolerance_s {
+                Ok(Some((
+                    DiffKind::LeaseDiffers,
+                    format!("remaining TTL {tb} s on the target, longer than the source's grant of {ga} s"),
                 )))
             } else {
                 Ok(None)

@@ -98,7 +98,7 @@ pub fn verify(j: &RocksJournal) -> Result<VerifyReport, JournalError> {
                 return Ok(report);
             }
         };
-        let Some((shard, seq)) = parse_event_key(&k) else {
+        let Some((shard, start)) = parse_event_key(&k) else {
             report.damage.push(Damage::Record {
                 shard: ShardId(u32::MAX),
                 seq: 0,
@@ -106,50 +106,81 @@ pub fn verify(j: &RocksJournal) -> Result<VerifyReport, JournalError> {
             });
             continue;
         };
-        last_key = Some((shard, seq));
-        let Some(b) = shards
-            .get(&shard)
-            .filter(|b| (b.first..=b.last).contains(&seq))
-        else {
-            report.damage.push(Damage::Stray { shard, seq });
+        last_key = Some((shard, start));
+        let Some(b) = shards.get(&shard).copied() else {
+            report.damage.push(Damage::Stray { shard, seq: start });
             continue;
         };
-        let Some(Some(want)) = expected.get(&shard).copied() else {
+        let Some(Some(mut want)) = expected.get(&shard).copied() else {
             continue; // this shard is already damaged
         };
-        let problem = if seq != want {
-            Some((want, "the record is missing".to_string()))
-        } else {
-            match decode_frame(&v) {
-                Err(e) => Some((seq, e.to_string())),
-                Ok(ev) if ev.shard != shard || ev.seq != seq => Some((
-                    seq,
-                    format!("the record holds shard {} sequence {}", ev.shard, ev.seq),
-                )),
-                Ok(_) => None,
+        if start > b.last || (start < want && want > b.first) {
+            // Beyond the end, or overlapping records already seen.
+            report.damage.push(Damage::Stray { shard, seq: start });
+            continue;
+        }
+        if start > want {
+            report.damage.push(Damage::Record {
+                shard,
+                seq: want,
+                reason: "the record is missing".into(),
+            });
+            expected.insert(shard, None);
+            continue;
+        }
+        let mut problem = None;
+        for (i, rec) in columns::records(&v).enumerate() {
+            let seq = start + i as u64;
+            if seq < want {
+                continue; // truncated away; readers skip it too
             }
-        };
+            if seq > b.last {
+                problem = Some((
+                    seq,
+                    "a record lies past the shard's last sequence".to_string(),
+                ));
+                break;
+            }
+            let frame = match rec {
+                Ok((_, f)) => f,
+                Err(_) => {
+                    problem = Some((seq, "the record's length runs past its chunk".to_string()));
+                    break;
+                }
+            };
+            match decode_frame(frame) {
+                Err(e) => {
+                    problem = Some((seq, e.to_string()));
+                    break;
+                }
+                Ok(ev) if ev.shard != shard || ev.seq != seq => {
+                    problem = Some((
+                        seq,
+                        format!("the record holds shard {} sequence {}", ev.shard, ev.seq),
+                    ));
+                    break;
+                }
+                Ok(_) => {
+                    report.records += 1;
+                    report.bytes += frame.len() as u64;
+                    want = seq + 1;
+                }
+            }
+        }
         match problem {
-            Some((at, reason)) => {
-                report.damage.push(Damage::Record {
-                    shard,
-                    seq: at,
-                    reason,
-                });
+            Some((seq, reason)) => {
+                report.damage.push(Damage::Record { shard, seq, reason });
                 expected.insert(shard, None);
             }
             None => {
-                report.records += 1;
-                report.bytes += v.len() as u64;
-                expected.insert(shard, if seq == b.last { None } else { Some(seq + 1) });
+                expected.insert(shard, Some(want));
             }
         }
     }
     // Shards whose records ended early.
     for (shard, want) in expected {
         if let Some(want) = want {
-            let b = shards[&shard];
-            if want <= b.last {
+            if want <= shards[&shard].last {
                 report.damage.push(Damage::Record {
                     shard,
                     seq: want,
@@ -191,25 +222,52 @@ pub fn repair(j: &RocksJournal, found: &VerifyReport) -> Result<RepairReport, Jo
                 let Some(b) = found.shards.get(shard).copied() else {
                     continue;
                 };
-                let from = (*seq).max(b.first);
-                let dropped = b.last + 1 - from;
-                batch.delete_range_cf(
-                    cf_events,
-                    event_key(*shard, from),
-                    event_key(*shard, b.last + 1),
-                );
+                let cut = (*seq).max(b.first);
+                // The chunk holding `cut` keeps its records before it; every
+                // later chunk of the shard goes.
+                let holder = crate::chunk_start(db, *shard, cut)
+                    .map_err(|e| JournalError::Io(e.into_string()))?;
+                match holder {
+                    Some(c) if c < cut => {
+                        let value = db
+                            .get_cf(cf_events, event_key(*shard, c))
+                            .map_err(|e| JournalError::Io(e.into_string()))?
+                            .unwrap_or_default();
+                        let mut prefix = Vec::new();
+                        for rec in columns::records(&value).take((cut - c) as usize) {
+                            match rec {
+                                Ok((_, frame)) => columns::push_record(&mut prefix, frame),
+                                Err(_) => break,
+                            }
+                        }
+                        batch.put_cf(cf_events, event_key(*shard, c), prefix);
+                        batch.delete_range_cf(
+                            cf_events,
+                            event_key(*shard, c + 1),
+                            event_key(*shard, u64::MAX),
+                        );
+                    }
+                    _ => batch.delete_range_cf(
+                        cf_events,
+                        event_key(*shard, cut),
+                        event_key(*shard, u64::MAX),
+                    ),
+                }
                 let nb = ShardBounds {
-                    first: b.first.min(from),
-                    last: from - 1,
+                    first: b.first.min(cut),
+                    last: (cut - 1).min(b.last),
                 };
+                let dropped = b.last - nb.last;
                 batch.put_cf(
                     cf_shards,
                     columns::shard_key(*shard),
                     columns::encode_bounds(nb),
                 );
-                new_last.insert(*shard, nb.last);
+                if dropped > 0 {
+                    new_last.insert(*shard, nb.last);
+                }
                 report.actions.push(format!(
-                    "shard {shard}: dropped sequences {from}..={} ({dropped} records) because sequence {seq} {reason}; the shard now ends at {}",
+                    "shard {shard}: dropped sequences {cut}..={} ({dropped} records) because sequence {seq} {reason}; the shard now ends at {}",
                     b.last, nb.last
                 ));
             }

@@ -5,11 +5,19 @@
 //!
 //! | column family | key | value |
 //! |---|---|---|
-//! | `events` | shard `u32` ‖ seq `u64` (12 B) | a record frame ([`ferry_journal::frame`]) |
+//! | `events` | shard `u32` ‖ first seq `u64` (12 B) | a chunk: the records of one append to one shard, `first..first+n` |
 //! | `shards` | shard `u32` (4 B) | first `u64` ‖ last `u64` (16 B): the shard's bounds |
 //! | `source_checkpoints` | source name (UTF-8) | crc32 `u32` ‖ bincode of [`Position`] |
 //! | `applied` | target name (UTF-8) ‖ `0x00` ‖ shard `u32` | seq `u64` (8 B) |
 //! | `meta` | name (UTF-8) | per key; `format_version` is a `u32` (4 B) |
+//!
+//! A chunk is `n ≥ 1` records back to back, each `length u32 ‖ frame`
+//! ([`ferry_journal::frame`]: CRC-32 ‖ bincode payload); record `i` has
+//! sequence `first + i`. One RocksDB entry per append and shard, not per
+//! event: the memtable, WAL and compaction costs are paid per batch. A
+//! shard's chunks tile its sequences without gap or overlap; after a
+//! truncation the first chunk may start before the shard's `first`, and
+//! readers skip the records below it.
 //!
 //! `shards` is written in the same batch as the events it describes, so
 //! the bounds and the records agree after any crash. `last` never decreases,
@@ -40,6 +48,44 @@ pub fn parse_event_key(k: &[u8]) -> Option<(ShardId, Seq)> {
     let shard = u32::from_be_bytes(k[..4].try_into().ok()?);
     let seq = u64::from_be_bytes(k[4..].try_into().ok()?);
     Some((ShardId(shard), seq))
+}
+
+/// Appends one record to a chunk being built.
+pub fn push_record(chunk: &mut Vec<u8>, frame: &[u8]) {
+    let len = u32::try_from(frame.len()).expect("a frame under 4 GiB");
+    chunk.extend_from_slice(&len.to_be_bytes());
+    chunk.extend_from_slice(frame);
+}
+
+/// The records of a chunk, in order, as `(byte offset, frame)`; a length
+/// that runs past the end is an error at that offset.
+pub fn records(chunk: &[u8]) -> impl Iterator<Item = Result<(usize, &[u8]), usize>> {
+    let mut at = 0usize;
+    let mut failed = false;
+    std::iter::from_fn(move || {
+        if failed || at >= chunk.len() {
+            return None;
+        }
+        let start = at;
+        let Some(len) = chunk
+            .get(at..at + 4)
+            .and_then(|b| b.try_into().ok())
+            .map(|b| u32::from_be_bytes(b) as usize)
+        else {
+            failed = true;
+            return Some(Err(start));
+        };
+        match chunk.get(at + 4..at + 4 + len) {
+            Some(frame) => {
+                at += 4 + len;
+                Some(Ok((start, frame)))
+            }
+            None => {
+                failed = true;
+                Some(Err(start))
+            }
+        }
+    })
 }
 
 pub fn shard_key(shard: ShardId) -> [u8; 4] {
@@ -132,6 +178,26 @@ mod tests {
         assert!(a < b && b < c);
         assert_eq!(parse_event_key(&b), Some((ShardId(1), 256)));
         assert_eq!(parse_event_key(&b[..11]), None);
+    }
+
+    #[test]
+    fn chunks_split_into_records() {
+        let mut c = Vec::new();
+        push_record(&mut c, b"abc");
+        push_record(&mut c, b"");
+        push_record(&mut c, b"xy");
+        let got: Vec<_> = records(&c).collect();
+        assert_eq!(
+            got,
+            vec![
+                Ok((0, &b"abc"[..])),
+                Ok((7, &b""[..])),
+                Ok((11, &b"xy"[..]))
+            ]
+        );
+        c.truncate(c.len() - 1);
+        let got: Vec<_> = records(&c).collect();
+        assert_eq!(got.last(), Some(&Err(11)));
     }
 
     #[test]

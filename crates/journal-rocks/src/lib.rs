@@ -17,10 +17,10 @@ pub use check::{repair, verify, Damage, RepairReport, VerifyReport};
 use columns::{event_key, parse_event_key};
 use ferry_core::{Event, Position, Seq, ShardId};
 use ferry_journal::{
-    decode_frame, encode_frame, AppendBatch, AppendOutcome, Journal, JournalError, PersistPolicy,
-    ReadBudget, ShardBounds,
+    decode_frame, encode_frame_into, AppendBatch, AppendOutcome, Journal, JournalError,
+    PersistPolicy, ReadBudget, ShardBounds,
 };
-use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, DB};
+use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, ReadOptions, DB};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -205,22 +205,23 @@ impl RocksJournal {
             .shards
             .into_iter()
             .map(|part| {
-                let frames: Vec<Vec<u8>> = part
-                    .events
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, mut e)| {
-                        e.shard = part.shard;
-                        e.seq = part.first_seq + i as u64;
-                        let f = encode_frame(&e);
-                        bytes += f.len();
-                        f
-                    })
-                    .collect();
+                let mut chunk = Vec::new();
+                let count = part.events.len() as u64;
+                for (i, mut e) in part.events.into_iter().enumerate() {
+                    e.shard = part.shard;
+                    e.seq = part.first_seq + i as u64;
+                    // `len ‖ frame`, the frame encoded in place.
+                    let at = chunk.len();
+                    chunk.extend_from_slice(&[0; 4]);
+                    let len = encode_frame_into(&mut chunk, &e) as u32;
+                    chunk[at..at + 4].copy_from_slice(&len.to_be_bytes());
+                }
+                bytes += chunk.len();
                 EncodedShard {
                     shard: part.shard,
                     first_seq: part.first_seq,
-                    frames,
+                    count,
+                    chunk,
                 }
             })
             .collect();
@@ -308,6 +309,24 @@ impl RocksJournal {
     pub(crate) fn db(&self) -> &DB {
         &self.db
     }
+}
+
+/// The first sequence of the chunk of `shard` that starts at or before
+/// `seq`, if there is one.
+pub(crate) fn chunk_start(
+    db: &DB,
+    shard: ShardId,
+    seq: Seq,
+) -> Result<Option<Seq>, rocksdb::Error> {
+    let cf = db.cf_handle(columns::EVENTS).expect("events cf");
+    let mut it = db.raw_iterator_cf(cf);
+    it.seek_for_prev(event_key(shard, seq));
+    it.status()?;
+    Ok(it
+        .key()
+        .and_then(parse_event_key)
+        .filter(|(s, _)| *s == shard)
+        .map(|(_, start)| start))
 }
 
 fn load_state(db: &DB) -> Result<WriterState, JournalError> {
@@ -403,59 +422,81 @@ impl Journal for RocksJournal {
         let cf = self.db.cf_handle(columns::EVENTS).expect("events cf");
         let mut ro = ReadOptions::default();
         ro.set_iterate_upper_bound(event_key(shard, b.last.saturating_add(1)).to_vec());
-        let start = event_key(shard, from);
-        let iter = self
-            .db
-            .iterator_cf_opt(cf, ro, IteratorMode::From(&start, Direction::Forward));
+        let mut it = self.db.raw_iterator_cf_opt(cf, ro);
+        // Start at the chunk holding `from`: the last one starting at or before it.
+        it.seek_for_prev(event_key(shard, from));
+        if !it.valid()
+            || it
+                .key()
+                .and_then(parse_event_key)
+                .is_none_or(|(s, _)| s != shard)
+        {
+            it.seek(event_key(shard, from));
+        }
+        let missing = |seq| JournalError::Corrupt {
+            shard,
+            seq,
+            reason: "the record is missing".into(),
+        };
         let mut out = Vec::new();
         let mut bytes = 0usize;
         let mut expected = from;
-        for item in iter {
-            if out.len() >= budget.max_events || (bytes >= budget.max_bytes && !out.is_empty()) {
+        'chunks: while it.valid() {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else {
                 break;
-            }
-            let (k, v) = item.map_err(io)?;
-            let Some((s, seq)) = parse_event_key(&k) else {
+            };
+            let Some((s, start)) = parse_event_key(k) else {
                 return Err(JournalError::Corrupt {
                     shard,
                     seq: expected,
                     reason: "a record key is malformed".into(),
                 });
             };
-            if s != shard || seq != expected {
-                return Err(JournalError::Corrupt {
-                    shard,
-                    seq: expected,
-                    reason: "the record is missing".into(),
-                });
+            if s != shard || start > expected {
+                return Err(missing(expected));
             }
-            let event = decode_frame(&v).map_err(|e| JournalError::Corrupt {
-                shard,
-                seq,
-                reason: e.to_string(),
-            })?;
-            if event.shard != shard || event.seq != seq {
-                return Err(JournalError::Corrupt {
+            for (i, rec) in columns::records(v).enumerate() {
+                let seq = start + i as u64;
+                if seq < expected {
+                    continue;
+                }
+                if seq > b.last
+                    || out.len() >= budget.max_events
+                    || (bytes >= budget.max_bytes && !out.is_empty())
+                {
+                    break 'chunks;
+                }
+                let (_, frame) = rec.map_err(|_| JournalError::Corrupt {
                     shard,
                     seq,
-                    reason: format!(
-                        "the record holds shard {} sequence {}",
-                        event.shard, event.seq
-                    ),
-                });
+                    reason: "the record's length runs past its chunk".into(),
+                })?;
+                let event = decode_frame(frame).map_err(|e| JournalError::Corrupt {
+                    shard,
+                    seq,
+                    reason: e.to_string(),
+                })?;
+                if event.shard != shard || event.seq != seq {
+                    return Err(JournalError::Corrupt {
+                        shard,
+                        seq,
+                        reason: format!(
+                            "the record holds shard {} sequence {}",
+                            event.shard, event.seq
+                        ),
+                    });
+                }
+                bytes += frame.len();
+                out.push(event);
+                expected = seq + 1;
             }
-            bytes += v.len();
-            out.push(event);
-            expected += 1;
+            it.next();
         }
+        it.status().map_err(io)?;
         let wanted_more =
             out.len() < budget.max_events && (bytes < budget.max_bytes || out.is_empty());
         if wanted_more && expected <= b.last {
-            return Err(JournalError::Corrupt {
-                shard,
-                seq: expected,
-                reason: "the record is missing".into(),
-            });
+            return Err(missing(expected));
         }
         Ok(out)
     }

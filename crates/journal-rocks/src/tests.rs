@@ -261,14 +261,7 @@ fn damaged_record_is_reported_never_returned_and_repaired() {
     j.append_blocking(batch(1, 1, 3, None)).unwrap();
     j.set_applied_blocking("tgt", ShardId(0), 8).unwrap();
     // Flip one bit of record (0, 6) underneath the journal.
-    let cf = j.db().cf_handle(columns::EVENTS).unwrap();
-    let mut v = j
-        .db()
-        .get_cf(cf, event_key(ShardId(0), 6))
-        .unwrap()
-        .unwrap();
-    v[10] ^= 0x04;
-    j.db().put_cf(cf, event_key(ShardId(0), 6), &v).unwrap();
+    flip_in_record(&j, ShardId(0), 6);
 
     let err = j.read(ShardId(0), 1, ReadBudget::DEFAULT).unwrap_err();
     assert!(
@@ -334,7 +327,9 @@ fn damaged_record_is_reported_never_returned_and_repaired() {
 fn missing_record_is_damage() {
     let t = tempfile::tempdir().unwrap();
     let j = open(t.path());
-    j.append_blocking(batch(0, 1, 5, None)).unwrap();
+    j.append_blocking(batch(0, 1, 2, None)).unwrap();
+    j.append_blocking(batch(0, 3, 2, None)).unwrap();
+    j.append_blocking(batch(0, 5, 1, None)).unwrap();
     let cf = j.db().cf_handle(columns::EVENTS).unwrap();
     j.db().delete_cf(cf, event_key(ShardId(0), 3)).unwrap();
     assert!(matches!(
@@ -347,4 +342,133 @@ fn missing_record_is_damage() {
         "{:?}",
         r.damage
     );
+    repair(&j, &r).unwrap();
+    drop(j);
+    let j = open(t.path());
+    assert!(verify(&j).unwrap().is_ok());
+    assert_eq!(
+        j.bounds(ShardId(0)).unwrap(),
+        Some(ShardBounds { first: 1, last: 2 })
+    );
+}
+
+#[test]
+fn reads_and_truncation_cross_chunk_boundaries() {
+    let t = tempfile::tempdir().unwrap();
+    let j = open(t.path());
+    for b in 0..10u64 {
+        j.append_blocking(batch(0, 1 + b * 7, 7, None)).unwrap();
+    }
+    // Reads starting inside a chunk, ending inside another.
+    let small = ReadBudget {
+        max_events: 9,
+        max_bytes: 1 << 20,
+    };
+    let got = j.read(ShardId(0), 12, small).unwrap();
+    assert_eq!(
+        got.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (12..21).collect::<Vec<_>>()
+    );
+    // Truncating into the middle of a chunk keeps it but hides its head.
+    j.truncate_blocking(ShardId(0), 17).unwrap();
+    assert!(matches!(
+        j.read(ShardId(0), 17, small),
+        Err(JournalError::Corrupt { seq: 17, .. })
+    ));
+    assert_eq!(j.read(ShardId(0), 18, small).unwrap()[0].seq, 18);
+    assert!(verify(&j).unwrap().is_ok());
+    drop(j);
+    let j = open(t.path());
+    assert_eq!(
+        j.bounds(ShardId(0)).unwrap(),
+        Some(ShardBounds {
+            first: 18,
+            last: 70
+        })
+    );
+    assert_eq!(verify(&j).unwrap().records, 53);
+    // Damage inside a chunk is cut at that record; the chunk keeps its head.
+    flip_in_record(&j, ShardId(0), 40);
+    let r = verify(&j).unwrap();
+    assert!(
+        matches!(&r.damage[..], [Damage::Record { seq: 40, .. }]),
+        "{:?}",
+        r.damage
+    );
+    repair(&j, &r).unwrap();
+    drop(j);
+    let j = open(t.path());
+    assert!(verify(&j).unwrap().is_ok());
+    assert_eq!(
+        j.bounds(ShardId(0)).unwrap(),
+        Some(ShardBounds {
+            first: 18,
+            last: 39
+        })
+    );
+    assert_eq!(
+        j.read(ShardId(0), 18, ReadBudget::DEFAULT).unwrap().len(),
+        22
+    );
+    j.append_blocking(batch(0, 40, 3, None)).unwrap();
+    assert_eq!(
+        j.read(ShardId(0), 38, ReadBudget::DEFAULT).unwrap().len(),
+        5
+    );
+}
+
+/// Flips one bit inside the payload of record `seq` of `shard`, underneath
+/// the journal, as a disk or memory error would.
+fn flip_in_record(j: &RocksJournal, shard: ShardId, seq: Seq) {
+    let start = chunk_start(j.db(), shard, seq)
+        .unwrap()
+        .expect("a chunk holds the record");
+    let cf = j.db().cf_handle(columns::EVENTS).unwrap();
+    let mut v = j.db().get_cf(cf, event_key(shard, start)).unwrap().unwrap();
+    let (offset, _) = columns::records(&v)
+        .nth((seq - start) as usize)
+        .unwrap()
+        .unwrap();
+    v[offset + 4 + 4 + 2] ^= 0x04;
+    j.db().put_cf(cf, event_key(shard, start), &v).unwrap();
+}
+
+#[test]
+fn truncation_racing_appends_never_loses_the_end() {
+    // Appends and truncations of one shard land in the same write groups;
+    // a truncation must not roll back the `last` an append just moved.
+    let t = tempfile::tempdir().unwrap();
+    let j = Arc::new(open(t.path()));
+    let appender = {
+        let j = Arc::clone(&j);
+        std::thread::spawn(move || {
+            for b in 0..300u64 {
+                j.append_blocking(batch(0, 1 + b * 3, 3, None)).unwrap();
+            }
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !appender.is_finished() {
+        assert!(std::time::Instant::now() < deadline);
+        if let Some(b) = j.bounds(ShardId(0)).unwrap() {
+            if b.last > 5 {
+                j.truncate_blocking(ShardId(0), b.last - 5).unwrap();
+            }
+        }
+    }
+    appender.join().unwrap();
+    let b = j.bounds(ShardId(0)).unwrap().unwrap();
+    assert_eq!(b.last, 900);
+    let got = j
+        .read(
+            ShardId(0),
+            b.first,
+            ReadBudget {
+                max_events: 10_000,
+                max_bytes: usize::MAX,
+            },
+        )
+        .unwrap();
+    assert_eq!(got.last().map(|e| e.seq), Some(900));
+    assert!(verify(&j).unwrap().is_ok());
 }

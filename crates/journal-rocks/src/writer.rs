@@ -31,11 +31,13 @@ pub const MAX_GROUP_BYTES: usize = 32 << 20;
 
 pub type Reply<T> = oneshot::Sender<Result<T, JournalError>>;
 
-/// One shard's part of an append, already framed by the caller.
+/// One shard's part of an append, already framed into a chunk by the caller.
 pub struct EncodedShard {
     pub shard: ShardId,
     pub first_seq: Seq,
-    pub frames: Vec<Vec<u8>>,
+    /// Records in `chunk`.
+    pub count: u64,
+    pub chunk: Vec<u8>,
 }
 
 pub enum Command {
@@ -272,7 +274,7 @@ impl Writer {
         let mut duplicates = 0;
         let mut fresh = 0;
         for part in &shards {
-            let n = part.frames.len() as u64;
+            let n = part.count;
             let next = self.bounds(staged, part.shard).map_or(1, |b| b.next_seq());
             if part.first_seq == next {
                 fresh += 1;
@@ -316,20 +318,20 @@ impl Writer {
         let cf_shards = self.db.cf_handle(columns::SHARDS).expect("shards cf");
         let mut events = 0usize;
         for part in shards {
-            if part.frames.is_empty() {
+            if part.count == 0 {
                 continue;
             }
             let prior = self.bounds(staged, part.shard);
-            let mut seq = part.first_seq;
-            for frame in &part.frames {
-                batch.put_cf(cf_events, event_key(part.shard, seq), frame);
-                staged.bytes += frame.len() as u64;
-                seq += 1;
-            }
-            events += part.frames.len();
+            batch.put_cf(
+                cf_events,
+                event_key(part.shard, part.first_seq),
+                &part.chunk,
+            );
+            staged.bytes += part.chunk.len() as u64;
+            events += part.count as usize;
             let b = ShardBounds {
                 first: prior.map_or(part.first_seq, |b| b.first),
-                last: seq - 1,
+                last: part.first_seq + part.count - 1,
             };
             batch.put_cf(
                 cf_shards,
@@ -358,30 +360,37 @@ impl Writer {
         staged: &mut Staged,
         batch: &mut WriteBatch,
     ) -> Result<(), JournalError> {
-        let Some(b) = self.bounds(staged, shard) else {
+        // Only committed records may be truncated: the chunk boundaries are
+        // read from RocksDB, which does not see this group's staged writes.
+        let Some(committed) = self.state.bounds.get(&shard).copied() else {
             return Err(JournalError::TruncateBeyondEnd {
                 shard,
                 through,
                 last: 0,
             });
         };
-        if through > b.last {
+        if through > committed.last {
             return Err(JournalError::TruncateBeyondEnd {
                 shard,
                 through,
-                last: b.last,
+                last: committed.last,
             });
         }
+        // The bounds as this group leaves them so far: an append staged
+        // before this truncation in the same group must keep its `last`.
+        let b = self.bounds(staged, shard).unwrap_or(committed);
         if through < b.first {
             return Ok(());
         }
         let cf_events = self.db.cf_handle(columns::EVENTS).expect("events cf");
         let cf_shards = self.db.cf_handle(columns::SHARDS).expect("shards cf");
-        batch.delete_range_cf(
-            cf_events,
-            event_key(shard, b.first),
-            event_key(shard, through + 1),
-        );
+        // Whole chunks below the one holding `through + 1` go; a chunk that
+        // straddles the cut stays, and readers skip its records below `first`.
+        let keep_from = crate::chunk_start(&self.db, shard, through + 1)
+            .map_err(|e| JournalError::Io(e.into_string()))?
+            .filter(|start| *start <= through + 1)
+            .unwrap_or(through + 1);
+        batch.delete_range_cf(cf_events, event_key(shard, 0), event_key(shard, keep_from));
         let nb = ShardBounds {
             first: through + 1,
             last: b.last,

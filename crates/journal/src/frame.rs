@@ -40,17 +40,26 @@ pub enum FrameError {
 
 /// Encodes `event` into a new frame.
 pub fn encode_frame(event: &Event) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_frame_into(&mut out, event);
+    out
+}
+
+/// Appends the frame of `event` to `out`; returns the frame's length.
+/// Encoding in place saves an allocation and a copy per event.
+pub fn encode_frame_into(out: &mut Vec<u8>, event: &Event) -> usize {
+    let start = out.len();
     // Sized up front: growing the buffer while encoding cost more than the
     // encoding itself.
-    let mut out = Vec::with_capacity(FRAME_HEADER_LEN + 64 + event.key.len() + value_len(event));
+    out.reserve(FRAME_HEADER_LEN + 64 + event.key.len() + value_len(event));
     out.extend_from_slice(&[0u8; FRAME_HEADER_LEN]);
     // Encoding into a Vec only fails if the size limit is hit; events are
     // checked against store limits long before, so treat it as a bug.
-    bincode::serde::encode_into_std_write(event, &mut out, config())
+    bincode::serde::encode_into_std_write(event, out, config())
         .expect("an event larger than MAX_PAYLOAD reached the journal");
-    let crc = crc32fast::hash(&out[FRAME_HEADER_LEN..]);
-    out[..FRAME_HEADER_LEN].copy_from_slice(&crc.to_be_bytes());
-    out
+    let crc = crc32fast::hash(&out[start + FRAME_HEADER_LEN..]);
+    out[start..start + FRAME_HEADER_LEN].copy_from_slice(&crc.to_be_bytes());
+    out.len() - start
 }
 
 fn value_len(event: &Event) -> usize {

@@ -30,7 +30,7 @@ pub mod frame;
 pub mod fuzzing;
 mod persist;
 
-pub use frame::{decode_frame, encode_frame, FrameError};
+pub use frame::{decode_frame, encode_frame, encode_frame_into, FrameError};
 pub use persist::PersistPolicy;
 
 use ferry_core::{ErrorKind, Event, Position, Seq, ShardId};

@@ -130,6 +130,11 @@ async fn applies_in_order_retries_and_truncates() {
         .unwrap();
     lag.journaled(ShardId(0), 31, 35, &Position::at(35), 0);
     until("35 applied", || sink.applied.lock().unwrap().len() == 35).await;
+    // The journal records the checkpoint just after the sink acknowledged.
+    until("checkpoint 35", || {
+        j.applied("recording", ShardId(0)).unwrap() == Some(35)
+    })
+    .await;
     assert_eq!(
         truncator::truncate_applied(j.as_ref(), &["recording".into()])
             .await

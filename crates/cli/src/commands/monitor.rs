@@ -43,7 +43,7 @@ pub fn summary(s: &StatusResponse) -> String {
     let applied_rate = rate(s);
     let phase = match snapshot_progress(s) {
         Some((c, t)) => {
-            let pct = if t > 0 { c * 100 / t } else { 0 };
+            let pct = (c * 100).checked_div(t).unwrap_or(0);
             let eta = if applied_rate > 1.0 && t > c {
                 format!(", ETA {:.0} s", (t - c) as f64 / applied_rate)
             } else {

@@ -203,7 +203,7 @@ pub fn journal(dir: &Path) -> Result<(), CliError> {
         .into());
     }
     let free = nix::sys::statvfs::statvfs(&probe)
-        .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
+        .map(|s| s.blocks_available() * s.fragment_size())
         .unwrap_or(u64::MAX);
     if free < MIN_FREE_JOURNAL_BYTES {
         return Err(CliError::new(

@@ -98,7 +98,7 @@ pub fn run(args: StartArgs) -> Result<(), CliError> {
         }
     }
     let rt = runtime()?;
-    if precheck::agent_running(dir) {
+    if precheck::agent_running(dir) && existing.is_some() && !args.check_only {
         println!(
             "an agent is already running this migration (journal {}); monitoring it",
             dir.display()
@@ -115,6 +115,8 @@ pub fn run(args: StartArgs) -> Result<(), CliError> {
         )?;
         return rt.block_on(monitor::follow(&target, None, false));
     }
+    // Local checks first: they are cheap and need no network.
+    precheck::journal(dir)?;
     let resuming = existing.is_some();
     let checked = rt.block_on(precheck::stores(
         &sources[0],
@@ -132,7 +134,6 @@ pub fn run(args: StartArgs) -> Result<(), CliError> {
         ))?;
     }
     drop(checked);
-    precheck::journal(dir)?;
     if args.check_only {
         println!("pre-checks passed; --check-only: no data was sent and nothing was written");
         return Ok(());
