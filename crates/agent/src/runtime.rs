@@ -110,12 +110,27 @@ impl AgentRun {
             names.clone(),
         );
 
+        // One limiter for source reads, one for target writes: each side gets
+        // the configured rate.
+        let source_limiter = self.cfg.rate_limit_ops.map(|n| {
+            let n = std::num::NonZeroU32::new(n).expect("validated non-zero");
+            Arc::new(governor::RateLimiter::direct(governor::Quota::per_second(
+                n,
+            )))
+        });
+        let limiter = self.cfg.rate_limit_ops.map(|n| {
+            let n = std::num::NonZeroU32::new(n).expect("validated non-zero");
+            Arc::new(governor::RateLimiter::direct(governor::Quota::per_second(
+                n,
+            )))
+        });
         let tailer = EtcdTailer::new(
             source.clone(),
             self.source.to_string(),
             self.cfg.shards,
             TailerOptions {
                 resnapshot_on_compaction: self.cfg.resnapshot_on_compaction,
+                rate_limit: source_limiter,
                 ..TailerOptions::default()
             },
         );
@@ -143,12 +158,6 @@ impl AgentRun {
 
         let (stop_pipeline, shutdown) = Shutdown::new();
         let (stop_api, api_shutdown) = Shutdown::new();
-        let limiter = self.cfg.rate_limit_ops.map(|n| {
-            let n = std::num::NonZeroU32::new(n).expect("validated non-zero");
-            Arc::new(governor::RateLimiter::direct(governor::Quota::per_second(
-                n,
-            )))
-        });
         let api = {
             let mut s = api_shutdown.clone();
             tokio::spawn(server::serve(

@@ -32,7 +32,7 @@ pub(crate) const MAX_DECODING_BYTES: usize = 256 << 20;
 /// Aim for range pages of about this many bytes.
 const PAGE_TARGET_BYTES: usize = 4 << 20;
 /// Never ask for more keys than this in one page.
-pub(crate) const PAGE_MAX_KEYS: i64 = 1000;
+pub(crate) const PAGE_MAX_KEYS: i64 = 5000;
 
 /// The largest value found under a prefix.
 #[derive(Clone, Debug, PartialEq, Eq)]

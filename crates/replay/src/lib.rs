@@ -19,8 +19,23 @@ pub mod worker;
 pub use sink::{Sink, SinkError};
 pub use worker::{Shutdown, WorkerConfig};
 
-/// Operations per second allowed against targets (`--rate-limit`).
+/// Operations per second allowed against a store (`--rate-limit`).
 pub type RateLimiter = governor::DefaultDirectRateLimiter;
+
+/// Waits until `limiter` allows `n` more operations, in steps no larger
+/// than its burst, so a whole batch passes at the configured rate.
+pub async fn throttle(limiter: &RateLimiter, n: usize) {
+    let mut left = u32::try_from(n).unwrap_or(u32::MAX);
+    while left > 0 {
+        let step = left.min(1000);
+        let permits = std::num::NonZeroU32::new(step).expect("step > 0");
+        if limiter.until_n_ready(permits).await.is_err() {
+            // The burst is smaller than the step: take what the limiter can give.
+            limiter.until_ready().await;
+        }
+        left -= step;
+    }
+}
 
 pub use ferry_core::ErrorKind;
 

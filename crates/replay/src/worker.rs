@@ -12,7 +12,6 @@ use ferry_core::metric_names as m;
 use ferry_core::{ErrorKind, ErrorPolicy, Seq, ShardId};
 use ferry_journal::{Journal, ReadBudget};
 use ferry_lag::LagTracker;
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -153,20 +152,9 @@ pub async fn run<J: Journal, S: Sink>(
         };
         let last_position = last.position.order;
         if let Some(limiter) = &limiter {
-            // Whole batches pass the limiter in chunks no larger than its burst.
-            let mut left = events.len() as u32;
-            while left > 0 {
-                let n = left.min(1000);
-                let permits = NonZeroU32::new(n).expect("n > 0");
-                tokio::select! {
-                    r = limiter.until_n_ready(permits) => {
-                        if r.is_err() {
-                            break; // burst smaller than n: the limiter cannot do better
-                        }
-                    }
-                    () = shutdown.wait() => return Ok(()),
-                }
-                left -= n;
+            tokio::select! {
+                () = crate::throttle(limiter, events.len()) => {}
+                () = shutdown.wait() => return Ok(()),
             }
         }
         let result = retry("applying a batch", &target, &mut shutdown, || {

@@ -13,20 +13,12 @@ use std::time::{Duration, Instant};
 
 /// Totals over all shards: (copied, total) of snapshots still running.
 fn snapshot_progress(s: &StatusResponse) -> Option<(u64, u64)> {
-    let mut any = false;
-    let (mut copied, mut total) = (0, 0);
-    for sh in &s.lag.shards {
-        if let Phase::Snapshot {
-            copied: c,
-            total: t,
-        } = sh.phase
-        {
-            any = true;
-            copied += c;
-            total += t;
-        }
-    }
-    any.then_some((copied, total))
+    // The snapshot's progress is one figure for the whole source, repeated
+    // in every shard: take it once, not summed.
+    s.lag.shards.iter().find_map(|sh| match sh.phase {
+        Phase::Snapshot { copied, total } => Some((copied, total)),
+        _ => None,
+    })
 }
 
 fn rate(s: &StatusResponse) -> f64 {

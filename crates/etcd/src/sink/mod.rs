@@ -38,6 +38,10 @@ use std::sync::{Arc, Mutex};
 use tokio::task::JoinHandle;
 use txn::{TxnWrites, Write};
 
+/// A sweep base no key can be below (etcd revisions start at 1): the
+/// snapshot began on an empty target, so there is nothing to sweep.
+const NOTHING_TO_SWEEP: i64 = 0;
+
 /// How many times one apply call re-reads a checkpoint it found changed
 /// before concluding that something else writes it.
 const MAX_RESYNCS: u32 = 3;
@@ -52,6 +56,12 @@ pub struct EtcdSink {
     leases: Arc<TargetLeases>,
     checkpoints: Mutex<HashMap<ShardId, ShardCheckpoint>>,
     keeper: Mutex<Option<JoinHandle<()>>>,
+    /// Per snapshot (the position of its `SnapshotBegin` markers): whether
+    /// the target prefix was empty when the first shard began it. Decided
+    /// once, under this lock, before any shard writes a key of that
+    /// snapshot; an empty target needs no sweep (nothing can be stale), which
+    /// spares every shard a scan of the whole prefix on an initial copy.
+    empty_at_begin: tokio::sync::Mutex<HashMap<u64, bool>>,
 }
 
 impl EtcdSink {
@@ -76,6 +86,7 @@ impl EtcdSink {
             journal_id: None,
             checkpoints: Mutex::new(HashMap::new()),
             keeper: Mutex::new(None),
+            empty_at_begin: tokio::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -321,8 +332,12 @@ impl EtcdSink {
                             }
                         }
                         let sweep_before = if matches!(e.op, Op::SnapshotBegin { .. }) {
-                            let head = self.store.head_revision().await.map_err(|e| self.err(e))?;
-                            Some(head + 1)
+                            if self.target_empty_at_begin(e.position.order).await? {
+                                Some(NOTHING_TO_SWEEP)
+                            } else {
+                                let head = self.store.head_revision().await.map_err(|e| self.err(e))?;
+                                Some(head + 1)
+                            }
                         } else {
                             self.sweep(shard, cp.sweep_before).await?;
                             None
@@ -346,7 +361,21 @@ impl EtcdSink {
         }
     }
 
+    /// See `empty_at_begin`.
+    async fn target_empty_at_begin(&self, snapshot: u64) -> Result<bool, SinkError> {
+        let mut known = self.empty_at_begin.lock().await;
+        if let Some(empty) = known.get(&snapshot) {
+            return Ok(*empty);
+        }
+        let empty = self.store.count_prefix().await.map_err(|e| self.err(e))? == 0;
+        known.insert(snapshot, empty);
+        Ok(empty)
+    }
+
     async fn sweep(&self, shard: ShardId, before: Option<i64>) -> Result<(), SinkError> {
+        if before.is_some_and(|b| b <= NOTHING_TO_SWEEP) {
+            return Ok(());
+        }
         let Some(before) = before else {
             // Only possible if the shard's SnapshotBegin was applied by a
             // Ferry that did not record the sweep base: nothing to compare.

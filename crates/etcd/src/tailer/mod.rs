@@ -59,6 +59,9 @@ pub struct TailerOptions {
     pub idle_checkpoint_interval: Duration,
     /// How often live source leases are re-checked.
     pub lease_refresh_interval: Duration,
+    /// Caps keys read from the source per second (`--rate-limit`), for
+    /// sources in production; `None` reads as fast as the journal takes.
+    pub rate_limit: Option<std::sync::Arc<ferry_replay::RateLimiter>>,
 }
 
 impl Default for TailerOptions {
@@ -70,6 +73,7 @@ impl Default for TailerOptions {
             progress_interval: Duration::from_secs(1),
             idle_checkpoint_interval: Duration::from_secs(5),
             lease_refresh_interval: Duration::from_secs(1),
+            rate_limit: None,
         }
     }
 }
@@ -283,6 +287,9 @@ impl EtcdTailer {
                 for kv in page {
                     let ev = self.put_event(&kv).await?;
                     per_shard[ev.shard.0 as usize].push(ev);
+                }
+                if let Some(limiter) = &self.opts.rate_limit {
+                    ferry_replay::throttle(limiter, n as usize).await;
                 }
                 app.append(per_shard, None).await?;
                 copied += n;

@@ -321,6 +321,9 @@ impl EtcdTailer {
             }
         }
         let checkpoint = progress.confirmed.max(progress.journaled);
+        if let Some(limiter) = &self.opts.rate_limit {
+            ferry_replay::throttle(limiter, pending.count).await;
+        }
         let result = app.append(per_shard, Some(checkpoint)).await;
         pending.count = 0;
         pending.since = None;
