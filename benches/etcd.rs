@@ -367,10 +367,15 @@ fn main() {
     let ferry_rate = n as f64 / fd.as_secs_f64();
     println!("ferry initial copy: {n} keys in {:.2} s = {ferry_rate:.0} keys/s (`ferry start` to every shard streaming with lag 0: pre-checks, agent start-up, snapshot, apply)", fd.as_secs_f64());
     // The copy itself: from the agent's start to caught up.
-    let agent_started_ms = f.status().and_then(|s| s["started_at_ms"].as_u64()).unwrap_or(0);
+    let agent_started_ms = f
+        .status()
+        .and_then(|s| s["started_at_ms"].as_u64())
+        .unwrap_or(0);
     let copy_s = done_ms.saturating_sub(agent_started_ms) as f64 / 1000.0;
     let copy_rate = n as f64 / copy_s.max(1e-3);
-    println!("ferry copy phase alone (agent start to caught up): {copy_s:.2} s = {copy_rate:.0} keys/s");
+    println!(
+        "ferry copy phase alone (agent start to caught up): {copy_s:.2} s = {copy_rate:.0} keys/s"
+    );
 
     // 2. Streaming lag while the source is written as fast as it takes.
     let (put_rate, mut lat) = rt.block_on(streaming_lag(&se, None, &te, 15));

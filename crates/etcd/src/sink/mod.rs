@@ -335,7 +335,8 @@ impl EtcdSink {
                             if self.target_empty_at_begin(e.position.order).await? {
                                 Some(NOTHING_TO_SWEEP)
                             } else {
-                                let head = self.store.head_revision().await.map_err(|e| self.err(e))?;
+                                let head =
+                                    self.store.head_revision().await.map_err(|e| self.err(e))?;
                                 Some(head + 1)
                             }
                         } else {
