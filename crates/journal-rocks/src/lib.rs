@@ -28,7 +28,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use tokio::sync::{mpsc, oneshot};
-use writer::{Command, EncodedShard, Writer, WriterState};
+use writer::{Command, EncodedShard, Reply, Writer, WriterState};
 
 /// How to open a journal directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -228,32 +228,44 @@ impl RocksJournal {
         (shards, batch.checkpoint, bytes)
     }
 
-    /// [`Journal::append`] for callers outside an async runtime.
-    pub fn append_blocking(&self, batch: AppendBatch) -> Result<AppendOutcome, JournalError> {
-        let (shards, checkpoint, bytes) = Self::encode(batch);
+    /// Sends one command to the writer and waits for its answer, from a
+    /// thread outside any async runtime.
+    fn call_blocking<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, JournalError> {
         let (reply, rx) = oneshot::channel();
         self.sender()?
-            .blocking_send(Command::Append {
-                shards,
-                checkpoint,
-                bytes,
-                reply,
-            })
+            .blocking_send(make(reply))
             .map_err(|_| JournalError::Closed)?;
         rx.blocking_recv().map_err(|_| JournalError::Closed)?
     }
 
-    /// [`Journal::truncate`] for callers outside an async runtime.
-    pub fn truncate_blocking(&self, shard: ShardId, through: Seq) -> Result<(), JournalError> {
+    /// Sends one command to the writer and awaits its answer.
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, JournalError> {
         let (reply, rx) = oneshot::channel();
         self.sender()?
-            .blocking_send(Command::Truncate {
-                shard,
-                through,
-                reply,
-            })
+            .send(make(reply))
+            .await
             .map_err(|_| JournalError::Closed)?;
-        rx.blocking_recv().map_err(|_| JournalError::Closed)?
+        rx.await.map_err(|_| JournalError::Closed)?
+    }
+
+    /// [`Journal::append`] for callers outside an async runtime.
+    pub fn append_blocking(&self, batch: AppendBatch) -> Result<AppendOutcome, JournalError> {
+        let (shards, checkpoint, bytes) = Self::encode(batch);
+        self.call_blocking(|reply| Command::Append {
+            shards,
+            checkpoint,
+            bytes,
+            reply,
+        })
+    }
+
+    /// [`Journal::truncate`] for callers outside an async runtime.
+    pub fn truncate_blocking(&self, shard: ShardId, through: Seq) -> Result<(), JournalError> {
+        self.call_blocking(|reply| Command::Truncate {
+            shard,
+            through,
+            reply,
+        })
     }
 
     /// [`Journal::set_applied`] for callers outside an async runtime.
@@ -263,16 +275,12 @@ impl RocksJournal {
         shard: ShardId,
         seq: Seq,
     ) -> Result<(), JournalError> {
-        let (reply, rx) = oneshot::channel();
-        self.sender()?
-            .blocking_send(Command::SetApplied {
-                target: target.to_string(),
-                shard,
-                seq,
-                reply,
-            })
-            .map_err(|_| JournalError::Closed)?;
-        rx.blocking_recv().map_err(|_| JournalError::Closed)?
+        self.call_blocking(|reply| Command::SetApplied {
+            target: target.to_string(),
+            shard,
+            seq,
+            reply,
+        })
     }
 
     /// Every source checkpoint, by source name.
@@ -386,17 +394,13 @@ impl Drop for RocksJournal {
 impl Journal for RocksJournal {
     async fn append(&self, batch: AppendBatch) -> Result<AppendOutcome, JournalError> {
         let (shards, checkpoint, bytes) = Self::encode(batch);
-        let (reply, rx) = oneshot::channel();
-        self.sender()?
-            .send(Command::Append {
-                shards,
-                checkpoint,
-                bytes,
-                reply,
-            })
-            .await
-            .map_err(|_| JournalError::Closed)?;
-        rx.await.map_err(|_| JournalError::Closed)?
+        self.call(|reply| Command::Append {
+            shards,
+            checkpoint,
+            bytes,
+            reply,
+        })
+        .await
     }
 
     fn read(
@@ -521,16 +525,12 @@ impl Journal for RocksJournal {
     }
 
     async fn truncate(&self, shard: ShardId, through: Seq) -> Result<(), JournalError> {
-        let (reply, rx) = oneshot::channel();
-        self.sender()?
-            .send(Command::Truncate {
-                shard,
-                through,
-                reply,
-            })
-            .await
-            .map_err(|_| JournalError::Closed)?;
-        rx.await.map_err(|_| JournalError::Closed)?
+        self.call(|reply| Command::Truncate {
+            shard,
+            through,
+            reply,
+        })
+        .await
     }
 
     fn source_checkpoint(&self, source: &str) -> Result<Option<Position>, JournalError> {
@@ -549,17 +549,13 @@ impl Journal for RocksJournal {
         shard: ShardId,
         seq: Seq,
     ) -> Result<(), JournalError> {
-        let (reply, rx) = oneshot::channel();
-        self.sender()?
-            .send(Command::SetApplied {
-                target: target.to_string(),
-                shard,
-                seq,
-                reply,
-            })
-            .await
-            .map_err(|_| JournalError::Closed)?;
-        rx.await.map_err(|_| JournalError::Closed)?
+        self.call(|reply| Command::SetApplied {
+            target: target.to_string(),
+            shard,
+            seq,
+            reply,
+        })
+        .await
     }
 
     fn applied(&self, target: &str, shard: ShardId) -> Result<Option<Seq>, JournalError> {
