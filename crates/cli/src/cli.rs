@@ -29,6 +29,9 @@ pub enum Command {
     SetServerMode(ServerModeArgs),
     /// Compare a source and a target and list the keys that differ.
     Verify(VerifyArgs),
+    /// Copy a configuration document between stores (JSON file, etcd).
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Inspect, verify or repair a journal directory.
     #[command(subcommand)]
     Journal(JournalCommand),
@@ -207,6 +210,22 @@ pub struct AgentArgs {
     /// The journal directory holding agent.json.
     #[arg(long, env = "FERRY_JOURNAL")]
     pub journal: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Copy one document once, then check the copy byte for byte.
+    Copy(ConfigCopyArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ConfigCopyArgs {
+    /// Where the document is: a JSON file (path or file://) or etcd://host:port/key.
+    #[arg(long)]
+    pub from: String,
+    /// Where it goes (same forms).
+    #[arg(long)]
+    pub to: String,
 }
 
 #[derive(Subcommand, Debug)]

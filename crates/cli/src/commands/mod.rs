@@ -1,6 +1,7 @@
 //! One module per command.
 
 mod agent;
+mod config;
 mod journal;
 mod mode;
 mod monitor;
@@ -10,7 +11,7 @@ mod status;
 mod stop;
 mod verify;
 
-use crate::cli::{Cli, Command, JournalCommand};
+use crate::cli::{Cli, Command, ConfigCommand, JournalCommand};
 use crate::error::CliError;
 
 pub fn run(cli: Cli) -> Result<(), CliError> {
@@ -21,6 +22,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::SetServerMode(a) => mode::run(a),
         Command::Verify(a) => verify::run(a),
         Command::Agent(a) => agent::run(a),
+        Command::Config(ConfigCommand::Copy(a)) => config::copy(a),
         Command::Journal(JournalCommand::Verify(a)) => journal::verify(&a.dir),
         Command::Journal(JournalCommand::Inspect(a)) => journal::inspect(&a),
         Command::Journal(JournalCommand::Repair(a)) => journal::repair(&a.dir),

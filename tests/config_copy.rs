@@ -1,0 +1,108 @@
+//! `ferry config copy` between a JSON file and a real etcd: the etcd value
+//! is byte for byte the document Cells reads at key `config`.
+
+use ferry_testkit::{require, Etcd};
+use ferry_tests::harness::*;
+
+const DOC: &str = r#"{
+  "version": "4.4.2",
+  "defaults": {"url": "https://cells.example.com", "telemetry": false},
+  "databases": {"pydio": {"driver": "mysql", "dsn": "pydio:***@tcp(localhost:3306)/cells"}},
+  "services": {
+    "pydio.grpc.mailer": {"queue": {"@value": "boltdb"}, "sender": {"@value": "smtp", "port": 587}},
+    "pydio.web.oauth": {"connectors": [{"id": "pydio", "type": "pydio"}, {"id": "ldap", "type": "ldap", "config": {"host": "ldap:389"}}]}
+  },
+  "frontend": {"plugin": {"core.pydio": {"APPLICATION_TITLE": "Cells – été ☀"}}}
+}
+"#;
+
+#[test]
+fn file_to_etcd_and_back_is_byte_exact() {
+    let Some(etcd) = require(Etcd::start()) else {
+        return;
+    };
+    let f = Ferry::new();
+    let dir = f.dir.path();
+    let src = dir.join("pydio.json");
+    std::fs::write(&src, DOC).unwrap();
+    let key_url = etcd.url("config");
+    let out = f.run(&["config", "copy", "--from", path_str(&src), "--to", &key_url]);
+    ok(&out, "copy file to etcd");
+    assert!(
+        stdout(&out).contains("bytes identical, JSON equal"),
+        "{}",
+        stdout(&out)
+    );
+    // What a Cells reader gets at key `config`: exactly the file's bytes.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let got = rt.block_on(async {
+        let mut c = connect(&etcd.endpoint(), None).await;
+        c.get("config", None).await.unwrap().kvs()[0]
+            .value()
+            .to_vec()
+    });
+    assert_eq!(got, DOC.as_bytes());
+    let back = dir.join("copy/pydio.json");
+    std::fs::create_dir_all(back.parent().unwrap()).unwrap();
+    ok(
+        &f.run(&[
+            "config",
+            "copy",
+            "--from",
+            &key_url,
+            "--to",
+            path_str(&back),
+        ]),
+        "copy etcd to file",
+    );
+    assert_eq!(std::fs::read(&back).unwrap(), DOC.as_bytes());
+}
+
+#[test]
+fn bad_documents_are_refused_with_nothing_written() {
+    let Some(etcd) = require(Etcd::start()) else {
+        return;
+    };
+    let f = Ferry::new();
+    let dir = f.dir.path();
+    let bad = dir.join("bad.json");
+    std::fs::write(&bad, "{\n  \"a\": 1,\n  \"b\": [1, 2,\n}\n").unwrap();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![path_str(&bad).into(), etcd.url("config")],
+            "line 4, column 1",
+        ),
+        (
+            vec![
+                path_str(&dir.join("missing.json")).into(),
+                etcd.url("config"),
+            ],
+            "does not exist",
+        ),
+        (
+            vec![etcd.url("config"), etcd.url("config")],
+            "the same store",
+        ),
+        (
+            vec![etcd.url("absent"), path_str(&dir.join("out.json")).into()],
+            "holds no document",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = f.run(&["config", "copy", "--from", &args[0], "--to", &args[1]]);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains(needle),
+            "{args:?}: `{needle}` not in {}",
+            stderr(&out)
+        );
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let n = rt.block_on(async {
+        let mut c = connect(&etcd.endpoint(), None).await;
+        count(&mut c, "").await
+    });
+    assert_eq!(n, 0, "a refused copy wrote to etcd");
+    assert!(!dir.join("out.json").exists());
+}
