@@ -472,3 +472,40 @@ fn truncation_racing_appends_never_loses_the_end() {
     assert_eq!(got.last().map(|e| e.seq), Some(900));
     assert!(verify(&j).unwrap().is_ok());
 }
+
+#[test]
+fn sealed_secrets_never_reach_the_journal_files_in_clear() {
+    use ferry_journal::seal::SealKey;
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("journal");
+    let secret = b"keyring-master-Zq9xW2vLr8TqN4";
+    let b64 = "a2V5cmluZy1tYXN0ZXItWnE5eFcydkxyOFRxTjQ"; // base64 of the secret, unpadded prefix
+    {
+        let j = open(&dir);
+        let key = SealKey::load_or_create(&t.path().join("journal.key")).unwrap();
+        let mut b = batch(0, 1, 50, None);
+        for e in &mut b.shards[0].events {
+            e.op = Op::Put {
+                value: key.seal(secret),
+                meta: StoreMeta::None,
+            };
+        }
+        j.append_blocking(b).unwrap();
+        let back = j.read(ShardId(0), 1, ReadBudget::DEFAULT).unwrap();
+        let Op::Put { value, .. } = &back[7].op else {
+            panic!()
+        };
+        assert_eq!(key.open(value).unwrap(), secret);
+    }
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap_or_default();
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret),
+            "secret in clear"
+        );
+        assert!(
+            !bytes.windows(b64.len()).any(|w| w == b64.as_bytes()),
+            "secret in base64"
+        );
+    }
+}

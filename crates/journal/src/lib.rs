@@ -29,6 +29,7 @@
 pub mod frame;
 pub mod fuzzing;
 mod persist;
+pub mod seal;
 
 pub use frame::{decode_frame, encode_frame, encode_frame_into, FrameError};
 pub use persist::PersistPolicy;
