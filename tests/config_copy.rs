@@ -106,3 +106,99 @@ fn bad_documents_are_refused_with_nothing_written() {
     assert_eq!(n, 0, "a refused copy wrote to etcd");
     assert!(!dir.join("out.json").exists());
 }
+
+#[test]
+fn follow_publishes_every_whole_state_and_never_a_torn_one() {
+    use std::time::{Duration, Instant};
+    let Some(etcd) = require(Etcd::start()) else {
+        return;
+    };
+    let f = Ferry::new();
+    let src = f.dir.path().join("pydio.json");
+    let doc = |i: usize| {
+        format!("{{\n  \"version\": \"4.4.{i}\",\n  \"edits\": {i},\n  \"services\": {{\"a\": [1, 2, {i}]}}\n}}\n")
+    };
+    std::fs::write(&src, doc(0)).unwrap();
+    let mut follower = f
+        .cmd(&[
+            "config",
+            "copy",
+            "--follow",
+            "--from",
+            path_str(&src),
+            "--to",
+            &etcd.url("config"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let seen: Vec<Vec<u8>> = rt.block_on(async {
+        let mut c = connect(&etcd.endpoint(), None).await;
+        let mut watcher = connect(&etcd.endpoint(), None).await;
+        let mut stream = watcher.watch("config", None).await.unwrap();
+        // Every value etcd ever holds for the key, in order.
+        let collector = tokio::spawn(async move {
+            let mut all = Vec::new();
+            while let Ok(Some(resp)) =
+                tokio::time::timeout(Duration::from_secs(5), stream.message())
+                    .await
+                    .map(|r| r.ok().flatten())
+            {
+                for ev in resp.events() {
+                    if let Some(kv) = ev.kv() {
+                        all.push(kv.value().to_vec());
+                    }
+                }
+            }
+            all
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while c.get("config", None).await.unwrap().kvs().is_empty() {
+            assert!(Instant::now() < deadline, "the initial copy never arrived");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for i in 1..=200usize {
+            let body = doc(i);
+            if i % 4 == 0 {
+                // A torn write: half the document, then the rest.
+                std::fs::write(&src, &body[..body.len() / 2]).unwrap();
+                tokio::time::sleep(Duration::from_millis(120)).await;
+            }
+            std::fs::write(&src, &body).unwrap();
+            let wrote = Instant::now();
+            loop {
+                let kvs = c.get("config", None).await.unwrap();
+                if kvs
+                    .kvs()
+                    .first()
+                    .is_some_and(|kv| kv.value() == body.as_bytes())
+                {
+                    break;
+                }
+                assert!(
+                    wrote.elapsed() < Duration::from_secs(1),
+                    "edit {i} took over a second to reach etcd"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        collector.await.unwrap()
+    });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(follower.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = follower.wait().unwrap();
+    assert!(status.success(), "follower exited with {status:?}");
+    assert!(seen.len() >= 200, "only {} values seen", seen.len());
+    for v in &seen {
+        assert!(
+            serde_json::from_slice::<serde_json::Value>(v).is_ok(),
+            "a torn state reached etcd: {}",
+            String::from_utf8_lossy(v)
+        );
+    }
+    assert_eq!(seen.last().unwrap(), doc(200).as_bytes());
+}

@@ -226,6 +226,9 @@ pub struct ConfigCopyArgs {
     /// Where it goes (same forms).
     #[arg(long)]
     pub to: String,
+    /// Keep following the source file and copy every change until interrupted.
+    #[arg(long)]
+    pub follow: bool,
 }
 
 #[derive(Subcommand, Debug)]

@@ -4,8 +4,14 @@
 //! A Cells etcd store keeps the whole JSON document as one value at the key
 //! its URL path names (`etcd://h:2379/config` is key `config`), exactly the
 //! bytes Cells reads and watches; a file target is written atomically. This
-//! build copies between JSON files and etcd keys; Vault KV, `--follow` and
-//! `--versions` come with the rest of the configuration work.
+//! build copies between JSON files and etcd keys; Vault KV and `--versions`
+//! come with the rest of the configuration work.
+//!
+//! `--follow` (from a file) polls the file every [`FOLLOW_POLL`] and copies
+//! each new state once it parses: a file caught half-written is skipped
+//! until a later look finds it whole, so the target never holds a state
+//! that does not parse. Polling rather than inotify: it also sees editors
+//! that replace the file, network filesystems and bind mounts.
 
 use super::start::runtime;
 use crate::cli::ConfigCopyArgs;
@@ -14,6 +20,11 @@ use ferry_core::{ExitCode, StoreUrl};
 use ferry_etcd::EtcdStore;
 use ferry_file::{read_settled, write_atomic, DocError, Document, DEFAULT_SETTLE};
 use std::path::Path;
+use std::time::Duration;
+
+/// How often `--follow` looks at the source file: well inside the one
+/// second in which a change must reach the target.
+pub const FOLLOW_POLL: Duration = Duration::from_millis(50);
 
 fn doc_error(e: DocError) -> CliError {
     let code = match e {
@@ -132,6 +143,45 @@ pub fn copy(a: ConfigCopyArgs) -> Result<(), CliError> {
                 format!("the copy at {} does not match its source", label(&to)),
             ));
         }
+        if a.follow {
+            follow(&from, &to, doc).await?;
+        }
         Ok(())
     })
+}
+
+/// Copies every new, whole state of the source file until SIGINT/SIGTERM.
+async fn follow(from: &Place, to: &Place, mut last: Document) -> Result<(), CliError> {
+    let Place::File(path) = from else {
+        return Err(CliError::new(
+            ExitCode::Usage,
+            "--follow needs a JSON file as --from in this build",
+        ));
+    };
+    println!("following {}; Ctrl-C stops", path.display());
+    let mut tick = tokio::time::interval(FOLLOW_POLL);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| CliError::new(ExitCode::Runtime, format!("cannot watch for SIGTERM: {e}")))?;
+    let mut copies = 0u64;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+        }
+        let doc = match ferry_file::read(path) {
+            Ok(d) => d,
+            // Half-written: look again next tick.
+            Err(DocError::Invalid { .. }) => continue,
+            Err(e) => return Err(doc_error(e)),
+        };
+        if doc.same_bytes(&last) {
+            continue;
+        }
+        save(to, &doc).await?;
+        copies += 1;
+        last = doc;
+    }
+    println!("stopped following after {copies} changes");
+    Ok(())
 }
