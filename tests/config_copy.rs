@@ -202,3 +202,96 @@ fn follow_publishes_every_whole_state_and_never_a_torn_one() {
     }
     assert_eq!(seen.last().unwrap(), doc(200).as_bytes());
 }
+
+const KEYRING: &str = r#"{"pydio.grpc.user-key": {"keyring.master": "aGVsbG8tdGhpcy1pcy1hLWZha2UtbWFzdGVyLWtleS0zMmI="}}"#;
+
+#[test]
+fn keyring_to_vault_kv_and_back_keeps_its_content() {
+    use ferry_testkit::OpenBao;
+    let Some(bao) = require(OpenBao::start()) else {
+        return;
+    };
+    let f = Ferry::new();
+    let dir = f.dir.path();
+    let key = dir.join("cells-vault-key");
+    std::fs::write(&key, KEYRING).unwrap();
+    let vault = format!("vault://root@{}/secret/cells/keyring", bao.endpoint());
+    let out = f.run(&["config", "copy", "--from", path_str(&key), "--to", &vault]);
+    ok(&out, "keyring to vault");
+    assert!(stdout(&out).contains("JSON equal"), "{}", stdout(&out));
+    assert!(
+        !stdout(&out).contains("root@"),
+        "the token was shown: {}",
+        stdout(&out)
+    );
+    // What Cells' Vault keyring store reads: the secret's data is the document.
+    let r = ferry_testkit::http::get(
+        &bao.endpoint(),
+        "/v1/secret/data/cells/keyring",
+        &[("X-Vault-Token", "root")],
+    )
+    .unwrap();
+    let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let want: serde_json::Value = serde_json::from_str(KEYRING).unwrap();
+    assert_eq!(body["data"]["data"], want);
+    let back = dir.join("back-key");
+    ok(
+        &f.run(&["config", "copy", "--from", &vault, "--to", path_str(&back)]),
+        "vault to file",
+    );
+    let got: serde_json::Value = serde_json::from_slice(&std::fs::read(&back).unwrap()).unwrap();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn vault_refusals_name_the_problem() {
+    use ferry_testkit::OpenBao;
+    let Some(bao) = require(OpenBao::start()) else {
+        return;
+    };
+    let ep = bao.endpoint();
+    let r = ferry_testkit::http::post(
+        &ep,
+        "/v1/sys/mounts/kv1",
+        &[("X-Vault-Token", "root")],
+        r#"{"type":"kv","options":{"version":"1"}}"#,
+    )
+    .unwrap();
+    assert!(
+        r.status < 300,
+        "enabling a KV v1 mount: {} {}",
+        r.status,
+        r.body
+    );
+    let f = Ferry::new();
+    let key = f.dir.path().join("cells-vault-key");
+    std::fs::write(&key, KEYRING).unwrap();
+    let cases = [
+        (
+            format!("vault://wrong-token-xyz@{ep}/secret/k"),
+            3,
+            "refused the token",
+        ),
+        (format!("vault://root@{ep}/kv1/k"), 3, "KV version 1"),
+        (format!("vault://root@{ep}/nomount/k"), 3, "no mount"),
+        (format!("vault://root@{ep}/secret"), 2, "names no secret"),
+    ];
+    for (url, code, needle) in cases {
+        let out = f.run(&["config", "copy", "--from", path_str(&key), "--to", &url]);
+        assert_eq!(out.status.code(), Some(code), "{url}: {}", stderr(&out));
+        assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains(needle),
+            "{url}: `{needle}` not in {}",
+            stderr(&out)
+        );
+        assert!(
+            !stderr(&out).contains("wrong-token-xyz"),
+            "token shown: {}",
+            stderr(&out)
+        );
+    }
+    let r = ferry_testkit::http::get(&ep, "/v1/secret/metadata/k", &[("X-Vault-Token", "root")])
+        .unwrap();
+    assert_eq!(r.status, 404, "a refused copy wrote a secret: {}", r.body);
+}

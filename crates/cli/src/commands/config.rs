@@ -38,6 +38,21 @@ fn doc_error(e: DocError) -> CliError {
 enum Place {
     File(std::path::PathBuf),
     Etcd(StoreUrl),
+    /// A KV v2 secret whose data is the document's top-level object (as
+    /// Cells' Vault store keeps it): JSON is kept, byte layout is not.
+    Vault(StoreUrl),
+}
+
+fn vault_error(e: ferry_vault::VaultError) -> CliError {
+    use ferry_vault::VaultError as V;
+    let code = match e {
+        V::Unreachable { .. } | V::BadToken { .. } | V::NoMount { .. } | V::NotKv2 { .. } => {
+            ExitCode::Refused
+        }
+        V::BadPath { .. } | V::NotVault(_) => ExitCode::Usage,
+        V::Server { .. } => ExitCode::Runtime,
+    };
+    CliError::new(code, e.to_string())
 }
 
 fn place(raw: &str) -> Result<Place, CliError> {
@@ -49,9 +64,14 @@ fn place(raw: &str) -> Result<Place, CliError> {
             ExitCode::Usage,
             format!("{url} names no key; the document goes to one key, e.g. etcd://127.0.0.1:2379/config"),
         )),
+        StoreUrl::Vault { ref path, .. } if !path.is_empty() => Ok(Place::Vault(url)),
+        StoreUrl::Vault { .. } => Err(CliError::new(
+            ExitCode::Usage,
+            format!("{url} names no secret under its mount; e.g. vault://127.0.0.1:8200/secret/cells/keyring"),
+        )),
         other => Err(CliError::new(
             ExitCode::Usage,
-            format!("{other}: this build copies configuration between JSON files and etcd keys only"),
+            format!("{other}: this build copies configuration between JSON files, etcd keys and Vault KV secrets only"),
         )),
     }
 }
@@ -59,7 +79,7 @@ fn place(raw: &str) -> Result<Place, CliError> {
 fn label(p: &Place) -> String {
     match p {
         Place::File(path) => path.display().to_string(),
-        Place::Etcd(u) => u.to_string(),
+        Place::Etcd(u) | Place::Vault(u) => u.to_string(),
     }
 }
 
@@ -82,6 +102,20 @@ async fn load(p: &Place) -> Result<Document, CliError> {
                 ));
             };
             Document::parse(Path::new(&url.to_string()), kv.value().to_vec()).map_err(doc_error)
+        }
+        Place::Vault(url) => {
+            let store = ferry_vault::VaultStore::connect(url)
+                .await
+                .map_err(vault_error)?;
+            let Some(data) = store.read().await.map_err(vault_error)? else {
+                return Err(CliError::new(
+                    ExitCode::Usage,
+                    format!("{url} holds no document (the secret is absent)"),
+                ));
+            };
+            let value = serde_json::Value::Object(data);
+            let bytes = serde_json::to_vec_pretty(&value).expect("JSON serialises");
+            Ok(Document { bytes, value })
         }
     }
 }
@@ -109,6 +143,21 @@ async fn save(p: &Place, doc: &Document) -> Result<(), CliError> {
                 .map_err(|e| CliError::new(ExitCode::Runtime, format!("writing {url}: {e}")))?;
             Ok(())
         }
+        Place::Vault(url) => {
+            let Some(map) = doc.value.as_object() else {
+                return Err(CliError::new(
+                    ExitCode::Usage,
+                    format!(
+                        "{url}: a Vault secret holds a JSON object, and this document is not one"
+                    ),
+                ));
+            };
+            let store = ferry_vault::VaultStore::connect(url)
+                .await
+                .map_err(vault_error)?;
+            store.write(map).await.map_err(vault_error)?;
+            Ok(())
+        }
     }
 }
 
@@ -128,13 +177,19 @@ pub fn copy(a: ConfigCopyArgs) -> Result<(), CliError> {
         let doc = load(&from).await?;
         save(&to, &doc).await?;
         let back = load(&to).await?;
-        let (bytes, json) = (back.same_bytes(&doc), back.same_json(&doc));
+        // Vault keeps the JSON, not its layout: only JSON equality applies.
+        let byte_exact = !matches!(from, Place::Vault(_)) && !matches!(to, Place::Vault(_));
+        let (bytes, json) = (!byte_exact || back.same_bytes(&doc), back.same_json(&doc));
         println!(
             "copied {} bytes from {} to {}; read back: bytes {}, JSON {}",
             doc.bytes.len(),
             label(&from),
             label(&to),
-            if bytes { "identical" } else { "DIFFER" },
+            match (byte_exact, bytes) {
+                (false, _) => "not compared (Vault keeps JSON, not layout)",
+                (true, true) => "identical",
+                (true, false) => "DIFFER",
+            },
             if json { "equal" } else { "DIFFERS" }
         );
         if !(bytes && json) {

@@ -1,0 +1,236 @@
+//! Vault KV version 2 (OpenBao too) as a Ferry store.
+//!
+//! A `vault://host:port/<mount>/<path>` URL names one secret (or, for
+//! listing, a folder) in a KV v2 mount. The token comes from the URL or
+//! `VAULT_TOKEN`; it is sent only in the `X-Vault-Token` header and never
+//! shown. Errors name the store by its redacted URL and say what to do.
+//!
+//! This module reads and writes the current version of one secret as a JSON
+//! object (Cells' Vault config store keeps its whole document as the
+//! secret's data); copying every version with its metadata builds on it.
+
+use ferry_core::StoreUrl;
+use serde_json::{Map, Value};
+use std::time::Duration;
+
+/// Why a Vault request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    #[error("Vault {store} is unreachable ({detail}); check that it runs there and the host and port in the URL")]
+    Unreachable { store: String, detail: String },
+    #[error("Vault {store} refused the token; give a valid token in VAULT_TOKEN or the URL (vault://TOKEN@host:8200/mount/path)")]
+    BadToken { store: String },
+    #[error("Vault {store}: the mount `{mount}` is KV version {version}; Ferry needs a KV version 2 mount (vault secrets enable -version=2 kv)")]
+    NotKv2 {
+        store: String,
+        mount: String,
+        version: String,
+    },
+    #[error("Vault {store}: there is no mount `{mount}`; check the first path segment of the URL")]
+    NoMount { store: String, mount: String },
+    #[error("Vault {store} rejected the path `{path}` ({detail}); use a path of letters, digits, `-`, `_`, `.` and `/`")]
+    BadPath {
+        store: String,
+        path: String,
+        detail: String,
+    },
+    #[error("Vault {store}: {detail}")]
+    Server { store: String, detail: String },
+    #[error("{0} is not a Vault URL")]
+    NotVault(String),
+}
+
+/// One KV v2 secret location.
+pub struct VaultStore {
+    http: reqwest::Client,
+    base: String,
+    mount: String,
+    path: String,
+    token: String,
+    name: String,
+}
+
+impl VaultStore {
+    /// Connects, checks the token and that the mount is KV version 2.
+    pub async fn connect(url: &StoreUrl) -> Result<VaultStore, VaultError> {
+        let StoreUrl::Vault {
+            tls,
+            endpoint,
+            mount,
+            path,
+            ..
+        } = url
+        else {
+            return Err(VaultError::NotVault(url.to_string()));
+        };
+        let token = url
+            .secret()
+            .map(str::to_string)
+            .or_else(|| std::env::var("VAULT_TOKEN").ok())
+            .unwrap_or_default();
+        // One process-wide crypto provider for rustls; a second install is a no-op.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| VaultError::Server {
+                store: url.to_string(),
+                detail: format!("cannot set up HTTP: {e}"),
+            })?;
+        let store = VaultStore {
+            http,
+            base: format!("{}://{endpoint}", if *tls { "https" } else { "http" }),
+            mount: mount.clone(),
+            path: path.clone(),
+            token,
+            name: url.to_string(),
+        };
+        store.check_mount().await?;
+        Ok(store)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        api: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, Value), VaultError> {
+        let mut rb = self
+            .http
+            .request(method, format!("{}/v1/{api}", self.base))
+            .header("X-Vault-Token", &self.token);
+        if let Some(b) = body {
+            rb = rb.json(b);
+        }
+        let resp = rb.send().await.map_err(|e| VaultError::Unreachable {
+            store: self.name.clone(),
+            detail: root_cause(&e),
+        })?;
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        if status == 403 {
+            return Err(VaultError::BadToken {
+                store: self.name.clone(),
+            });
+        }
+        Ok((status, body))
+    }
+
+    async fn check_mount(&self) -> Result<(), VaultError> {
+        // The token first: a mount lookup answers 403 both for a bad token
+        // and for a mount that does not exist.
+        self.call(reqwest::Method::GET, "auth/token/lookup-self", None)
+            .await?;
+        let (status, body) = match self
+            .call(
+                reqwest::Method::GET,
+                &format!("sys/internal/ui/mounts/{}", self.mount),
+                None,
+            )
+            .await
+        {
+            Err(VaultError::BadToken { .. }) => (404, Value::Null),
+            other => other?,
+        };
+        if status == 400 || status == 404 || body["data"].is_null() {
+            return Err(VaultError::NoMount {
+                store: self.name.clone(),
+                mount: self.mount.clone(),
+            });
+        }
+        let version = body["data"]["options"]["version"]
+            .as_str()
+            .unwrap_or("1")
+            .to_string();
+        if version != "2" {
+            return Err(VaultError::NotKv2 {
+                store: self.name.clone(),
+                mount: self.mount.clone(),
+                version,
+            });
+        }
+        Ok(())
+    }
+
+    fn bad_path(&self, status: u16, body: &Value) -> VaultError {
+        VaultError::BadPath {
+            store: self.name.clone(),
+            path: self.path.clone(),
+            detail: format!("HTTP {status}: {}", errors(body)),
+        }
+    }
+
+    /// The current version's data, or `None` when the secret is absent.
+    pub async fn read(&self) -> Result<Option<Map<String, Value>>, VaultError> {
+        let (status, body) = self
+            .call(
+                reqwest::Method::GET,
+                &format!("{}/data/{}", self.mount, self.path),
+                None,
+            )
+            .await?;
+        match status {
+            200 => Ok(body["data"]["data"].as_object().cloned()),
+            404 => Ok(None),
+            400 => Err(self.bad_path(status, &body)),
+            _ => Err(VaultError::Server {
+                store: self.name.clone(),
+                detail: format!(
+                    "reading {} failed with HTTP {status}: {}",
+                    self.path,
+                    errors(&body)
+                ),
+            }),
+        }
+    }
+
+    /// Writes `data` as a new version; returns its number.
+    pub async fn write(&self, data: &Map<String, Value>) -> Result<u64, VaultError> {
+        let body = serde_json::json!({ "data": data });
+        let (status, resp) = self
+            .call(
+                reqwest::Method::POST,
+                &format!("{}/data/{}", self.mount, self.path),
+                Some(&body),
+            )
+            .await?;
+        match status {
+            200 | 204 => Ok(resp["data"]["version"].as_u64().unwrap_or(0)),
+            400 | 405 => Err(self.bad_path(status, &resp)),
+            _ => Err(VaultError::Server {
+                store: self.name.clone(),
+                detail: format!(
+                    "writing {} failed with HTTP {status}: {}",
+                    self.path,
+                    errors(&resp)
+                ),
+            }),
+        }
+    }
+}
+
+fn errors(body: &Value) -> String {
+    body["errors"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "no detail".into())
+}
+
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
