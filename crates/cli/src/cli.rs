@@ -229,6 +229,9 @@ pub struct ConfigCopyArgs {
     /// Keep following the source file and copy every change until interrupted.
     #[arg(long)]
     pub follow: bool,
+    /// Vault to Vault: copy every secret under the path with all its versions and metadata.
+    #[arg(long, conflicts_with = "follow")]
+    pub versions: bool,
 }
 
 #[derive(Subcommand, Debug)]

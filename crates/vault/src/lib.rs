@@ -9,6 +9,8 @@
 //! object (Cells' Vault config store keeps its whole document as the
 //! secret's data); copying every version with its metadata builds on it.
 
+pub mod versions;
+
 use ferry_core::StoreUrl;
 use serde_json::{Map, Value};
 use std::time::Duration;
@@ -44,10 +46,10 @@ pub enum VaultError {
 pub struct VaultStore {
     http: reqwest::Client,
     base: String,
-    mount: String,
-    path: String,
+    pub(crate) mount: String,
+    pub(crate) path: String,
     token: String,
-    name: String,
+    pub(crate) name: String,
 }
 
 impl VaultStore {
@@ -214,7 +216,7 @@ impl VaultStore {
     }
 }
 
-fn errors(body: &Value) -> String {
+pub(crate) fn errors(body: &Value) -> String {
     body["errors"]
         .as_array()
         .map(|a| {

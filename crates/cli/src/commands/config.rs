@@ -173,6 +173,12 @@ pub fn copy(a: ConfigCopyArgs) -> Result<(), CliError> {
             ),
         ));
     }
+    if a.versions {
+        let (Place::Vault(f), Place::Vault(t)) = (&from, &to) else {
+            return Err(CliError::new(ExitCode::Usage, "--versions copies between two Vault KV v2 locations; give vault:// URLs to --from and --to"));
+        };
+        return runtime()?.block_on(copy_versions(f, t));
+    }
     runtime()?.block_on(async {
         let doc = load(&from).await?;
         save(&to, &doc).await?;
@@ -238,5 +244,40 @@ async fn follow(from: &Place, to: &Place, mut last: Document) -> Result<(), CliE
         last = doc;
     }
     println!("stopped following after {copies} changes");
+    Ok(())
+}
+
+/// Every secret under `from` with all versions and metadata onto `to`, then
+/// compared version by version.
+async fn copy_versions(from: &StoreUrl, to: &StoreUrl) -> Result<(), CliError> {
+    let src = ferry_vault::VaultStore::connect(from)
+        .await
+        .map_err(vault_error)?;
+    let dst = ferry_vault::VaultStore::connect(to)
+        .await
+        .map_err(vault_error)?;
+    let paths = src.list_all().await.map_err(vault_error)?;
+    let mut versions = 0;
+    for p in &paths {
+        versions += src.copy_secret_to(&dst, p).await.map_err(vault_error)?;
+    }
+    let mut diffs = Vec::new();
+    for p in &paths {
+        diffs.extend(src.compare_secret(&dst, p).await.map_err(vault_error)?);
+    }
+    println!(
+        "copied {} secrets ({versions} versions) from {from} to {to}; compared version by version: {} differences",
+        paths.len(),
+        diffs.len()
+    );
+    for d in diffs.iter().take(20) {
+        println!("  {d}");
+    }
+    if !diffs.is_empty() {
+        return Err(CliError::new(
+            ExitCode::Runtime,
+            format!("{} differences after the copy", diffs.len()),
+        ));
+    }
     Ok(())
 }
