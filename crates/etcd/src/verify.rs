@@ -191,9 +191,13 @@ pub async fn compare(
             if range_first.is_some() {
                 close(&mut report, &mut s, &mut t, range_first.take(), &range_last);
             }
-            s.fill().await?;
+            // Both sides' next pages at once: each is a round trip to its
+            // own server, and verification runs inside the cutover's
+            // read-only window.
+            tokio::try_join!(s.fill(), t.fill())?;
+        } else {
+            t.fill().await?;
         }
-        t.fill().await?;
         let (sk, tk) = (s.page.front(), t.page.front());
         let order = match (sk, tk) {
             (None, None) => break,
