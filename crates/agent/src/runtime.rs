@@ -112,18 +112,15 @@ impl AgentRun {
 
         // One limiter for source reads, one for target writes: each side gets
         // the configured rate.
-        let source_limiter = self.cfg.rate_limit_ops.map(|n| {
-            let n = std::num::NonZeroU32::new(n).expect("validated non-zero");
-            Arc::new(governor::RateLimiter::direct(governor::Quota::per_second(
-                n,
-            )))
-        });
-        let limiter = self.cfg.rate_limit_ops.map(|n| {
-            let n = std::num::NonZeroU32::new(n).expect("validated non-zero");
-            Arc::new(governor::RateLimiter::direct(governor::Quota::per_second(
-                n,
-            )))
-        });
+        let make_limiter = || {
+            self.cfg.rate_limit_ops.map(|n| {
+                let n = std::num::NonZeroU32::new(n).expect("validated non-zero");
+                Arc::new(governor::RateLimiter::direct(governor::Quota::per_second(
+                    n,
+                )))
+            })
+        };
+        let (source_limiter, limiter) = (make_limiter(), make_limiter());
         let tailer = EtcdTailer::new(
             source.clone(),
             self.source.to_string(),

@@ -2,7 +2,6 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use tempfile::TempDir;
 
@@ -84,35 +83,10 @@ impl Etcd {
         self.dir.path().join("data")
     }
 
-    /// The file that receives etcd's stdout and stderr, across restarts.
-    pub fn log_path(&self) -> &Path {
-        self.proc.log_path()
-    }
-
-    /// The process id, `None` while stopped.
-    pub fn pid(&self) -> Option<u32> {
-        self.proc.pid()
-    }
-
-    pub fn is_running(&mut self) -> bool {
-        self.proc.is_running()
-    }
-
-    /// How long the latest start or restart took until etcd was healthy.
-    pub fn started_in(&self) -> Duration {
-        self.proc.started_in()
-    }
-
-    /// Kills etcd (SIGKILL, like a crash) and reaps it. Ports and data stay.
-    pub fn stop(&mut self) {
-        self.proc.stop();
-    }
-
-    /// Stops etcd if it runs, then starts it on the same ports and data
-    /// directory and waits until it is healthy again.
-    pub fn restart(&mut self) -> Result<(), TestkitError> {
-        self.proc.restart()
-    }
+    crate::process::delegate_to_proc!(
+        stop: "Kills etcd (SIGKILL, like a crash) and reaps it. Ports and data stay.",
+        restart: "Stops etcd if it runs, then starts it on the same ports and data directory and waits until it is healthy again."
+    );
 }
 
 fn port() -> Result<u16, TestkitError> {

@@ -78,33 +78,10 @@ impl MongoWire {
         self.dir.path().join("data")
     }
 
-    pub fn log_path(&self) -> &Path {
-        self.proc.log_path()
-    }
-
-    pub fn pid(&self) -> Option<u32> {
-        self.proc.pid()
-    }
-
-    pub fn is_running(&mut self) -> bool {
-        self.proc.is_running()
-    }
-
-    pub fn started_in(&self) -> Duration {
-        self.proc.started_in()
-    }
-
-    /// Kills the server (SIGKILL, like a crash) and reaps it. Port and
-    /// storage stay.
-    pub fn stop(&mut self) {
-        self.proc.stop();
-    }
-
-    /// Stops it if it runs, then starts it on the same port and storage
-    /// directory and waits until it accepts connections again.
-    pub fn restart(&mut self) -> Result<(), TestkitError> {
-        self.proc.restart()
-    }
+    crate::process::delegate_to_proc!(
+        stop: "Kills the server (SIGKILL, like a crash) and reaps it. Port and storage stay.",
+        restart: "Stops it if it runs, then starts it on the same port and storage directory and waits until it accepts connections again."
+    );
 }
 
 fn spec(program: PathBuf, dir: &Path, config: &Path, port: u16) -> Spec {

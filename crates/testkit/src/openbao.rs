@@ -2,7 +2,6 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use tempfile::TempDir;
 
@@ -82,32 +81,10 @@ impl OpenBao {
         self.port
     }
 
-    pub fn log_path(&self) -> &Path {
-        self.proc.log_path()
-    }
-
-    pub fn pid(&self) -> Option<u32> {
-        self.proc.pid()
-    }
-
-    pub fn is_running(&mut self) -> bool {
-        self.proc.is_running()
-    }
-
-    pub fn started_in(&self) -> Duration {
-        self.proc.started_in()
-    }
-
-    /// Kills the server (SIGKILL) and reaps it; its secrets are gone.
-    pub fn stop(&mut self) {
-        self.proc.stop();
-    }
-
-    /// Stops it if it runs and starts a fresh, empty dev server on the same
-    /// port with the same root token.
-    pub fn restart(&mut self) -> Result<(), TestkitError> {
-        self.proc.restart()
-    }
+    crate::process::delegate_to_proc!(
+        stop: "Kills the server (SIGKILL) and reaps it; its secrets are gone.",
+        restart: "Stops it if it runs and starts a fresh, empty dev server on the same port with the same root token."
+    );
 }
 
 fn spec(program: PathBuf, dir: &Path, port: u16) -> Spec {

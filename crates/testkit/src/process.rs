@@ -290,3 +290,38 @@ pub(crate) fn temp_dir(server: &'static str) -> Result<tempfile::TempDir, Testki
             source,
         })
 }
+
+/// The accessors every server handle delegates to its [`Proc`]; `stop` and
+/// `restart` take their own docs, as what survives a restart differs.
+macro_rules! delegate_to_proc {
+    (stop: $stop_doc:literal, restart: $restart_doc:literal) => {
+        /// The server's own log (stdout and stderr).
+        pub fn log_path(&self) -> &std::path::Path {
+            self.proc.log_path()
+        }
+
+        pub fn pid(&self) -> Option<u32> {
+            self.proc.pid()
+        }
+
+        pub fn is_running(&mut self) -> bool {
+            self.proc.is_running()
+        }
+
+        /// How long the last start took until the server answered.
+        pub fn started_in(&self) -> std::time::Duration {
+            self.proc.started_in()
+        }
+
+        #[doc = $stop_doc]
+        pub fn stop(&mut self) {
+            self.proc.stop();
+        }
+
+        #[doc = $restart_doc]
+        pub fn restart(&mut self) -> Result<(), $crate::TestkitError> {
+            self.proc.restart()
+        }
+    };
+}
+pub(crate) use delegate_to_proc;
