@@ -22,5 +22,5 @@ pub mod store_url;
 pub use error::{ErrorKind, ErrorPolicy, ExitCode};
 pub use event::{Event, Op, Seq, StoreMeta, Value, VaultVersionMeta};
 pub use position::Position;
-pub use shard::{shard_for_key, ShardId};
+pub use shard::{shard_for_key, ShardId, ShardSpan};
 pub use store_url::{StoreKind, StoreUrl, UrlError};

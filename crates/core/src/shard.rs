@@ -30,9 +30,57 @@ pub fn shard_for_key(key: &[u8], shard_count: u32) -> ShardId {
     ShardId(u32::try_from(shard).unwrap_or(0))
 }
 
+/// The shards one source's events go to: `first..first + count`.
+///
+/// An agent with several sources gives each its own span of one journal, so
+/// every source keeps its own order and checkpoints and the journal stays
+/// one file set. A source with one span of `first = 0` is the single-source
+/// case.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardSpan {
+    pub first: u32,
+    pub count: u32,
+}
+
+impl ShardSpan {
+    /// The span `0..count` (a single source).
+    pub fn all(count: u32) -> Self {
+        ShardSpan {
+            first: 0,
+            count: count.max(1),
+        }
+    }
+
+    /// The shard of `key` within this span.
+    pub fn shard_for(&self, key: &[u8]) -> ShardId {
+        ShardId(self.first + shard_for_key(key, self.count).0)
+    }
+
+    /// Every shard of the span, in order.
+    pub fn iter(&self) -> impl Iterator<Item = ShardId> {
+        (self.first..self.first + self.count.max(1)).map(ShardId)
+    }
+
+    /// Whether `shard` belongs to this span.
+    pub fn contains(&self, shard: ShardId) -> bool {
+        (self.first..self.first + self.count.max(1)).contains(&shard.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spans_offset_the_hash() {
+        let span = ShardSpan { first: 8, count: 4 };
+        let s = span.shard_for(b"config");
+        assert_eq!(s.0, 8 + shard_for_key(b"config", 4).0);
+        assert!(span.contains(s));
+        assert!(!span.contains(ShardId(7)) && !span.contains(ShardId(12)));
+        assert_eq!(span.iter().map(|s| s.0).collect::<Vec<_>>(), [8, 9, 10, 11]);
+        assert_eq!(ShardSpan::all(0).iter().count(), 1);
+    }
 
     #[test]
     fn mapping_is_stable_and_spread() {

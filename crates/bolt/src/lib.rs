@@ -1,0 +1,1 @@
+//! BoltDB reader and tailer (being written).

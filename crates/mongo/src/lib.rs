@@ -1,0 +1,1 @@
+//! MongoDB source and target (being written).
