@@ -12,10 +12,14 @@
 //! ones stop the shard for this target and are reported, fatal ones stop the
 //! pipeline.
 
+pub mod appender;
+pub mod fence;
 mod sink;
 pub mod truncator;
 pub mod worker;
 
+pub use appender::{AppendError, SpanAppender};
+pub use fence::PollFence;
 pub use sink::{Sink, SinkError};
 pub use worker::{Shutdown, WorkerConfig};
 

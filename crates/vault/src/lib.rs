@@ -9,6 +9,7 @@
 //! object (Cells' Vault config store keeps its whole document as the
 //! secret's data); copying every version with its metadata builds on it.
 
+pub mod pipeline;
 pub mod versions;
 
 use ferry_core::StoreUrl;
@@ -37,9 +38,32 @@ pub enum VaultError {
         detail: String,
     },
     #[error("Vault {store}: {detail}")]
-    Server { store: String, detail: String },
+    Server {
+        store: String,
+        /// The HTTP status, 0 when the request never got one.
+        status: u16,
+        detail: String,
+    },
     #[error("{0} is not a Vault URL")]
     NotVault(String),
+}
+
+impl VaultError {
+    /// How the pipeline treats it: outages and server-side failures retry,
+    /// a request Vault refuses stops the shard, a bad token or mount stops
+    /// everything.
+    pub fn kind(&self) -> ferry_core::ErrorKind {
+        use ferry_core::ErrorKind as K;
+        match self {
+            VaultError::Unreachable { .. } => K::Transient,
+            VaultError::Server { status, .. } if *status >= 500 || *status == 429 => K::Transient,
+            VaultError::Server { .. } | VaultError::BadPath { .. } => K::Permanent,
+            VaultError::BadToken { .. }
+            | VaultError::NotKv2 { .. }
+            | VaultError::NoMount { .. }
+            | VaultError::NotVault(_) => K::Fatal,
+        }
+    }
 }
 
 /// One KV v2 secret location.
@@ -78,6 +102,7 @@ impl VaultStore {
             .build()
             .map_err(|e| VaultError::Server {
                 store: url.to_string(),
+                status: 0,
                 detail: format!("cannot set up HTTP: {e}"),
             })?;
         let store = VaultStore {
@@ -169,10 +194,15 @@ impl VaultStore {
 
     /// The current version's data, or `None` when the secret is absent.
     pub async fn read(&self) -> Result<Option<Map<String, Value>>, VaultError> {
+        self.read_at(&self.path.clone()).await
+    }
+
+    /// The current data of the secret at `path` (relative to the mount).
+    pub async fn read_at(&self, path: &str) -> Result<Option<Map<String, Value>>, VaultError> {
         let (status, body) = self
             .call(
                 reqwest::Method::GET,
-                &format!("{}/data/{}", self.mount, self.path),
+                &format!("{}/data/{}", self.mount, path),
                 None,
             )
             .await?;
@@ -182,9 +212,10 @@ impl VaultStore {
             400 => Err(self.bad_path(status, &body)),
             _ => Err(VaultError::Server {
                 store: self.name.clone(),
+                status,
                 detail: format!(
                     "reading {} failed with HTTP {status}: {}",
-                    self.path,
+                    path,
                     errors(&body)
                 ),
             }),
@@ -193,11 +224,16 @@ impl VaultStore {
 
     /// Writes `data` as a new version; returns its number.
     pub async fn write(&self, data: &Map<String, Value>) -> Result<u64, VaultError> {
+        self.write_at(&self.path.clone(), data).await
+    }
+
+    /// Writes `data` as a new version of the secret at `path`.
+    pub async fn write_at(&self, path: &str, data: &Map<String, Value>) -> Result<u64, VaultError> {
         let body = serde_json::json!({ "data": data });
         let (status, resp) = self
             .call(
                 reqwest::Method::POST,
-                &format!("{}/data/{}", self.mount, self.path),
+                &format!("{}/data/{}", self.mount, path),
                 Some(&body),
             )
             .await?;
@@ -206,9 +242,10 @@ impl VaultStore {
             400 | 405 => Err(self.bad_path(status, &resp)),
             _ => Err(VaultError::Server {
                 store: self.name.clone(),
+                status,
                 detail: format!(
                     "writing {} failed with HTTP {status}: {}",
-                    self.path,
+                    path,
                     errors(&resp)
                 ),
             }),

@@ -176,6 +176,7 @@ impl VaultStore {
     fn server(&self, status: u16, body: &Value, what: &str, path: &str) -> VaultError {
         VaultError::Server {
             store: self.name.clone(),
+            status,
             detail: format!(
                 "{what} {path} failed with HTTP {status}: {}",
                 crate::errors(body)
@@ -193,6 +194,7 @@ impl VaultStore {
             if existing.current_version > 0 {
                 return Err(VaultError::Server {
                     store: dst.name.clone(),
+                    status: 0,
                     detail: format!(
                         "{path} already has {} versions on the target; version numbers could not line up: copy onto an empty path",
                         existing.current_version
@@ -323,4 +325,134 @@ impl VaultStore {
         }
         Ok(diffs)
     }
+}
+
+/// What a check-and-set write did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CasWrite {
+    /// Written as this version.
+    Written(u64),
+    /// The secret's current version was not the one given.
+    Mismatch,
+}
+
+impl VaultStore {
+    /// Writes `data` as the next version if the current one is `cas`.
+    pub async fn write_cas(
+        &self,
+        path: &str,
+        data: &Map<String, Value>,
+        cas: u64,
+    ) -> Result<CasWrite, VaultError> {
+        let body = json!({"data": data, "options": {"cas": cas}});
+        let (status, resp) = self
+            .call(reqwest::Method::POST, &self.api("data", path), Some(&body))
+            .await?;
+        match status {
+            200 | 204 => Ok(CasWrite::Written(
+                resp["data"]["version"].as_u64().unwrap_or(cas + 1),
+            )),
+            400 if crate::errors(&resp).contains("check-and-set") => Ok(CasWrite::Mismatch),
+            400 | 405 => Err(VaultError::BadPath {
+                store: self.name.clone(),
+                path: path.to_string(),
+                detail: format!("HTTP {status}: {}", crate::errors(&resp)),
+            }),
+            _ => Err(self.server(status, &resp, "writing", path)),
+        }
+    }
+
+    /// Soft-deletes (`delete`), undeletes or destroys versions of a secret.
+    pub async fn version_op(
+        &self,
+        op: VersionOp,
+        path: &str,
+        versions: &[u64],
+    ) -> Result<(), VaultError> {
+        let (kind, what) = match op {
+            VersionOp::Delete => ("delete", "deleting versions of"),
+            VersionOp::Undelete => ("undelete", "undeleting versions of"),
+            VersionOp::Destroy => ("destroy", "destroying versions of"),
+        };
+        self.post(
+            self.api(kind, path),
+            json!({ "versions": versions }),
+            what,
+            path,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Sets a secret's metadata.
+    pub async fn write_metadata(
+        &self,
+        path: &str,
+        max_versions: u64,
+        cas_required: bool,
+        delete_version_after: &str,
+        custom: &Map<String, Value>,
+    ) -> Result<(), VaultError> {
+        self.post(
+            self.api("metadata", path),
+            json!({
+                "max_versions": max_versions,
+                "cas_required": cas_required,
+                "delete_version_after": delete_version_after,
+                "custom_metadata": custom,
+            }),
+            "writing metadata of",
+            path,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Removes a secret with all its versions and metadata.
+    pub async fn delete_secret(&self, path: &str) -> Result<(), VaultError> {
+        let (status, resp) = self
+            .call(reqwest::Method::DELETE, &self.api("metadata", path), None)
+            .await?;
+        if status >= 300 && status != 404 {
+            return Err(self.server(status, &resp, "deleting", path));
+        }
+        Ok(())
+    }
+
+    /// The URL's path under the mount (a folder or one secret).
+    pub fn root(&self) -> &str {
+        self.path.trim_matches('/')
+    }
+
+    /// `path` (relative to the mount) relative to this store's root: the
+    /// key Ferry journals, so a target can root it elsewhere.
+    pub fn relative<'p>(&self, path: &'p str) -> &'p str {
+        let root = self.root();
+        if root.is_empty() {
+            return path;
+        }
+        if path == root {
+            return "";
+        }
+        path.strip_prefix(root)
+            .and_then(|r| r.strip_prefix('/'))
+            .unwrap_or(path)
+    }
+
+    /// The inverse of [`Self::relative`] on this store.
+    pub fn absolute(&self, rel: &str) -> String {
+        match (self.root(), rel) {
+            (root, "") => root.to_string(),
+            ("", rel) => rel.to_string(),
+            (root, rel) => format!("{root}/{rel}"),
+        }
+    }
+}
+
+/// A state change of existing versions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VersionOp {
+    Delete,
+    Undelete,
+    Destroy,
 }

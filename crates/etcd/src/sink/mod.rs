@@ -30,7 +30,7 @@ use crate::lease::LeaseLiveness;
 use crate::{EtcdError, EtcdStore};
 use checkpoint::ShardCheckpoint;
 use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
-use ferry_core::{ErrorKind, Event, Op, Seq, ShardId, StoreMeta, Value};
+use ferry_core::{ErrorKind, Event, Op, Seq, ShardId, ShardSpan, StoreMeta, Value};
 use ferry_replay::{Sink, SinkError};
 use leases::TargetLeases;
 use std::collections::HashMap;
@@ -51,7 +51,7 @@ pub struct EtcdSink {
     store: EtcdStore,
     source_prefix: Vec<u8>,
     name: String,
-    shards: u32,
+    span: ShardSpan,
     journal_id: Option<String>,
     leases: Arc<TargetLeases>,
     checkpoints: Mutex<HashMap<ShardId, ShardCheckpoint>>,
@@ -66,15 +66,15 @@ pub struct EtcdSink {
 
 impl EtcdSink {
     /// `source_prefix`: the source URL's prefix (keys are re-rooted from it
-    /// onto `store`'s prefix); `name`: the target's redacted URL; `shards`:
-    /// the journal's shard count (the sweep needs each key's shard);
+    /// onto `store`'s prefix); `name`: the target's redacted URL; `span`:
+    /// the source's shards in the journal (the sweep needs each key's shard);
     /// `liveness`: the source tailer's lease liveness, to keep target
     /// leases alive and revoke them with their source lease.
     pub fn new(
         store: EtcdStore,
         source_prefix: impl AsRef<[u8]>,
         name: String,
-        shards: u32,
+        span: ShardSpan,
         liveness: Option<LeaseLiveness>,
     ) -> Self {
         EtcdSink {
@@ -82,7 +82,7 @@ impl EtcdSink {
             store,
             source_prefix: source_prefix.as_ref().to_vec(),
             name,
-            shards: shards.max(1),
+            span,
             journal_id: None,
             checkpoints: Mutex::new(HashMap::new()),
             keeper: Mutex::new(None),
@@ -383,7 +383,7 @@ impl EtcdSink {
             tracing::warn!(target_store = %self.name, shard = shard.0, "snapshot end without a recorded start on the target; skipping the sweep of keys deleted at the source");
             return Ok(());
         };
-        let stats = sweep::sweep(&self.store, &self.source_prefix, self.shards, shard, before)
+        let stats = sweep::sweep(&self.store, &self.source_prefix, self.span, shard, before)
             .await
             .map_err(|e| self.err(e))?;
         tracing::info!(target_store = %self.name, shard = shard.0, scanned = stats.scanned, deleted = stats.deleted, "snapshot sweep done");

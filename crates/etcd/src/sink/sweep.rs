@@ -19,7 +19,7 @@ use super::txn::{TxnWrites, Write};
 use crate::store::RangeCursor;
 use crate::{EtcdError, EtcdStore};
 use etcd_client::Txn;
-use ferry_core::{shard_for_key, ShardId};
+use ferry_core::{ShardId, ShardSpan};
 
 /// What a sweep did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -33,7 +33,7 @@ pub(crate) struct SweepStats {
 pub(crate) async fn sweep(
     target: &EtcdStore,
     source_prefix: &[u8],
-    shards: u32,
+    span: ShardSpan,
     shard: ShardId,
     before: i64,
 ) -> Result<SweepStats, EtcdError> {
@@ -53,7 +53,7 @@ pub(crate) async fn sweep(
             let suffix = &kv.key()[target_prefix.len()..];
             let mut source_key = source_prefix.to_vec();
             source_key.extend_from_slice(suffix);
-            if shard_for_key(&source_key, shards) != shard {
+            if span.shard_for(&source_key) != shard {
                 continue;
             }
             let w = Write::Delete {

@@ -33,10 +33,10 @@ use crate::{is_reserved, EtcdError, EtcdStore};
 use etcd_client::KeyValue;
 use fence::{FenceRequest, FenceShared};
 use ferry_core::metric_names as m;
-use ferry_core::{ErrorPolicy, Event, Op, Position, Seq, ShardId, StoreMeta, Value};
-use ferry_journal::{AppendBatch, AppendOutcome, Journal, ShardAppend, SourceCheckpoint};
+use ferry_core::{ErrorPolicy, Event, Op, Position, ShardId, ShardSpan, StoreMeta, Value};
+use ferry_journal::Journal;
 use ferry_lag::{now_ms, LagTracker, Phase};
-use ferry_replay::Shutdown;
+use ferry_replay::{AppendError, Shutdown, SpanAppender};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -82,7 +82,7 @@ impl Default for TailerOptions {
 pub struct EtcdTailer {
     store: EtcdStore,
     source: String,
-    shards: u32,
+    span: ShardSpan,
     opts: TailerOptions,
     liveness: LeaseLiveness,
     fence_tx: mpsc::Sender<FenceRequest>,
@@ -92,13 +92,13 @@ pub struct EtcdTailer {
 
 impl EtcdTailer {
     /// `source_name` names the journal checkpoint (stable across restarts);
-    /// `shards` must be the journal's shard count.
-    pub fn new(store: EtcdStore, source_name: String, shards: u32, opts: TailerOptions) -> Self {
+    /// `span` is the journal's shards this source's events go to.
+    pub fn new(store: EtcdStore, source_name: String, span: ShardSpan, opts: TailerOptions) -> Self {
         let (fence_tx, fence_rx) = mpsc::channel(16);
         EtcdTailer {
             store,
             source: source_name,
-            shards: shards.max(1),
+            span,
             opts,
             liveness: LeaseLiveness::new(),
             fence_tx,
@@ -142,7 +142,7 @@ impl EtcdTailer {
             &lag,
             self.source.clone(),
             self.store.name().to_string(),
-            self.shards,
+            self.span,
         )?;
         let mut fences = fence::Fences::default();
         let mut attempt = 0u32;
@@ -198,10 +198,10 @@ impl EtcdTailer {
             .source_checkpoint(&self.source)
             .map_err(|e| app.journal_err(e))?;
         let Some(pos) = resume else {
-            return self.snapshot(app, lag, shutdown, attempt).await;
+            return self.snapshot(app, shutdown, attempt).await;
         };
         let from = i64::try_from(pos.order).unwrap_or(i64::MAX);
-        lag.set_phase_all(Phase::Streaming);
+        app.set_phase(Phase::Streaming);
         match self
             .stream(app, lag, from, shutdown, fences, attempt)
             .await?
@@ -219,7 +219,7 @@ impl EtcdTailer {
                     store = self.store.name(),
                     "source etcd compacted past journaled revision {from} (compacted to {compact_revision}); taking a new snapshot"
                 );
-                self.snapshot(app, lag, shutdown, attempt).await
+                self.snapshot(app, shutdown, attempt).await
             }
         }
     }
@@ -230,7 +230,6 @@ impl EtcdTailer {
     async fn snapshot<J: Journal>(
         &self,
         app: &mut Appender<'_, J>,
-        lag: &LagTracker,
         shutdown: &mut Shutdown,
         attempt: &mut u32,
     ) -> Result<bool, EtcdError> {
@@ -253,7 +252,7 @@ impl EtcdTailer {
                 None,
             )
             .await?;
-            lag.set_phase_all(Phase::Snapshot { copied: 0, total });
+            app.set_phase(Phase::Snapshot { copied: 0, total });
             let mut cursor = RangeCursor::prefix(self.store.prefix(), rev);
             let mut copied = 0u64;
             loop {
@@ -286,20 +285,20 @@ impl EtcdTailer {
                 let mut per_shard = app.empty();
                 for kv in page {
                     let ev = self.put_event(&kv).await?;
-                    per_shard[ev.shard.0 as usize].push(ev);
+                    per_shard[app.index(ev.shard)].push(ev);
                 }
                 if let Some(limiter) = &self.opts.rate_limit {
                     ferry_replay::throttle(limiter, n as usize).await;
                 }
                 app.append(per_shard, None).await?;
                 copied += n;
-                lag.set_phase_all(Phase::Snapshot { copied, total });
+                app.set_phase(Phase::Snapshot { copied, total });
                 metrics::counter!(m::SNAPSHOT_COPIED_KEYS_TOTAL, "source" => self.source.clone())
                     .increment(n);
             }
             app.append(app.markers(Op::SnapshotEnd, r), Some(rev))
                 .await?;
-            lag.set_phase_all(Phase::Streaming);
+            app.set_phase(Phase::Streaming);
             tracing::info!(
                 store = self.store.name(),
                 revision = rev,
@@ -329,7 +328,7 @@ impl EtcdTailer {
 
     fn event(&self, key: &[u8], revision: i64, op: Op) -> Event {
         Event {
-            shard: ferry_core::shard_for_key(key, self.shards),
+            shard: self.span.shard_for(key),
             seq: 0,
             position: Position::at(u64::try_from(revision).unwrap_or(0)),
             key: key.to_vec(),
@@ -354,14 +353,10 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Appends to the journal with sequences tracked per shard, and reports
-/// what became durable to the lag tracker.
+/// The shared span appender, with errors named after this store.
 struct Appender<'a, J> {
-    journal: &'a J,
-    lag: &'a LagTracker,
-    source: String,
+    inner: SpanAppender<'a, J>,
     store: String,
-    next_seq: Vec<Seq>,
 }
 
 impl<'a, J: Journal> Appender<'a, J> {
@@ -370,25 +365,10 @@ impl<'a, J: Journal> Appender<'a, J> {
         lag: &'a LagTracker,
         source: String,
         store: String,
-        shards: u32,
+        span: ShardSpan,
     ) -> Result<Self, EtcdError> {
-        let mut next_seq = Vec::with_capacity(shards as usize);
-        for s in 0..shards {
-            let shard = ShardId(s);
-            let next = journal
-                .bounds(shard)
-                .map_err(|e| journal_err(&store, e))?
-                .map_or(1, |b| b.next_seq());
-            lag.register(shard, next - 1, &[]);
-            next_seq.push(next);
-        }
-        Ok(Appender {
-            journal,
-            lag,
-            source,
-            store,
-            next_seq,
-        })
+        let inner = SpanAppender::load(journal, lag, source, span).map_err(|e| append_err(&store, e))?;
+        Ok(Appender { inner, store })
     }
 
     fn journal_err(&self, e: ferry_journal::JournalError) -> EtcdError {
@@ -396,81 +376,46 @@ impl<'a, J: Journal> Appender<'a, J> {
     }
 
     fn empty(&self) -> Vec<Vec<Event>> {
-        vec![Vec::new(); self.next_seq.len()]
+        self.inner.empty()
+    }
+
+    fn index(&self, shard: ShardId) -> usize {
+        self.inner.index(shard)
+    }
+
+    fn span(&self) -> ShardSpan {
+        self.inner.span()
+    }
+
+    fn set_phase(&self, phase: Phase) {
+        self.inner.set_phase(phase);
     }
 
     /// One marker event per shard, at `position`.
     fn markers(&self, op: Op, position: u64) -> Vec<Vec<Event>> {
-        let now = now_ms();
-        (0..self.next_seq.len())
-            .map(|s| {
-                vec![Event {
-                    shard: ShardId(s as u32),
-                    seq: 0,
-                    position: Position::at(position),
-                    key: Vec::new(),
-                    op: op.clone(),
-                    source_ts_ms: 0,
-                    capture_ts_ms: now,
-                }]
-            })
-            .collect()
+        self.inner.markers(op, &Position::at(position))
     }
 
-    /// Appends `per_shard` (indexed by shard) and, if given, the source
-    /// checkpoint at `checkpoint`, atomically; resolves once durable.
+    /// Appends `per_shard` (indexed from the span's first shard) and, if
+    /// given, the source checkpoint at revision `checkpoint`, atomically;
+    /// resolves once durable.
     async fn append(
         &mut self,
         per_shard: Vec<Vec<Event>>,
         checkpoint: Option<i64>,
     ) -> Result<(), EtcdError> {
-        let mut shards = Vec::new();
-        let mut durable = Vec::new();
-        for (s, events) in per_shard.into_iter().enumerate() {
-            if events.is_empty() {
-                continue;
-            }
-            let last = events.last().map(|e| (e.position.clone(), e.capture_ts_ms));
-            let first_seq = self.next_seq[s];
-            durable.push((s, first_seq, first_seq + events.len() as u64 - 1, last));
-            shards.push(ShardAppend {
-                shard: ShardId(s as u32),
-                first_seq,
-                events,
-            });
-        }
-        let checkpoint = checkpoint.map(|rev| SourceCheckpoint {
-            source: self.source.clone(),
-            position: Position::at(u64::try_from(rev).unwrap_or(0)),
-        });
-        if shards.is_empty() && checkpoint.is_none() {
-            return Ok(());
-        }
-        let cp_position = checkpoint.as_ref().map(|c| c.position.clone());
-        let outcome = self
-            .journal
-            .append(AppendBatch { shards, checkpoint })
+        let cp = checkpoint.map(|rev| Position::at(u64::try_from(rev).unwrap_or(0)));
+        self.inner
+            .append(per_shard, cp)
             .await
-            .map_err(|e| self.journal_err(e))?;
-        if outcome == AppendOutcome::Duplicate {
-            // Our sequences came from the journal and only we append: a
-            // duplicate means another tailer writes this journal.
-            return Err(EtcdError::Journal {
-                store: self.store.clone(),
-                detail: "an append was reported as a duplicate; is another ferry tailing into this journal?".into(),
-            });
-        }
-        for (s, first, last, info) in durable {
-            self.next_seq[s] = last + 1;
-            if let Some((pos, capture)) = info {
-                self.lag
-                    .journaled(ShardId(s as u32), first, last, &pos, capture);
-            }
-        }
-        if let Some(p) = cp_position {
-            self.lag.journaled_position(&p);
-        }
-        Ok(())
+            .map_err(|e| append_err(&self.store, e))
+    }
+}
+
+fn append_err(store: &str, e: AppendError) -> EtcdError {
+    EtcdError::Journal {
+        store: store.to_string(),
+        detail: e.to_string(),
     }
 }
 

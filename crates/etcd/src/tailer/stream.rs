@@ -309,7 +309,7 @@ impl EtcdTailer {
                 events.insert(
                     at,
                     Event {
-                        shard: ShardId(s as u32),
+                        shard: ShardId(app.span().first + s as u32),
                         seq: 0,
                         position: pos.clone(),
                         key: Vec::new(),

@@ -147,13 +147,13 @@ impl Pipeline {
         let lag = Arc::new(LagTracker::new());
         let (stop, shutdown) = Shutdown::new();
         let source_prefix = source.prefix().to_vec();
-        let tailer = EtcdTailer::new(source, SOURCE.into(), shards, opts);
+        let tailer = EtcdTailer::new(source, SOURCE.into(), ferry_core::ShardSpan::all(shards), opts);
         let fence = tailer.fence_handle();
         let sink = Arc::new(EtcdSink::new(
             target,
             source_prefix,
             TARGET.into(),
-            shards,
+            ferry_core::ShardSpan::all(shards),
             Some(tailer.liveness()),
         ));
         sink.startup().await.unwrap();
