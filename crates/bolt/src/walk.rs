@@ -46,6 +46,8 @@ pub(crate) struct LeafPage {
     pub pgid: u64,
     pub path: BucketPath,
     pub bytes: Vec<u8>,
+    /// Root pages of its non-inline sub-buckets (inline ones' included).
+    pub sub_roots: Vec<u64>,
     count: u16,
 }
 
@@ -99,6 +101,8 @@ pub(crate) struct Walker {
     visited: Vec<u64>,
     since_check: u32,
     pages_read: u64,
+    /// When set, branch pages read are recorded here (page id, children).
+    pub branches: Option<Vec<(u64, Vec<u64>)>>,
 }
 
 impl Walker {
@@ -114,6 +118,7 @@ impl Walker {
             visited: vec![0; words],
             since_check: 0,
             pages_read: 0,
+            branches: None,
         }
     }
 
@@ -184,12 +189,15 @@ impl Walker {
             if h.flags & FLAG_BRANCH != 0 {
                 let children = format::branch_children(&bytes, h.count)
                     .map_err(|r| file.corrupt(work.pgid, r))?;
-                for child in children.into_iter().rev() {
+                for &child in children.iter().rev() {
                     self.stack.push(Work {
                         pgid: child,
                         path: Arc::clone(&work.path),
                         depth: work.depth + 1,
                     });
+                }
+                if let Some(b) = &mut self.branches {
+                    b.push((work.pgid, children));
                 }
                 continue;
             }
@@ -205,6 +213,7 @@ impl Walker {
             let mut roots = Vec::new();
             check_leaf(&bytes, h.count, &work.path, work.depth, &mut roots)
                 .map_err(|r| file.corrupt(work.pgid, r))?;
+            let sub_roots = roots.iter().map(|(_, r)| *r).collect();
             for (name_path, root) in roots.into_iter().rev() {
                 self.stack.push(Work {
                     pgid: root,
@@ -216,6 +225,7 @@ impl Walker {
                 pgid: work.pgid,
                 path: work.path,
                 bytes,
+                sub_roots,
                 count: h.count,
             }));
         }

@@ -14,6 +14,8 @@
 //!   whole documents, so a copy must be byte for byte, and equality is
 //!   reported both ways ([`Document::same_bytes`], [`Document::same_json`]).
 
+pub mod pipeline;
+
 use serde_json::Value;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
