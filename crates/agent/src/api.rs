@@ -78,8 +78,11 @@ pub struct ShardProof {
 /// source will ever have (SPEC section 5, step 5).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CutoverProof {
-    /// The source position read after it was made read-only.
+    /// The first source's fence position (see `fences` for every source).
     pub fence_position: u64,
+    /// Each source's fence: an etcd revision, or a polled source's look.
+    #[serde(default)]
+    pub fences: std::collections::BTreeMap<String, u64>,
     pub shards: Vec<ShardProof>,
     /// Keys compared by verification, and differences found (must be 0).
     pub verified_keys: u64,

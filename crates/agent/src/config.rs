@@ -21,6 +21,11 @@ pub const DEFAULT_CUTOVER_MAX_LAG_EVENTS: u64 = 1000;
 pub const DEFAULT_CUTOVER_TIMEOUT_MS: u64 = 600_000;
 /// Lease TTLs may differ by the time between the two reads plus one tick.
 pub const DEFAULT_VERIFY_TTL_TOLERANCE_S: i64 = 5;
+pub const DEFAULT_VAULT_POLL_MS: u64 = 1000;
+
+fn default_vault_poll_ms() -> u64 {
+    DEFAULT_VAULT_POLL_MS
+}
 
 /// How the source is made read-only at cutover.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,6 +70,9 @@ pub struct AgentConfig {
     pub resnapshot_on_compaction: bool,
     /// Run verification before opening the target.
     pub verify_on_cutover: bool,
+    /// How often a Vault source is looked at for changes.
+    #[serde(default = "default_vault_poll_ms")]
+    pub vault_poll_ms: u64,
     pub cutover_max_lag_events: u64,
     pub cutover_timeout_ms: u64,
 }
@@ -72,14 +80,11 @@ pub struct AgentConfig {
 impl AgentConfig {
     /// Checks the configuration without any I/O; names the field at fault.
     pub fn validate(&self) -> Result<(), String> {
-        if self.sources.len() != 1 {
-            return Err(format!(
-                "this build replicates exactly one source per agent, {} given",
-                self.sources.len()
-            ));
+        if self.sources.is_empty() || self.targets.is_empty() {
+            return Err("give at least one --source and one --target".into());
         }
-        if self.targets.is_empty() {
-            return Err("give at least one --target".into());
+        if self.vault_poll_ms == 0 {
+            return Err("--vault.poll must be at least 1 ms".into());
         }
         if !(1..=4096).contains(&self.shards) {
             return Err(format!("--shards must be 1 to 4096, not {}", self.shards));
@@ -155,6 +160,7 @@ mod tests {
             source_read_only: ReadOnlyMode::Auth,
             resnapshot_on_compaction: true,
             verify_on_cutover: true,
+            vault_poll_ms: DEFAULT_VAULT_POLL_MS,
             cutover_max_lag_events: DEFAULT_CUTOVER_MAX_LAG_EVENTS,
             cutover_timeout_ms: DEFAULT_CUTOVER_TIMEOUT_MS,
         }

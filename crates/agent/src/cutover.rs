@@ -1,14 +1,15 @@
-//! The cutover (SPEC section 5), for an etcd source.
+//! The cutover (SPEC section 5), for every route of the agent at once.
 //!
 //! 1. Wait until every shard streams and lag is under the threshold.
-//! 2. Make the source read-only (etcd roles lose write permission; with
-//!    `external`, the operator has stopped the writers). What was changed is
-//!    saved in the journal directory first, so a crash here is undone by the
-//!    next start.
-//! 3. Read the fence: the source's head revision after the switch.
-//! 4. Have the tailer journal a fence marker in every shard once it has
-//!    seen the fence revision, and wait until every target applied every
-//!    shard through its marker.
+//! 2. Make each source read-only (etcd roles lose write permission; with
+//!    `external`, and always for JSON files and Vault, the operator has
+//!    stopped the writers). What was changed is saved in the journal
+//!    directory first, so a crash here is undone by the next start.
+//! 3. Fence each source: for etcd, its head revision after the switch; for
+//!    a polled source, one more complete look that starts after the switch.
+//! 4. Have each tailer journal a fence marker in every shard of its route
+//!    once it has everything up to the fence, and wait until every target
+//!    applied every shard through its marker.
 //! 5. Verify source against each target (unless disabled).
 //! 6. Record the proof, then report the target open.
 //!
@@ -19,7 +20,9 @@ use crate::api::{CutoverPhase, CutoverProof, ShardProof, StopRequest};
 use crate::config::{AgentConfig, ReadOnlyMode};
 use crate::control::AgentControl;
 use crate::security::write_private;
-use ferry_etcd::{EtcdStore, FenceHandle};
+use crate::runtime::LiveRoute;
+use ferry_etcd::readonly::SavedPermissions;
+use ferry_etcd::EtcdStore;
 use ferry_lag::{now_ms, LagTracker};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -28,18 +31,27 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 pub const PROOF_FILE: &str = "cutover-proof.json";
-/// Saved while a cutover has the source read-only; the next agent start
-/// restores it if the cutover never finished.
-pub const READONLY_FILE: &str = "cutover-readonly.json";
+
+/// Saved while a cutover has an etcd source read-only; the next agent
+/// start restores it if the cutover never finished. One file per source.
+pub fn readonly_file(source: &str) -> String {
+    let digest = ring_free_hash(source.as_bytes());
+    format!("cutover-readonly-{digest:016x}.json")
+}
+
+/// A stable name for a file from a source URL (FNV-1a; not security).
+fn ring_free_hash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
 
 pub struct Cutover<'a> {
     pub dir: &'a Path,
     pub cfg: &'a AgentConfig,
     pub control: &'a AgentControl,
     pub lag: &'a LagTracker,
-    pub source: &'a EtcdStore,
-    pub targets: &'a [EtcdStore],
-    pub fence: &'a FenceHandle,
+    pub routes: &'a [LiveRoute],
     /// The source user Ferry itself writes as (keeps its permissions).
     pub ferry_user: Option<String>,
 }
@@ -106,51 +118,71 @@ impl Cutover<'_> {
         )
         .await?;
 
-        // 2. Source read-only.
-        let saved = match self.cfg.source_read_only {
-            ReadOnlyMode::Auth => {
+        // 2. Sources read-only.
+        let mut saved: Vec<(String, EtcdStore, SavedPermissions)> = Vec::new();
+        if self.cfg.source_read_only == ReadOnlyMode::Auth {
+            for r in self.routes {
+                let Some(store) = r.source.etcd() else {
+                    continue;
+                };
+                let name = r.route.source.to_string();
                 let user = self.ferry_user.clone().unwrap_or_else(|| "root".into());
-                let saved = ferry_etcd::readonly::make_read_only(self.source, &user)
-                    .await
-                    .map_err(|e| failed(CutoverPhase::SourceReadOnly, e.to_string()))?;
-                let data = serde_json::to_vec(&saved).expect("permissions serialise");
-                if let Err(e) = write_private(&self.dir.join(READONLY_FILE), &data) {
-                    let _ = ferry_etcd::readonly::restore(self.source, &saved).await;
-                    return Err(failed(CutoverPhase::SourceReadOnly, e.to_string()));
+                let result = match ferry_etcd::readonly::make_read_only(store, &user).await {
+                    Ok(perms) => {
+                        let data = serde_json::to_vec(&perms).expect("permissions serialise");
+                        match write_private(&self.dir.join(readonly_file(&name)), &data) {
+                            Ok(()) => Ok(perms),
+                            Err(e) => {
+                                let _ = ferry_etcd::readonly::restore(store, &perms).await;
+                                Err(e.to_string())
+                            }
+                        }
+                    }
+                    Err(e) => Err(e.to_string()),
+                };
+                match result {
+                    Ok(perms) => saved.push((name, store.clone(), perms)),
+                    Err(e) => {
+                        self.restore(&saved).await;
+                        return Err(failed(CutoverPhase::SourceReadOnly, e));
+                    }
                 }
-                Some(saved)
             }
-            ReadOnlyMode::External => None,
-        };
+        }
         let read_only_at = now_ms();
         self.control.set_cutover(
             CutoverPhase::SourceReadOnly,
-            "source is read-only; reading the fence",
+            "sources are read-only; reading the fences",
         );
         let result = self
             .drain_verify_record(stop_rx, deadline, read_only_at)
             .await;
-        match (&result, &saved) {
-            (Err(_), Some(saved)) => {
-                // Put the source back; the target stays as it is, not opened.
-                match ferry_etcd::readonly::restore(self.source, saved).await {
-                    Ok(()) => {
-                        let _ = std::fs::remove_file(self.dir.join(READONLY_FILE));
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "could not give the source its write permissions back; run `ferry set-server-mode --mode default`")
-                    }
+        match &result {
+            // Put the sources back; the targets stay as they are, not opened.
+            Err(_) => self.restore(&saved).await,
+            // The sources stay read-only: the service now runs on the
+            // targets. The record on each source itself serves
+            // `set-server-mode --mode default`.
+            Ok(_) => {
+                for (name, _, _) in &saved {
+                    let _ = std::fs::remove_file(self.dir.join(readonly_file(name)));
                 }
             }
-            (Ok(_), Some(_)) => {
-                // The source stays read-only: the service now runs on the
-                // target. The record on the source itself serves
-                // `set-server-mode --mode default`.
-                let _ = std::fs::remove_file(self.dir.join(READONLY_FILE));
-            }
-            _ => {}
         }
         result
+    }
+
+    async fn restore(&self, saved: &[(String, EtcdStore, SavedPermissions)]) {
+        for (name, store, perms) in saved {
+            match ferry_etcd::readonly::restore(store, perms).await {
+                Ok(()) => {
+                    let _ = std::fs::remove_file(self.dir.join(readonly_file(name)));
+                }
+                Err(e) => {
+                    tracing::error!(source = %name, error = %e, "could not give the source its write permissions back; run `ferry set-server-mode --mode default`")
+                }
+            }
+        }
     }
 
     async fn drain_verify_record(
@@ -159,19 +191,23 @@ impl Cutover<'_> {
         deadline: Instant,
         read_only_at: u64,
     ) -> Result<CutoverProof, Failed> {
-        let fence = self
-            .source
-            .head_revision()
-            .await
-            .map_err(|e| failed(CutoverPhase::SourceReadOnly, e.to_string()))?;
         self.control.set_cutover(
             CutoverPhase::DrainingToFence,
-            format!("fence at revision {fence}; waiting until every shard applied it"),
+            "fencing every source; then waiting until every shard applied its fence",
         );
-        tokio::select! {
-            r = self.fence.fence(fence) => r.map_err(|e| failed(CutoverPhase::DrainingToFence, e.to_string()))?,
-            () = tokio::time::sleep_until(deadline) => return Err(failed(CutoverPhase::DrainingToFence, "timed out waiting for the tailer to reach the fence")),
-        }
+        let fences = futures::future::try_join_all(self.routes.iter().map(|r| async move {
+            let f = r
+                .fence
+                .fence()
+                .await
+                .map_err(|e| failed(CutoverPhase::DrainingToFence, format!("{}: {e}", r.route.source)))?;
+            Ok::<_, Failed>((r.route.source.to_string(), f))
+        }));
+        let fences: BTreeMap<String, u64> = tokio::select! {
+            r = fences => r?.into_iter().collect(),
+            () = tokio::time::sleep_until(deadline) => return Err(failed(CutoverPhase::DrainingToFence, "timed out waiting for the tailers to reach their fences")),
+        };
+        let fence = fences.values().copied().next().unwrap_or(0);
         let fence_seqs: BTreeMap<u32, u64> = self
             .lag
             .snapshot()
@@ -192,48 +228,44 @@ impl Cutover<'_> {
             },
         )
         .await?;
-        self.check_no_writes_after_fence(fence)?;
+        self.check_no_writes_after_fence()?;
         let (mut verified, mut differences) = (0, 0);
         if self.cfg.verify_on_cutover {
             self.control
                 .set_cutover(CutoverPhase::Verifying, "comparing source and target");
-            for t in self.targets {
-                let report = ferry_etcd::verify::compare(
-                    self.source,
-                    t,
-                    crate::config::DEFAULT_VERIFY_TTL_TOLERANCE_S,
-                )
-                .await
-                .map_err(|e| failed(CutoverPhase::Verifying, e.to_string()))?;
-                let diff = report.missing_on_target
-                    + report.extra_on_target
-                    + report.value_differs
-                    + report.lease_differs;
-                verified += report.source_keys;
-                differences += diff;
-                if !report.is_equal() {
-                    return Err(failed(
-                        CutoverPhase::Verifying,
-                        format!(
-                            "verification found {} differing keys between {} and {}; the target was not opened (first: {})",
-                            diff,
-                            self.source.name(),
-                            t.name(),
-                            report
-                                .differences
-                                .first()
-                                .map(|d| format!("{} {:?}: {}", d.key_suffix, d.kind, d.detail))
-                                .unwrap_or_default()
-                        ),
-                    ));
+            for r in self.routes {
+                for (turl, t) in r.route.targets.iter().zip(&r.targets) {
+                    let report = crate::routes::compare(
+                        &r.route.source,
+                        &r.source,
+                        turl,
+                        t,
+                        crate::config::DEFAULT_VERIFY_TTL_TOLERANCE_S,
+                    )
+                    .await
+                    .map_err(|e| failed(CutoverPhase::Verifying, e))?;
+                    verified += report.compared;
+                    differences += report.differences;
+                    if !report.is_equal() {
+                        return Err(failed(
+                            CutoverPhase::Verifying,
+                            format!(
+                                "verification found {} differences between {} and {turl}; the target was not opened (first: {})",
+                                report.differences,
+                                r.route.source,
+                                report.details.first().cloned().unwrap_or_default()
+                            ),
+                        ));
+                    }
                 }
             }
-            self.check_no_writes_after_fence(fence)?;
+            self.check_no_writes_after_fence()?;
         }
         let snap = self.lag.snapshot();
         let opened_at = now_ms();
         let proof = CutoverProof {
-            fence_position: fence as u64,
+            fence_position: fence,
+            fences,
             shards: snap
                 .shards
                 .iter()
@@ -267,16 +299,18 @@ impl Cutover<'_> {
         Ok(proof)
     }
 
-    fn check_no_writes_after_fence(&self, fence: i64) -> Result<(), Failed> {
-        let after = self.fence.writes_after_fence();
-        if let Some((key, rev)) = after.first() {
-            return Err(failed(
-                CutoverPhase::Failed,
-                format!(
-                    "the source was written after the fence (key {} at revision {rev}, fence {fence}); stop every writer and run `ferry stop` again",
-                    String::from_utf8_lossy(key)
-                ),
-            ));
+    fn check_no_writes_after_fence(&self) -> Result<(), Failed> {
+        for r in self.routes {
+            if let Some((key, pos)) = r.fence.writes_after_fence().first() {
+                return Err(failed(
+                    CutoverPhase::Failed,
+                    format!(
+                        "{} was written after the fence (key `{}` at position {pos}); stop every writer and run `ferry stop` again",
+                        r.route.source,
+                        String::from_utf8_lossy(key)
+                    ),
+                ));
+            }
         }
         Ok(())
     }

@@ -10,6 +10,7 @@ pub mod config;
 mod control;
 pub mod cutover;
 mod page;
+pub mod routes;
 pub mod runtime;
 pub mod security;
 pub mod server;

@@ -3,11 +3,12 @@
 use crate::api::{AgentState, CutoverPhase};
 use crate::config::AgentConfig;
 use crate::control::AgentControl;
-use crate::cutover::{Cutover, READONLY_FILE};
+use crate::cutover::Cutover;
+use crate::routes::{self, Fence, Route, SourceConn, TargetConn};
 use crate::sinks::TargetSink;
 use crate::{security, server};
-use ferry_core::{ShardId, StoreUrl};
-use ferry_etcd::{EtcdSink, EtcdStore, EtcdTailer, TailerOptions};
+use ferry_core::StoreUrl;
+use ferry_etcd::EtcdStore;
 use ferry_journal::{Journal, PersistPolicy};
 use ferry_journal_rocks::{OpenMode, RocksJournal};
 use ferry_lag::LagTracker;
@@ -36,7 +37,7 @@ pub struct AgentRun {
     pub dir: PathBuf,
     pub cfg: AgentConfig,
     /// Full URLs (with credentials), from the environment.
-    pub source: StoreUrl,
+    pub sources: Vec<StoreUrl>,
     pub targets: Vec<StoreUrl>,
 }
 
@@ -58,9 +59,19 @@ fn source_user(url: &StoreUrl) -> Option<String> {
     }
 }
 
+/// A route with its stores connected and its pipeline built.
+pub struct LiveRoute {
+    pub route: Route,
+    pub source: SourceConn,
+    pub targets: Vec<TargetConn>,
+    pub fence: Fence,
+    pub sinks: Vec<Arc<TargetSink>>,
+}
+
 impl AgentRun {
     pub async fn run(self) -> Result<Outcome, String> {
         let dir = self.dir.as_path();
+        let plan = routes::plan(&self.sources, &self.targets, self.cfg.shards)?;
         let journal = Arc::new(
             RocksJournal::open(dir, OpenMode::Create, PersistPolicy::EveryBatch)
                 .map_err(|e| e.to_string())?,
@@ -79,36 +90,8 @@ impl AgentRun {
         let tls = security::server_config(&id, self.cfg.client_ca.as_deref())
             .map_err(|e| e.to_string())?;
         let listener = server::bind(listen)?;
-
-        let source = EtcdStore::connect(&self.source)
-            .await
-            .map_err(|e| e.to_string())?;
-        recover_read_only(dir, &source).await;
-        let mut target_stores = Vec::new();
-        for t in &self.targets {
-            target_stores.push(EtcdStore::connect(t).await.map_err(|e| e.to_string())?);
-        }
-
-        let lag = Arc::new(LagTracker::new());
-        let names: Vec<String> = self.targets.iter().map(ToString::to_string).collect();
-        for s in 0..self.cfg.shards {
-            let shard = ShardId(s);
-            let journaled = journal
-                .bounds(shard)
-                .map_err(|e| e.to_string())?
-                .map_or(0, |b| b.last);
-            let applied: Vec<(String, u64)> = names
-                .iter()
-                .map(|n| Ok((n.clone(), journal.applied(n, shard)?.unwrap_or(0))))
-                .collect::<Result<_, ferry_journal::JournalError>>()
-                .map_err(|e| e.to_string())?;
-            lag.register(shard, journaled, &applied);
-        }
-        let (control, mut stop_rx) = AgentControl::new(
-            Arc::clone(&lag),
-            vec![self.source.to_string()],
-            names.clone(),
-        );
+        let seal = routes::seal_key(dir)?;
+        let journal_id = security::ensure_journal_id(dir).map_err(|e| e.to_string())?;
 
         // One limiter for source reads, one for target writes: each side gets
         // the configured rate.
@@ -121,37 +104,59 @@ impl AgentRun {
             })
         };
         let (source_limiter, limiter) = (make_limiter(), make_limiter());
-        let tailer = EtcdTailer::new(
-            source.clone(),
-            self.source.to_string(),
-            self.cfg.shards,
-            TailerOptions {
-                resnapshot_on_compaction: self.cfg.resnapshot_on_compaction,
-                rate_limit: source_limiter,
-                ..TailerOptions::default()
-            },
-        );
-        let fence = tailer.fence_handle();
-        let liveness = tailer.liveness();
-        let source_prefix = String::from_utf8_lossy(source.prefix()).into_owned();
-        let journal_id = security::ensure_journal_id(dir).map_err(|e| e.to_string())?;
-        let mut sinks = Vec::new();
-        for (store, name) in target_stores.iter().zip(&names) {
-            let sink = Arc::new(TargetSink::Etcd(
-                EtcdSink::new(
-                    store.clone(),
-                    source_prefix.clone(),
-                    name.clone(),
-                    self.cfg.shards,
-                    Some(liveness.clone()),
-                )
-                .with_journal_id(journal_id.clone()),
-            ));
-            ferry_replay::Sink::startup(sink.as_ref())
-                .await
-                .map_err(|e| e.to_string())?;
-            sinks.push(sink);
+        let opts = routes::BuildOptions {
+            resnapshot_on_compaction: self.cfg.resnapshot_on_compaction,
+            source_limiter,
+            journal_id,
+            seal,
+            vault_poll: Duration::from_millis(self.cfg.vault_poll_ms),
+        };
+
+        let lag = Arc::new(LagTracker::new());
+        let mut live = Vec::new();
+        let mut tailers = Vec::new();
+        for route in plan {
+            let source = SourceConn::connect(&route.source).await?;
+            if let SourceConn::Etcd(s) = &source {
+                recover_read_only(dir, &route.source.to_string(), s).await;
+            }
+            let mut targets = Vec::new();
+            for t in &route.targets {
+                targets.push(TargetConn::connect(t).await?);
+            }
+            let names: Vec<String> = route.targets.iter().map(ToString::to_string).collect();
+            for shard in route.span.iter() {
+                let journaled = journal
+                    .bounds(shard)
+                    .map_err(|e| e.to_string())?
+                    .map_or(0, |b| b.last);
+                let applied: Vec<(String, u64)> = names
+                    .iter()
+                    .map(|n| Ok((n.clone(), journal.applied(n, shard)?.unwrap_or(0))))
+                    .collect::<Result<_, ferry_journal::JournalError>>()
+                    .map_err(|e| e.to_string())?;
+                lag.register(shard, journaled, &applied);
+            }
+            let built = routes::build(&route, &source, &targets, &opts)?;
+            for sink in &built.sinks {
+                ferry_replay::Sink::startup(sink.as_ref())
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            tailers.push(built.tailer);
+            live.push(LiveRoute {
+                route,
+                source,
+                targets,
+                fence: built.fence,
+                sinks: built.sinks,
+            });
         }
+        let (control, mut stop_rx) = AgentControl::new(
+            Arc::clone(&lag),
+            self.sources.iter().map(ToString::to_string).collect(),
+            self.targets.iter().map(ToString::to_string).collect(),
+        );
 
         let (stop_pipeline, shutdown) = Shutdown::new();
         let (stop_api, api_shutdown) = Shutdown::new();
@@ -176,31 +181,41 @@ impl AgentRun {
         );
 
         let mut tasks: JoinSet<Result<(), String>> = JoinSet::new();
-        {
+        for tailer in tailers {
             let (j, l, s) = (Arc::clone(&journal), Arc::clone(&lag), shutdown.clone());
-            tasks.spawn(async move { tailer.run(j, l, s).await.map_err(|e| e.to_string()) });
+            tasks.spawn(async move { tailer.run(j, l, s).await });
         }
-        for sink in &sinks {
-            for s in 0..self.cfg.shards {
-                let (j, k, l, lim, sd) = (
-                    Arc::clone(&journal),
-                    Arc::clone(sink),
-                    Arc::clone(&lag),
-                    limiter.clone(),
-                    shutdown.clone(),
-                );
-                tasks.spawn(async move {
-                    worker::run(j, k, ShardId(s), l, lim, WorkerConfig::default(), sd)
-                        .await
-                        .map_err(|e| e.to_string())
-                });
+        for r in &live {
+            for sink in &r.sinks {
+                for shard in r.route.span.iter() {
+                    let (j, k, l, lim, sd) = (
+                        Arc::clone(&journal),
+                        Arc::clone(sink),
+                        Arc::clone(&lag),
+                        limiter.clone(),
+                        shutdown.clone(),
+                    );
+                    tasks.spawn(async move {
+                        worker::run(j, k, shard, l, lim, WorkerConfig::default(), sd)
+                            .await
+                            .map_err(|e| e.to_string())
+                    });
+                }
             }
         }
         {
             let (j, s) = (Arc::clone(&journal), shutdown.clone());
-            let names = names.clone();
+            let spans: Vec<_> = live
+                .iter()
+                .map(|r| {
+                    (
+                        r.route.span,
+                        r.route.targets.iter().map(ToString::to_string).collect(),
+                    )
+                })
+                .collect();
             tasks.spawn(async move {
-                ferry_replay::truncator::run(j, names, Duration::from_secs(1), s)
+                ferry_replay::truncator::run(j, spans, Duration::from_secs(1), s)
                     .await
                     .map_err(|e| e.to_string())
             });
@@ -218,6 +233,7 @@ impl AgentRun {
             });
         }
 
+        let ferry_user = self.sources.first().and_then(source_user);
         let outcome = loop {
             tokio::select! {
                 req = stop_rx.recv() => match req {
@@ -233,10 +249,8 @@ impl AgentRun {
                             cfg: &self.cfg,
                             control: &control,
                             lag: &lag,
-                            source: &source,
-                            targets: &target_stores,
-                            fence: &fence,
-                            ferry_user: source_user(&self.source),
+                            routes: &live,
+                            ferry_user: ferry_user.clone(),
                         };
                         match c.run(&mut stop_rx).await {
                             Ok(proof) => {
@@ -282,8 +296,10 @@ impl AgentRun {
                 tracing::warn!(error = %e, "task ended with an error during shutdown");
             }
         }
-        for s in &sinks {
-            ferry_replay::Sink::shutdown(s.as_ref()).await;
+        for r in &live {
+            for s in &r.sinks {
+                ferry_replay::Sink::shutdown(s.as_ref()).await;
+            }
         }
         if outcome != Outcome::Interrupted {
             tokio::time::sleep(LINGER).await;
@@ -305,15 +321,15 @@ async fn termination() {
 }
 
 /// A previous agent died with the source read-only: give the writes back.
-async fn recover_read_only(dir: &Path, source: &EtcdStore) {
-    let path = dir.join(READONLY_FILE);
+async fn recover_read_only(dir: &Path, name: &str, source: &EtcdStore) {
+    let path = dir.join(crate::cutover::readonly_file(name));
     let Ok(data) = std::fs::read(&path) else {
         return;
     };
     match serde_json::from_slice::<ferry_etcd::readonly::SavedPermissions>(&data) {
         Ok(saved) => match ferry_etcd::readonly::restore(source, &saved).await {
             Ok(()) => {
-                tracing::warn!("a previous cutover was interrupted with the source read-only; its write permissions were restored");
+                tracing::warn!(source = name, "a previous cutover was interrupted with the source read-only; its write permissions were restored");
                 let _ = std::fs::remove_file(&path);
             }
             Err(e) => {

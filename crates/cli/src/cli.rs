@@ -120,6 +120,9 @@ pub struct StartArgs {
     /// Skip verification before the target is opened at cutover.
     #[arg(long, env = "FERRY_NO_VERIFY")]
     pub no_verify: bool,
+    /// How often a Vault source is looked at for changes, in milliseconds.
+    #[arg(long = "vault.poll-ms", env = "FERRY_VAULT_POLL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    pub vault_poll_ms: u64,
 }
 
 /// How the CLI reaches an agent.

@@ -16,6 +16,10 @@ use ferry_core::StoreUrl;
 use serde_json::{Map, Value};
 use std::time::Duration;
 
+/// Vault's and OpenBao's default `max_request_size` (32 MiB): a larger
+/// secret cannot be written.
+pub const MAX_REQUEST_BYTES: usize = 32 << 20;
+
 /// Why a Vault request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum VaultError {
@@ -67,6 +71,7 @@ impl VaultError {
 }
 
 /// One KV v2 secret location.
+#[derive(Clone)]
 pub struct VaultStore {
     http: reqwest::Client,
     base: String,

@@ -217,8 +217,13 @@ impl VaultTailer {
             if shutdown.is_stopping() {
                 return Ok(None);
             }
-            let events: Vec<Vec<Event>> = futures::stream::iter(chunk.iter())
-                .map(|(path, meta)| self.version_events(path, meta, 1..=meta.current_version, round))
+            let jobs: Vec<_> = chunk
+                .iter()
+                .map(|(path, meta)| {
+                    Box::pin(self.version_events(path, meta, 1..=meta.current_version, round))
+                })
+                .collect();
+            let events: Vec<Vec<Event>> = futures::stream::iter(jobs)
                 .buffered(self.opts.concurrency.max(1))
                 .try_collect()
                 .await?;

@@ -288,7 +288,17 @@ impl VaultStore {
         other: &VaultStore,
         path: &str,
     ) -> Result<Vec<String>, VaultError> {
-        let (a, b) = (self.metadata(path).await?, other.metadata(path).await?);
+        self.compare_secret_at(other, path, path).await
+    }
+
+    /// [`Self::compare_secret`] with the secret at `other_path` on `other`.
+    pub async fn compare_secret_at(
+        &self,
+        other: &VaultStore,
+        path: &str,
+        other_path: &str,
+    ) -> Result<Vec<String>, VaultError> {
+        let (a, b) = (self.metadata(path).await?, other.metadata(other_path).await?);
         let (Some(a), Some(b)) = (a, b) else {
             return Ok(vec![format!("{path}: present on one side only")]);
         };
@@ -318,7 +328,7 @@ impl VaultStore {
                 diffs.push(format!("{path} v{v}: deleted/destroyed state differs"));
             } else if !va.deleted
                 && !va.destroyed
-                && self.read_version(path, *v).await? != other.read_version(path, *v).await?
+                && self.read_version(path, *v).await? != other.read_version(other_path, *v).await?
             {
                 diffs.push(format!("{path} v{v}: data differs"));
             }

@@ -49,7 +49,7 @@ pub fn run(a: AgentArgs) -> Result<(), CliError> {
     let run = AgentRun {
         dir: a.journal.clone(),
         cfg,
-        source: sources.into_iter().next().expect("validated one source"),
+        sources,
         targets,
     };
     match runtime()?

@@ -43,7 +43,7 @@ enum Place {
     Vault(StoreUrl),
 }
 
-fn vault_error(e: ferry_vault::VaultError) -> CliError {
+pub(crate) fn vault_error(e: ferry_vault::VaultError) -> CliError {
     use ferry_vault::VaultError as V;
     let code = match e {
         V::Unreachable { .. } | V::BadToken { .. } | V::NoMount { .. } | V::NotKv2 { .. } => {

@@ -226,3 +226,104 @@ pub fn journal(dir: &Path) -> Result<(), CliError> {
     );
     Ok(())
 }
+
+/// Pre-checks of a route whose source is a JSON file or a Vault path.
+pub async fn config_route(
+    route: &ferry_agent::routes::Route,
+    force: bool,
+    resuming: bool,
+) -> Result<(), CliError> {
+    use super::config::vault_error;
+    let source = &route.source;
+    let doc = match source {
+        StoreUrl::File { path } => {
+            let doc = ferry_file::read_settled(path, ferry_file::DEFAULT_SETTLE)
+                .map_err(|e| CliError::new(ExitCode::Usage, e.to_string()))?;
+            line(
+                "source",
+                format!(
+                    "{}: a JSON document of {} bytes; read-only at cutover: external (stop its writers; Ferry refuses to open the target if the file changes after the fence)",
+                    path.display(),
+                    doc.bytes.len()
+                ),
+            );
+            Some(doc)
+        }
+        StoreUrl::Vault { .. } => {
+            let s = ferry_vault::VaultStore::connect(source)
+                .await
+                .map_err(vault_error)?;
+            let n = s.list_all().await.map_err(vault_error)?.len();
+            line("source", format!("{source}: reachable, token accepted, KV version 2, {n} secrets; read-only at cutover: external (stop its writers; Ferry refuses to open the target if a secret changes after the fence)"));
+            None
+        }
+        other => {
+            return Err(CliError::new(
+                ExitCode::Usage,
+                format!("{other}: not a configuration source"),
+            ))
+        }
+    };
+    for t in &route.targets {
+        let occupied = |what: String| {
+            CliError::new(
+                ExitCode::Refused,
+                format!("{t} already holds {what}; copying overwrites it: pass --force to go ahead or choose another target"),
+            )
+        };
+        match t {
+            StoreUrl::Etcd { .. } => {
+                let store = EtcdStore::connect(t).await.map_err(refused)?;
+                let size = doc.as_ref().map_or(0, |d| d.bytes.len());
+                if size + store.prefix().len() + 512 > TARGET_MAX_REQUEST_BYTES {
+                    return Err(CliError::new(
+                        ExitCode::Refused,
+                        format!("the document is {size} bytes, more than {t} accepts in one request ({TARGET_MAX_REQUEST_BYTES} bytes); raise --max-request-bytes on that etcd"),
+                    ));
+                }
+                let n = store.count_prefix().await.map_err(refused)?;
+                if n > 0 && !force && !resuming {
+                    return Err(occupied(format!("{n} keys under its prefix")));
+                }
+                line("target", format!("{t}: reachable, the document fits its request limit"));
+            }
+            StoreUrl::File { path } => {
+                if path.exists() && !force && !resuming {
+                    return Err(occupied("a file".into()));
+                }
+                line("target", format!("{}: written atomically (temporary file, fsync, rename)", path.display()));
+            }
+            StoreUrl::Vault { .. } => {
+                let store = ferry_vault::VaultStore::connect(t)
+                    .await
+                    .map_err(vault_error)?;
+                if let Some(d) = &doc {
+                    if !d.value.is_object() {
+                        return Err(CliError::new(
+                            ExitCode::Usage,
+                            format!("{t}: a Vault secret holds a JSON object, and {source} is not one"),
+                        ));
+                    }
+                    if d.bytes.len() + 64 > ferry_vault::MAX_REQUEST_BYTES {
+                        return Err(CliError::new(
+                            ExitCode::Refused,
+                            format!("the document is {} bytes, more than Vault accepts in one request ({} bytes by default); raise max_request_size in its listener", d.bytes.len(), ferry_vault::MAX_REQUEST_BYTES),
+                        ));
+                    }
+                }
+                let n = store.list_all().await.map_err(vault_error)?.len();
+                if n > 0 && !force && !resuming {
+                    return Err(occupied(format!("{n} secrets")));
+                }
+                line("target", format!("{t}: reachable, token accepted, KV version 2, {n} secrets"));
+            }
+            other => {
+                return Err(CliError::new(
+                    ExitCode::Usage,
+                    format!("{other}: not a configuration target"),
+                ))
+            }
+        }
+    }
+    Ok(())
+}

@@ -51,6 +51,7 @@ fn config_for(args: &StartArgs, sources: &[StoreUrl], targets: &[StoreUrl]) -> A
         source_read_only: args.source_read_only,
         resnapshot_on_compaction: !args.no_resnapshot,
         verify_on_cutover: !args.no_verify,
+        vault_poll_ms: args.vault_poll_ms,
         cutover_max_lag_events: DEFAULT_CUTOVER_MAX_LAG_EVENTS,
         cutover_timeout_ms: DEFAULT_CUTOVER_TIMEOUT_MS,
     }
@@ -59,9 +60,6 @@ fn config_for(args: &StartArgs, sources: &[StoreUrl], targets: &[StoreUrl]) -> A
 pub fn run(args: StartArgs) -> Result<(), CliError> {
     let sources = parse_all(&args.sources)?;
     let targets = parse_all(&args.targets)?;
-    if sources.len() != 1 {
-        return Err(CliError::new(ExitCode::Usage, "give exactly one --source"));
-    }
     for t in &targets {
         if !t.kind().can_be_target() {
             return Err(CliError::new(
@@ -72,13 +70,9 @@ pub fn run(args: StartArgs) -> Result<(), CliError> {
                 ),
             ));
         }
-        if t.to_string() == sources[0].to_string() {
-            return Err(CliError::new(
-                ExitCode::Usage,
-                format!("{t} is both a source and a target; give the target a different store or prefix"),
-            ));
-        }
     }
+    let routes = ferry_agent::routes::plan(&sources, &targets, args.shards)
+        .map_err(|e| CliError::new(ExitCode::Usage, e))?;
     let cfg = config_for(&args, &sources, &targets);
     cfg.validate()
         .map_err(|e| CliError::new(ExitCode::Usage, e))?;
@@ -118,22 +112,27 @@ pub fn run(args: StartArgs) -> Result<(), CliError> {
     // Local checks first: they are cheap and need no network.
     precheck::journal(dir)?;
     let resuming = existing.is_some();
-    let checked = rt.block_on(precheck::stores(
-        &sources[0],
-        &targets,
-        args.force,
-        resuming,
-        args.source_read_only == ferry_agent::config::ReadOnlyMode::External,
-    ))?;
-    if resuming {
-        rt.block_on(precheck::resume_point(
-            &checked.source,
-            &sources[0].to_string(),
-            dir,
-            !args.no_resnapshot,
+    for route in &routes {
+        if route.source.kind() != ferry_core::StoreKind::Etcd {
+            rt.block_on(precheck::config_route(route, args.force, resuming))?;
+            continue;
+        }
+        let checked = rt.block_on(precheck::stores(
+            &route.source,
+            &route.targets,
+            args.force,
+            resuming,
+            args.source_read_only == ferry_agent::config::ReadOnlyMode::External,
         ))?;
+        if resuming {
+            rt.block_on(precheck::resume_point(
+                &checked.source,
+                &route.source.to_string(),
+                dir,
+                !args.no_resnapshot,
+            ))?;
+        }
     }
-    drop(checked);
     if args.check_only {
         println!("pre-checks passed; --check-only: no data was sent and nothing was written");
         return Ok(());
@@ -154,7 +153,7 @@ pub fn run(args: StartArgs) -> Result<(), CliError> {
         let run = AgentRun {
             dir: dir.to_path_buf(),
             cfg,
-            source: sources[0].clone(),
+            sources,
             targets,
         };
         return match rt
