@@ -17,8 +17,8 @@
 //	                          nested bucket creates and deletes, values over a
 //	                          page) until N keys were put; then FILE.dump.
 //	big FILE -mb N            a file of about N MiB in large transactions.
-//	smalltx FILE -txs N       N small transactions (one overwrite each) on an
-//	                          existing file; prints the time per commit.
+//	smalltx FILE -txs N       N small transactions (one overwrite each of keys
+//	                          0..-keys of bucket-0) on a `big` file.
 //	iterate FILE              reads every key with bbolt (cursor walk,
 //	                          nested buckets included) and prints the time.
 //	dump FILE                 writes FILE.dump.
@@ -75,7 +75,7 @@ func main() {
 	case "big":
 		err = big(path, *mb, *seed)
 	case "smalltx":
-		err = smallTx(path, *txs, *seed, *noSync)
+		err = smallTx(path, *txs, *seed, *noSync, *keys, *pause)
 	case "iterate":
 		err = iterate(path)
 	case "dump":
@@ -585,15 +585,13 @@ func big(path string, mb int, seed int64) error {
 	return nil
 }
 
-func smallTx(path string, txs int, seed int64, noSync bool) error {
+func smallTx(path string, txs int, seed int64, noSync bool, keys int, pause time.Duration) error {
 	db, err := open(path, noSync)
 	if err != nil {
 		return err
 	}
 	defer db.Close()
 	r := rand.New(rand.NewSource(seed))
-	var keys int
-	db.View(func(tx *bolt.Tx) error { keys = tx.Bucket([]byte("bucket-0")).Stats().KeyN; return nil })
 	start := time.Now()
 	for i := 0; i < txs; i++ {
 		err := db.Update(func(tx *bolt.Tx) error {
@@ -603,6 +601,9 @@ func smallTx(path string, txs int, seed int64, noSync bool) error {
 		})
 		if err != nil {
 			return err
+		}
+		if pause > 0 {
+			time.Sleep(pause)
 		}
 	}
 	report(map[string]interface{}{"txs": txs, "elapsed_ns": time.Since(start).Nanoseconds()})

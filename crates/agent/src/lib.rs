@@ -14,4 +14,4 @@ pub mod routes;
 pub mod runtime;
 pub mod security;
 pub mod server;
-mod sinks;
+pub mod sinks;

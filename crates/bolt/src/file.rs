@@ -73,14 +73,6 @@ impl BoltFile {
         self.page_size
     }
 
-    /// The OS file, for locking ([`crate::FenceHandle`]).
-    pub(crate) fn os_file(&self) -> Option<&File> {
-        match &self.source {
-            Source::File(f) => Some(f),
-            Source::Memory(_) => None,
-        }
-    }
-
     fn len(&self) -> Result<u64, BoltError> {
         match &self.source {
             Source::File(f) => f.metadata().map(|m| m.len()).map_err(|e| self.io(e)),
@@ -159,9 +151,10 @@ impl BoltFile {
                     reason.to_string()
                 },
             },
-            Err(MetaProblem::Invalid(reason)) => {
-                self.corrupt(0, format!("{reason}, and no valid second meta page was found"))
-            }
+            Err(MetaProblem::Invalid(reason)) => self.corrupt(
+                0,
+                format!("{reason}, and no valid second meta page was found"),
+            ),
             Ok(_) => unreachable!("a valid first meta returned above"),
         })
     }
@@ -237,10 +230,7 @@ impl BoltFile {
             let total = span as usize * ps;
             buf.resize(total, 0);
             if self.read_at(&mut buf[ps..], offset + ps as u64)? < total - ps {
-                return Err(self.corrupt(
-                    pgid,
-                    "its overflow pages lie beyond the end of the file",
-                ));
+                return Err(self.corrupt(pgid, "its overflow pages lie beyond the end of the file"));
             }
         }
         Ok((h, buf))

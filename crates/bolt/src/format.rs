@@ -274,8 +274,13 @@ mod tests {
             parse_meta(&[0u8; 64]),
             Err(MetaProblem::NotBolt(_))
         ));
-        assert!(matches!(parse_meta(&meta_bytes(9, 4, 1)), Err(MetaProblem::Invalid(r)) if r.contains("root page 9")));
-        assert!(matches!(parse_meta(&good[..20]), Err(MetaProblem::NotBolt(_))));
+        assert!(
+            matches!(parse_meta(&meta_bytes(9, 4, 1)), Err(MetaProblem::Invalid(r)) if r.contains("root page 9"))
+        );
+        assert!(matches!(
+            parse_meta(&good[..20]),
+            Err(MetaProblem::NotBolt(_))
+        ));
     }
 
     #[test]

@@ -20,10 +20,7 @@ const BUCKET: u8 = 0x03;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KeyRef {
     /// A key holding a value, in `buckets`.
-    Value {
-        buckets: Vec<Vec<u8>>,
-        key: Vec<u8>,
-    },
+    Value { buckets: Vec<Vec<u8>>, key: Vec<u8> },
     /// The bucket `name` inside `buckets`.
     Bucket {
         buckets: Vec<Vec<u8>>,
@@ -143,6 +140,9 @@ mod tests {
         assert_eq!(decode_key(b"no terminator"), None);
         assert_eq!(decode_key(&[b'a', 0, 2, b'x']), None);
         assert!(encode_key(&[b"b".to_vec()], b"a") < encode_key(&[b"b".to_vec()], b"b"));
-        assert_eq!(show_path(&[b"USER".to_vec(), vec![0, 1]]), "/USER/\\x00\\x01");
+        assert_eq!(
+            show_path(&[b"USER".to_vec(), vec![0, 1]]),
+            "/USER/\\x00\\x01"
+        );
     }
 }

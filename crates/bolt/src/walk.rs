@@ -51,6 +51,13 @@ pub(crate) struct LeafPage {
     count: u16,
 }
 
+/// Called per item: (bucket path, key, item).
+pub(crate) type ItemFn<'f> = dyn FnMut(&[Vec<u8>], &[u8], ItemRef<'_>) + 'f;
+
+/// Called per entry by [`Snapshot::visit`]: (bucket path, key, value or
+/// `None` for a bucket).
+pub type VisitFn<'f> = dyn FnMut(&[Vec<u8>], &[u8], Option<&[u8]>) + 'f;
+
 /// One item of a leaf page.
 pub(crate) enum ItemRef<'a> {
     Value(&'a [u8]),
@@ -61,18 +68,13 @@ pub(crate) enum ItemRef<'a> {
 impl LeafPage {
     /// Calls `f(path, key, item)` for every item, inline buckets' contents
     /// included (right after their bucket item).
-    pub fn for_each_item(&self, f: &mut dyn FnMut(&[Vec<u8>], &[u8], ItemRef<'_>)) {
+    pub fn for_each_item(&self, f: &mut ItemFn<'_>) {
         let mut path: Vec<Vec<u8>> = self.path.as_ref().clone();
         items_of(&self.bytes, self.count, &mut path, f);
     }
 }
 
-fn items_of(
-    page: &[u8],
-    count: u16,
-    path: &mut Vec<Vec<u8>>,
-    f: &mut dyn FnMut(&[Vec<u8>], &[u8], ItemRef<'_>),
-) {
+fn items_of(page: &[u8], count: u16, path: &mut Vec<Vec<u8>>, f: &mut ItemFn<'_>) {
     // Validated when the page was read.
     let Ok(elems) = format::leaf_elems(page, count) else {
         return;
@@ -165,6 +167,22 @@ impl Walker {
     /// `true` leaves that whole subtree out. `None` at the end, after a
     /// final check that the transaction is still the newest.
     pub fn next_leaf(
+        &mut self,
+        file: &BoltFile,
+        skip: &mut dyn FnMut(u64) -> bool,
+    ) -> Result<Option<LeafPage>, BoltError> {
+        match self.step(file, skip) {
+            // Damage seen after the writer moved on may be pages it reused:
+            // that is a read to do again, not a damaged file.
+            Err(e @ BoltError::Corrupt { .. }) => {
+                self.ensure_current(file)?;
+                Err(e)
+            }
+            other => other,
+        }
+    }
+
+    fn step(
         &mut self,
         file: &BoltFile,
         skip: &mut dyn FnMut(u64) -> bool,
@@ -333,6 +351,25 @@ impl<'f> Snapshot<'f> {
     pub fn is_current(&self) -> Result<bool, BoltError> {
         let head = self.file.head()?;
         Ok(head.txid == self.meta.txid && head.root == self.meta.root)
+    }
+
+    /// Calls `f(buckets, key, value)` for every entry (`value` is `None`
+    /// for a bucket) without copying anything, one page in memory at a
+    /// time; returns the number of entries. On [`BoltError::Moved`] the
+    /// calls made so far must be discarded, as for [`Snapshot::entries`].
+    pub fn visit(&self, f: &mut VisitFn<'_>) -> Result<u64, BoltError> {
+        let mut walker = Walker::new(self.meta);
+        let mut n = 0u64;
+        while let Some(leaf) = walker.next_leaf(self.file, &mut |_| false)? {
+            leaf.for_each_item(&mut |path, key, item| {
+                n += 1;
+                match item {
+                    ItemRef::Value(v) => f(path, key, Some(v)),
+                    ItemRef::Bucket => f(path, key, None),
+                }
+            });
+        }
+        Ok(n)
     }
 
     /// Every entry (values and buckets, nested ones included), read lazily

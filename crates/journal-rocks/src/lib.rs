@@ -110,7 +110,22 @@ impl RocksJournal {
         let (opts, cfs) = db_options();
         let db = match mode {
             OpenMode::ReadOnly => {
-                DB::open_cf_for_read_only(&opts, dir, columns::ALL, false).map_err(io)?
+                // A journal whose writer is creating it right now has its
+                // RocksDB files before its column families: wait that out
+                // (briefly) instead of reporting a broken journal.
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+                loop {
+                    match DB::open_cf_for_read_only(&opts, dir, columns::ALL, false) {
+                        Ok(db) => break db,
+                        Err(e)
+                            if e.to_string().contains("Column family not found")
+                                && std::time::Instant::now() < deadline =>
+                        {
+                            std::thread::sleep(std::time::Duration::from_millis(20));
+                        }
+                        Err(e) => return Err(io(e)),
+                    }
+                }
             }
             _ => DB::open_cf_descriptors(&opts, dir, cfs).map_err(io)?,
         };

@@ -29,7 +29,6 @@
 
 use crate::error::code;
 use crate::{MongoError, MongoStore, Namespace};
-use futures::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
 
 /// When an index may be built on the target (see the module doc).
@@ -75,19 +74,16 @@ impl Catalog {
         let mut collections = Vec::with_capacity(namespaces.len());
         for ns in namespaces {
             let db = store.client().database(&ns.db);
-            let mut cursor = db
-                .list_collections()
-                .filter(doc! {"name": &ns.coll})
+            // The raw command, not the typed helper: options the driver
+            // does not model must survive the copy too.
+            let r = db
+                .run_command(doc! {"listCollections": 1, "filter": {"name": &ns.coll}})
                 .await
                 .map_err(|e| store.err("reading collection options", &e))?;
-            let options = match cursor
-                .try_next()
-                .await
-                .map_err(|e| store.err("reading collection options", &e))?
-            {
-                Some(spec) => mongodb::bson::to_document(&spec.options).unwrap_or_default(),
-                None => continue, // dropped meanwhile
+            let Some(Bson::Document(spec)) = first_batch(&r).into_iter().next() else {
+                continue; // dropped meanwhile
             };
+            let options = spec.get_document("options").cloned().unwrap_or_default();
             let options = clean_options(options);
             let indexes = read_indexes(store, ns).await?;
             collections.push(CollectionSpec {
@@ -149,24 +145,17 @@ impl Catalog {
 /// The indexes of `ns` on `store` (no `_id_`), normalised for comparison
 /// and for `createIndexes`.
 pub async fn read_indexes(store: &MongoStore, ns: &Namespace) -> Result<Vec<Document>, MongoError> {
-    let coll = store.client().database(&ns.db).collection::<Document>(&ns.coll);
-    let mut out = Vec::new();
-    let mut cursor = match coll.list_indexes().await {
-        Ok(c) => c,
-        Err(e) if crate::error::error_code(&e) == Some(code::NAMESPACE_NOT_FOUND) => return Ok(out),
+    let db = store.client().database(&ns.db);
+    let r = match db.run_command(doc! {"listIndexes": &ns.coll}).await {
+        Ok(r) => r,
+        Err(e) if crate::error::error_code(&e) == Some(code::NAMESPACE_NOT_FOUND) => {
+            return Ok(Vec::new())
+        }
         Err(e) => return Err(store.err("listing indexes", &e)),
     };
-    while let Some(model) = cursor
-        .try_next()
-        .await
-        .map_err(|e| store.err("listing indexes", &e))?
-    {
-        let mut d = doc! {"key": model.keys};
-        if let Some(o) = model.options {
-            if let Ok(od) = mongodb::bson::to_document(&o) {
-                d.extend(od);
-            }
-        }
+    let mut out = Vec::new();
+    for b in first_batch(&r) {
+        let Bson::Document(mut d) = b else { continue };
         d.remove("v");
         d.remove("ns");
         d.remove("background");
@@ -181,6 +170,16 @@ pub async fn read_indexes(store: &MongoStore, ns: &Namespace) -> Result<Vec<Docu
             .cmp(b.get_str("name").unwrap_or(""))
     });
     Ok(out)
+}
+
+/// `cursor.firstBatch` of a command reply (a collection has at most 64
+/// indexes and one name matches one collection: one batch holds them).
+fn first_batch(r: &Document) -> Vec<Bson> {
+    r.get_document("cursor")
+        .ok()
+        .and_then(|c| c.get_array("firstBatch").ok())
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// Options `createCollection` accepts back (drops read-only bits).

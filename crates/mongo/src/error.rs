@@ -100,7 +100,6 @@ pub(crate) mod code {
     pub const HOST_NOT_FOUND: i32 = 7;
     pub const UNAUTHORIZED: i32 = 13;
     pub const AUTHENTICATION_FAILED: i32 = 18;
-    pub const ILLEGAL_OPERATION: i32 = 20;
     pub const NAMESPACE_NOT_FOUND: i32 = 26;
     pub const INDEX_OPTIONS_CONFLICT: i32 = 85;
     pub const INDEX_KEY_SPECS_CONFLICT: i32 = 86;
@@ -120,7 +119,6 @@ pub(crate) mod code {
     pub const NOT_WRITABLE_PRIMARY: i32 = 10107;
     pub const NOT_PRIMARY_NO_SECONDARY_OK: i32 = 13435;
     pub const SOCKET_EXCEPTION: i32 = 9001;
-    pub const BSON_OBJECT_TOO_LARGE: i32 = 10334;
     pub const PRIMARY_STEPPED_DOWN: i32 = 189;
     pub const MAX_TIME_MS_EXPIRED: i32 = 50;
 }
@@ -175,7 +173,7 @@ pub(crate) fn classify(store: &str, action: &str, e: &Error) -> MongoError {
     let code = error_code(e);
     match e.kind.as_ref() {
         DriverKind::Authentication { .. } => return MongoError::AuthFailed { store },
-        DriverKind::ServerSelection { message } => {
+        DriverKind::ServerSelection { message, .. } => {
             // The driver reports a failed handshake (bad password) as a
             // server selection timeout whose message carries the cause.
             if message.contains("Authentication failed") || message.contains("AuthenticationFailed")
@@ -193,13 +191,13 @@ pub(crate) fn classify(store: &str, action: &str, e: &Error) -> MongoError {
                 detail: io.to_string(),
             }
         }
-        DriverKind::ConnectionPoolCleared { message } => {
+        DriverKind::ConnectionPoolCleared { message, .. } => {
             return MongoError::Unreachable {
                 store,
                 detail: first_line(message),
             }
         }
-        DriverKind::InvalidArgument { message } | DriverKind::InvalidTlsConfig { message } => {
+        DriverKind::InvalidArgument { message, .. } | DriverKind::InvalidTlsConfig { message, .. } => {
             return MongoError::MalformedUri {
                 store,
                 reason: first_line(message),

@@ -13,7 +13,7 @@ use mongodb::bson::{RawBsonRef, RawDocument, RawDocumentBuf};
 /// The key of the document with `id` in `ns`.
 pub fn encode(ns: &Namespace, id: RawBsonRef<'_>) -> Vec<u8> {
     let mut doc = RawDocumentBuf::new();
-    doc.append("_id", id);
+    doc.append("_id", id.to_raw_bson());
     let bytes = doc.as_bytes();
     // Strip the document's length prefix and its final NUL: the element.
     let element = &bytes[4..bytes.len() - 1];

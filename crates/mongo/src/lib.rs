@@ -44,8 +44,8 @@ pub use catalog::{Catalog, CollectionSpec};
 pub use error::MongoError;
 pub use namespace::{Namespace, NamespaceFilter};
 pub use sink::{MongoSink, SinkOptions, TransactionMode};
-pub use store::{LargestDocument, MongoStore, ServerInfo};
-pub use tailer::{FenceHandle, MongoTailer, TailerOptions};
+pub use store::{pack, precheck, unpack, LargestDocument, MongoStore, ServerInfo};
+pub use tailer::{FenceHandle, MongoTailer, TailerOptions, WriteAfterFence};
 
 /// MongoDB's largest document (`maxBsonObjectSize`), used where a server
 /// does not say.

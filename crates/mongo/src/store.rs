@@ -420,7 +420,7 @@ pub fn unpack(order: u64) -> Timestamp {
 
 fn driver_reason(e: &mongodb::error::Error) -> String {
     match e.kind.as_ref() {
-        mongodb::error::ErrorKind::InvalidArgument { message } => message.clone(),
+        mongodb::error::ErrorKind::InvalidArgument { message, .. } => message.clone(),
         other => other.to_string(),
     }
     .lines()

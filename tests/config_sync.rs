@@ -1,0 +1,289 @@
+//! Configuration and secrets through `ferry start` and `ferry stop`: JSON
+//! files into etcd and Vault, and Vault to Vault with every version, live,
+//! against real etcd and OpenBao servers.
+
+use ferry_testkit::{http, require, Etcd, OpenBao};
+use ferry_tests::harness::*;
+use rand::Rng;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const TOKEN: [(&str, &str); 1] = [("X-Vault-Token", "root")];
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/cells")
+        .join(name)
+}
+
+fn vault_get(ep: &str, path: &str) -> Value {
+    serde_json::from_str(&http::get(ep, path, &TOKEN).unwrap().body).unwrap_or(Value::Null)
+}
+
+fn vault_post(ep: &str, path: &str, body: &str) {
+    let r = http::post(ep, path, &TOKEN, body).unwrap();
+    assert!(r.status < 300, "{path}: {} {}", r.status, r.body);
+}
+
+/// `ferry start` with several sources and targets, paired in order.
+fn start_routes(f: &Ferry, sources: &[&str], targets: &[&str], extra: &[&str]) -> std::process::Output {
+    let listen = format!("127.0.0.1:{}", f.port);
+    let mut args = vec!["start", "--no-monitor", "--agent.listen", &listen];
+    for s in sources {
+        args.extend(["--source", s]);
+    }
+    for t in targets {
+        args.extend(["--target", t]);
+    }
+    args.extend_from_slice(extra);
+    f.run(&args)
+}
+
+fn etcd_value(etcd: &Etcd, key: &str) -> Option<Vec<u8>> {
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let mut c = connect(&etcd.endpoint(), None).await;
+        c.get(key, None)
+            .await
+            .unwrap()
+            .kvs()
+            .first()
+            .map(|kv| kv.value().to_vec())
+    })
+}
+
+#[test]
+fn cells_config_vault_and_keyring_sync_live_and_cut_over() {
+    let (Some(etcd), Some(bao)) = (require(Etcd::start()), require(OpenBao::start())) else {
+        return;
+    };
+    let f = Ferry::new();
+    let dir = f.dir.path();
+    for name in ["pydio.json", "pydio-vault.json", "cells-vault-key"] {
+        std::fs::copy(fixture(name), dir.join(name)).unwrap();
+    }
+    let (config, vault_doc, keyring) = (
+        dir.join("pydio.json"),
+        dir.join("pydio-vault.json"),
+        dir.join("cells-vault-key"),
+    );
+    let keyring_url = format!("vault://root@{}/secret/cells/keyring", bao.endpoint());
+    let out = start_routes(
+        &f,
+        &[path_str(&config), path_str(&vault_doc), path_str(&keyring)],
+        &[&etcd.url("config"), &etcd.url("vault"), &keyring_url],
+        &["--source.read-only=external"],
+    );
+    ok(&out, "start");
+    f.wait_for("streaming", Duration::from_secs(60), |s| {
+        all_streaming(s) && max_lag(s) == 0
+    });
+    // What a Cells reader gets: the files' bytes at keys `config` and `vault`.
+    assert_eq!(etcd_value(&etcd, "config").unwrap(), std::fs::read(&config).unwrap());
+    assert_eq!(etcd_value(&etcd, "vault").unwrap(), std::fs::read(&vault_doc).unwrap());
+
+    // Live edits reach etcd within a second each.
+    let mut doc: Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    for i in 0..5 {
+        doc["services"]["pydio.grpc.mailer"]["workers"] = Value::from(100 + i);
+        let bytes = serde_json::to_vec_pretty(&doc).unwrap();
+        let tmp = dir.join("pydio.json.tmp");
+        std::fs::write(&tmp, &bytes).unwrap();
+        std::fs::rename(&tmp, &config).unwrap();
+        let t0 = Instant::now();
+        while etcd_value(&etcd, "config").as_deref() != Some(bytes.as_slice()) {
+            assert!(t0.elapsed() < Duration::from_secs(1), "edit {i} took over 1 s to reach etcd");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    // The keyring as Cells' Vault keyring store reads it: the secret's data
+    // is the document.
+    let kr: Value = serde_json::from_slice(&std::fs::read(&keyring).unwrap()).unwrap();
+    let got = vault_get(&bao.endpoint(), "/v1/secret/data/cells/keyring");
+    assert_eq!(got["data"]["data"], kr);
+
+    let out = f.run(&["stop", "--timeout", "60s"]);
+    ok(&out, "stop");
+    f.wait_agent_exit(Duration::from_secs(30));
+    let proof: Value =
+        serde_json::from_slice(&std::fs::read(f.journal().join("cutover-proof.json")).unwrap()).unwrap();
+    assert_eq!(proof["differences"], 0);
+    assert_eq!(proof["fences"].as_object().unwrap().len(), 3, "{proof}");
+    for (s, t) in [
+        (path_str(&config).to_string(), etcd.url("config")),
+        (path_str(&vault_doc).to_string(), etcd.url("vault")),
+        (path_str(&keyring).to_string(), keyring_url.clone()),
+    ] {
+        let out = f.run(&["verify", "--source", &s, "--target", &t]);
+        ok(&out, &format!("verify {s}"));
+    }
+    // The journal holds the documents sealed: a password in pydio.json
+    // appears in no journal file, in clear or base64.
+    let needle = b"cn=admin,dc=example,dc=com";
+    assert_no_secret_in(&f.journal(), needle);
+}
+
+fn assert_no_secret_in(dir: &Path, needle: &[u8]) {
+    use base64_like::encode;
+    let b64 = encode(needle);
+    let mut files = 0;
+    for e in walk(dir) {
+        let data = std::fs::read(&e).unwrap();
+        files += 1;
+        assert!(
+            !data.windows(needle.len()).any(|w| w == needle),
+            "{} holds the secret in clear",
+            e.display()
+        );
+        assert!(
+            !data.windows(b64.len()).any(|w| w == b64.as_bytes()),
+            "{} holds the secret in base64",
+            e.display()
+        );
+    }
+    assert!(files > 3, "expected journal files in {}", dir.display());
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Standard base64, enough for the test's needle (no dependency).
+mod base64_like {
+    pub fn encode(data: &[u8]) -> String {
+        const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = String::new();
+        for c in data.chunks(3) {
+            let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for i in 0..4 {
+                if i <= c.len() {
+                    out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    }
+}
+
+/// 1,000 secrets with 1 to 10 versions each, some soft-deleted, some
+/// destroyed, some with custom metadata or a max_versions that trimmed
+/// them, some requiring check-and-set.
+fn seed_secrets(ep: &str, n: u64) -> u64 {
+    let threads: Vec<_> = (0..8u64)
+        .map(|t| {
+            let ep = ep.to_string();
+            std::thread::spawn(move || {
+                let mut versions = 0;
+                for s in (0..n).filter(|s| s % 8 == t) {
+                    let path = format!("app/team-{}/s{s:04}", s % 10);
+                    if s % 13 == 0 {
+                        vault_post(&ep, &format!("/v1/secret/metadata/{path}"), r#"{"max_versions":3}"#);
+                    }
+                    for v in 1..=(1 + s % 10) {
+                        vault_post(
+                            &ep,
+                            &format!("/v1/secret/data/{path}"),
+                            &format!(r#"{{"data":{{"v":{v},"password":"pw-{s}-{v}"}}}}"#),
+                        );
+                        versions += 1;
+                    }
+                    if s % 7 == 0 {
+                        vault_post(&ep, &format!("/v1/secret/delete/{path}"), r#"{"versions":[1]}"#);
+                    }
+                    if s % 11 == 1 {
+                        vault_post(&ep, &format!("/v1/secret/destroy/{path}"), r#"{"versions":[1,2]}"#);
+                    }
+                    if s % 5 == 0 {
+                        vault_post(
+                            &ep,
+                            &format!("/v1/secret/metadata/{path}"),
+                            &format!(r#"{{"custom_metadata":{{"owner":"team-{s}","tier":"gold"}}}}"#),
+                        );
+                    }
+                    if s % 17 == 0 {
+                        vault_post(&ep, &format!("/v1/secret/metadata/{path}"), r#"{"cas_required":true}"#);
+                    }
+                }
+                versions
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).sum()
+}
+
+#[test]
+fn vault_to_vault_thousand_secrets_every_version_through_sigkills() {
+    let (Some(a), Some(b)) = (require(OpenBao::start()), require(OpenBao::start())) else {
+        return;
+    };
+    let versions = seed_secrets(&a.endpoint(), 1000);
+    assert_eq!(versions, 5500);
+    let f = Ferry::new();
+    let (src, dst) = (
+        format!("vault://root@{}/secret/app", a.endpoint()),
+        format!("vault://root@{}/secret/app", b.endpoint()),
+    );
+    let args = ["--shards", "4", "--vault.poll-ms", "200"];
+    let mut rng = rand::thread_rng();
+    let deadline = Instant::now() + Duration::from_secs(400);
+    const KILLS: usize = 10;
+    for round in 0..KILLS {
+        assert!(Instant::now() < deadline, "crash test exceeded its time bound");
+        ok(&f.start(&src, &dst, &args), &format!("start (round {round})"));
+        std::thread::sleep(Duration::from_millis(rng.gen_range(200..2500)));
+        f.kill_agent();
+    }
+    ok(&f.start(&src, &dst, &args), "final start");
+    f.wait_for("caught up", Duration::from_secs(300), |s| {
+        all_streaming(s) && max_lag(s) == 0
+    });
+    // Sealed at rest: no password, in clear or base64, in any journal file.
+    assert_no_secret_in(&f.journal(), b"pw-123-4");
+
+    // Live changes: a new version, a soft delete, a new secret, a removal.
+    let ep = a.endpoint();
+    vault_post(&ep, "/v1/secret/data/app/team-2/s0002", r#"{"data":{"v":"live"}}"#);
+    vault_post(&ep, "/v1/secret/delete/app/team-3/s0003", r#"{"versions":[2]}"#);
+    vault_post(&ep, "/v1/secret/data/app/new/one", r#"{"data":{"fresh":true}}"#);
+    let r = http::request(&ep, "DELETE", "/v1/secret/metadata/app/team-4/s0004", &TOKEN, None).unwrap();
+    assert!(r.status < 300, "{}", r.body);
+    let t0 = Instant::now();
+    loop {
+        let m = vault_get(&b.endpoint(), "/v1/secret/metadata/app/team-2/s0002");
+        let gone = vault_get(&b.endpoint(), "/v1/secret/metadata/app/team-4/s0004");
+        if m["data"]["current_version"] == 4 && gone["data"].is_null() {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "live changes did not arrive: {m}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ok(&f.run(&["stop", "--timeout", "120s"]), "stop");
+    f.wait_agent_exit(Duration::from_secs(30));
+    let out = f.run(&["verify", "--source", &src, "--target", &dst]);
+    ok(&out, "verify");
+    assert!(stdout(&out).contains("0 differences"), "{}", stdout(&out));
+    // No version duplicated by the kills: version numbers line up exactly.
+    for s in [0u64, 1, 7, 13, 17, 999] {
+        let path = format!("/v1/secret/metadata/app/team-{}/s{s:04}", s % 10);
+        let (ma, mb) = (vault_get(&a.endpoint(), &path), vault_get(&b.endpoint(), &path));
+        assert_eq!(ma["data"]["current_version"], mb["data"]["current_version"], "{path}");
+        assert_eq!(ma["data"]["custom_metadata"]["owner"], mb["data"]["custom_metadata"]["owner"]);
+    }
+    let d = vault_get(&b.endpoint(), "/v1/secret/data/app/team-9/s0999?version=10");
+    assert_eq!(d["data"]["data"]["password"], "pw-999-10");
+}
