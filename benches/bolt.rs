@@ -7,7 +7,8 @@
 //! Env: `FERRY_BENCH_BOLT_MB` (file size, default 256; the goal figure is
 //!      1024), `FERRY_BENCH_DIR` (where the file goes, default
 //!      /var/tmp; the file is kept and reused across runs),
-//!      `FERRY_BENCH_BOLT_TXS` (small transactions, default 2000).
+//!      `FERRY_BENCH_BOLT_TXS` (small transactions, default 300, one every
+//!      20 ms: about the tailer's poll interval).
 //!
 //! Both readers run on a warm page cache (the file is read once first),
 //! three times each; the best time counts. Both visit every entry of every
@@ -61,7 +62,7 @@ fn main() {
         return;
     };
     let mb = env_u64("FERRY_BENCH_BOLT_MB", 256);
-    let txs = env_u64("FERRY_BENCH_BOLT_TXS", 2000);
+    let txs = env_u64("FERRY_BENCH_BOLT_TXS", 300);
     let dir = std::env::var_os("FERRY_BENCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/var/tmp"));
@@ -131,7 +132,7 @@ fn main() {
     let mut writer = std::process::Command::new(&bin)
         .arg("smalltx")
         .arg(&live)
-        .args(["-txs", &txs.to_string(), "-nosync", "-pause", "1ms"])
+        .args(["-txs", &txs.to_string(), "-nosync", "-pause", "20ms"])
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();

@@ -287,3 +287,61 @@ fn vault_to_vault_thousand_secrets_every_version_through_sigkills() {
     let d = vault_get(&b.endpoint(), "/v1/secret/data/app/team-9/s0999?version=10");
     assert_eq!(d["data"]["data"]["password"], "pw-999-10");
 }
+
+#[test]
+fn with_keys_layout_and_the_vault_key_parameter() {
+    let (Some(etcd), Some(bao)) = (require(Etcd::start()), require(OpenBao::start())) else {
+        return;
+    };
+    let f = Ferry::new();
+    let dir = f.dir.path();
+    let (config, keyring) = (dir.join("pydio.json"), dir.join("cells-vault-key"));
+    std::fs::copy(fixture("pydio.json"), &config).unwrap();
+    std::fs::copy(fixture("cells-vault-key"), &keyring).unwrap();
+    let cfg_url = format!("{}?withKeys=true", etcd.url("cfg"));
+    // Cells' own form of a Vault keyring URL: the secret in `?key=`.
+    let kr_url = format!("vault://root@{}/secret?key=cells/keyring2", bao.endpoint());
+    ok(
+        &start_routes(
+            &f,
+            &[path_str(&config), path_str(&keyring)],
+            &[&cfg_url, &kr_url],
+            &["--source.read-only=external"],
+        ),
+        "start",
+    );
+    f.wait_for("streaming", Duration::from_secs(60), |s| {
+        all_streaming(s) && max_lag(s) == 0
+    });
+    let doc: Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    let leaf = etcd_value(&etcd, "cfg/services/pydio.grpc.mailer/workers").unwrap();
+    assert_eq!(
+        serde_json::from_slice::<Value>(&leaf).unwrap(),
+        doc["services"]["pydio.grpc.mailer"]["workers"]
+    );
+    assert!(etcd_value(&etcd, "cfg/ports/pydio.grpc.jobs").is_some());
+    // A leaf changes and a subtree goes: only those keys move.
+    let mut edited = doc.clone();
+    edited["services"]["pydio.grpc.mailer"]["workers"] = Value::from(77);
+    edited.as_object_mut().unwrap().remove("ports");
+    std::fs::write(&config, serde_json::to_vec_pretty(&edited).unwrap()).unwrap();
+    let t0 = Instant::now();
+    while etcd_value(&etcd, "cfg/ports/pydio.grpc.jobs").is_some()
+        || etcd_value(&etcd, "cfg/services/pydio.grpc.mailer/workers").as_deref() != Some(b"77")
+    {
+        assert!(t0.elapsed() < Duration::from_secs(1), "the edit took over 1 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let got = vault_get(&bao.endpoint(), "/v1/secret/data/cells/keyring2");
+    let kr: Value = serde_json::from_slice(&std::fs::read(&keyring).unwrap()).unwrap();
+    assert_eq!(got["data"]["data"], kr);
+    ok(&f.run(&["stop", "--timeout", "60s"]), "stop");
+    f.wait_agent_exit(Duration::from_secs(30));
+    let out = f.run(&["verify", "--source", path_str(&config), "--target", &cfg_url]);
+    ok(&out, "verify withKeys");
+    assert!(stdout(&out).contains("0 differences"), "{}", stdout(&out));
+    ok(
+        &f.run(&["verify", "--source", path_str(&keyring), "--target", &kr_url]),
+        "verify keyring",
+    );
+}

@@ -65,8 +65,8 @@ pub fn check_pair(source: &StoreUrl, target: &StoreUrl) -> Result<(), String> {
             ));
         }
     }
-    if let StoreUrl::Vault { path, .. } = target {
-        if path.is_empty() && source.kind() == K::File {
+    if let StoreUrl::Vault { path, params, .. } = target {
+        if path.is_empty() && !params.contains_key("key") && source.kind() == K::File {
             return Err(format!(
                 "{target} names no secret under its mount; e.g. vault://127.0.0.1:8200/secret/cells/keyring"
             ));

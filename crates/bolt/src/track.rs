@@ -145,6 +145,8 @@ pub struct SnapshotReader {
     walker: Walker,
     pages: HashMap<u64, PageSum>,
     done: bool,
+    /// False when only the tracker is wanted ([`ChangeTracker::index`]).
+    keep_entries: bool,
 }
 
 impl SnapshotReader {
@@ -156,6 +158,7 @@ impl SnapshotReader {
             walker,
             pages: HashMap::new(),
             done: false,
+            keep_entries: true,
         })
     }
 
@@ -175,12 +178,18 @@ impl SnapshotReader {
             return Ok(None);
         }
         let mut out = Vec::new();
-        while out.len() < max.max(1) {
+        let mut pages = 0usize;
+        while out.len() < max.max(1) && pages < max.max(1) {
             let Some(leaf) = self.walker.next_leaf(file, &mut |_| false)? else {
                 self.done = true;
                 break;
             };
+            pages += 1;
+            let keep = self.keep_entries;
             leaf.for_each_item(&mut |path, key, item| {
+                if !keep {
+                    return;
+                }
                 out.push(crate::Entry {
                     buckets: path.to_vec(),
                     key: key.to_vec(),
@@ -221,6 +230,7 @@ impl ChangeTracker {
     pub fn index(file: &BoltFile) -> Result<Self, BoltError> {
         for _ in 0..crate::walk::DEFAULT_READ_ATTEMPTS {
             let mut r = SnapshotReader::new(file)?;
+            r.keep_entries = false;
             let run = (|| {
                 while r.next_chunk(file, 4096)?.is_some() {}
                 Ok::<_, BoltError>(())

@@ -96,11 +96,18 @@ impl Catalog {
     }
 
     pub fn namespaces(&self) -> Vec<Namespace> {
-        self.collections.iter().map(|c| c.namespace.clone()).collect()
+        self.collections
+            .iter()
+            .map(|c| c.namespace.clone())
+            .collect()
     }
 
     /// Makes collections and the indexes of `stage` on `target`.
-    pub async fn create_on(&self, target: &MongoStore, stage: IndexStage) -> Result<(), MongoError> {
+    pub async fn create_on(
+        &self,
+        target: &MongoStore,
+        stage: IndexStage,
+    ) -> Result<(), MongoError> {
         for c in &self.collections {
             let db = target.client().database(&c.namespace.db);
             if stage == IndexStage::BeforeData {
@@ -109,7 +116,9 @@ impl Catalog {
                 match db.run_command(cmd).await {
                     Ok(_) => {}
                     Err(e) if crate::error::error_code(&e) == Some(code::NAMESPACE_EXISTS) => {}
-                    Err(e) => return Err(target.err(&format!("creating collection {}", c.namespace), &e)),
+                    Err(e) => {
+                        return Err(target.err(&format!("creating collection {}", c.namespace), &e))
+                    }
                 }
             }
             let wanted: Vec<Document> = c

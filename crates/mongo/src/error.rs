@@ -197,7 +197,8 @@ pub(crate) fn classify(store: &str, action: &str, e: &Error) -> MongoError {
                 detail: first_line(message),
             }
         }
-        DriverKind::InvalidArgument { message, .. } | DriverKind::InvalidTlsConfig { message, .. } => {
+        DriverKind::InvalidArgument { message, .. }
+        | DriverKind::InvalidTlsConfig { message, .. } => {
             return MongoError::MalformedUri {
                 store,
                 reason: first_line(message),
@@ -213,7 +214,9 @@ pub(crate) fn classify(store: &str, action: &str, e: &Error) -> MongoError {
             action: action.to_string(),
         },
         Some(
-            code::CHANGE_STREAM_HISTORY_LOST | code::INVALID_RESUME_TOKEN | code::CHANGE_STREAM_FATAL,
+            code::CHANGE_STREAM_HISTORY_LOST
+            | code::INVALID_RESUME_TOKEN
+            | code::CHANGE_STREAM_FATAL,
         ) => MongoError::HistoryLost { store },
         Some(c) if is_transient_code(c) => server(detail, ErrorKind::Transient),
         Some(_) => server(detail, ErrorKind::Permanent),

@@ -82,7 +82,13 @@ mod tests {
             let k = encode(&ns, raw.as_raw_bson_ref());
             let (n, doc) = decode(&k).unwrap();
             assert_eq!(n, ns);
-            let back: Bson = doc.get("_id").unwrap().unwrap().to_raw_bson().try_into().unwrap();
+            let back: Bson = doc
+                .get("_id")
+                .unwrap()
+                .unwrap()
+                .to_raw_bson()
+                .try_into()
+                .unwrap();
             assert_eq!(back, id);
         }
         let a = encode(&ns, RawBsonRef::Int32(7));

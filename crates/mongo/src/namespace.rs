@@ -53,7 +53,11 @@ impl Pattern {
         let (db, coll) = s.split_once('.').unwrap_or((s, "*"));
         Some(Pattern {
             db: db.to_string(),
-            coll: if coll.is_empty() { "*".into() } else { coll.to_string() },
+            coll: if coll.is_empty() {
+                "*".into()
+            } else {
+                coll.to_string()
+            },
         })
     }
 
@@ -129,8 +133,18 @@ impl NamespaceFilter {
                 .collect()
         };
         NamespaceFilter {
-            include: split(include.into_iter().map(|s| s.as_ref().to_string()).collect()),
-            exclude: split(exclude.into_iter().map(|s| s.as_ref().to_string()).collect()),
+            include: split(
+                include
+                    .into_iter()
+                    .map(|s| s.as_ref().to_string())
+                    .collect(),
+            ),
+            exclude: split(
+                exclude
+                    .into_iter()
+                    .map(|s| s.as_ref().to_string())
+                    .collect(),
+            ),
         }
     }
 
@@ -165,7 +179,10 @@ fn list(ps: &[Pattern], empty: &str) -> String {
     if ps.is_empty() {
         return empty.to_string();
     }
-    ps.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+    ps.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Splits Ferry's `include`/`exclude` parameters off a MongoDB URI: (the

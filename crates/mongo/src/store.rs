@@ -12,7 +12,9 @@
 
 use crate::error::classify;
 use crate::namespace::split_uri;
-use crate::{MongoError, Namespace, NamespaceFilter, MAX_DOCUMENT_BYTES, MAX_MESSAGE_BYTES, MAX_WRITE_OPS};
+use crate::{
+    MongoError, Namespace, NamespaceFilter, MAX_DOCUMENT_BYTES, MAX_MESSAGE_BYTES, MAX_WRITE_OPS,
+};
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document, Timestamp};
 use mongodb::options::ClientOptions;

@@ -116,7 +116,10 @@ impl Digest {
 }
 
 async fn digest(store: &MongoStore, ns: &Namespace) -> Result<Digest, MongoError> {
-    let coll = store.client().database(&ns.db).collection::<RawDocumentBuf>(&ns.coll);
+    let coll = store
+        .client()
+        .database(&ns.db)
+        .collection::<RawDocumentBuf>(&ns.coll);
     let mut cursor = coll
         .find(doc! {})
         .batch_size(1000)
@@ -176,7 +179,9 @@ fn index_differences(source: &[Document], target: &[Document]) -> Vec<String> {
     for (name, d) in &s {
         match t.get(name) {
             None => out.push(format!("{name}: missing on the target")),
-            Some(td) if td != d => out.push(format!("{name}: defined differently on the target ({d} at the source, {td} on the target)")),
+            Some(td) if td != d => out.push(format!(
+                "{name}: defined differently on the target ({d} at the source, {td} on the target)"
+            )),
             Some(_) => {}
         }
     }
@@ -213,7 +218,10 @@ async fn find_differences(
         }
     };
     for (from, to, forward) in [(source, target, true), (target, source, false)] {
-        let coll = from.client().database(&ns.db).collection::<RawDocumentBuf>(&ns.coll);
+        let coll = from
+            .client()
+            .database(&ns.db)
+            .collection::<RawDocumentBuf>(&ns.coll);
         let mut cursor = coll
             .find(doc! {})
             .await
@@ -235,7 +243,10 @@ async fn find_differences(
             }
             if batch.len() >= LOOKUP_BATCH || (done && !batch.is_empty()) {
                 let ids: Vec<Bson> = batch.iter().map(|(_, b, _)| b.clone()).collect();
-                let other = to.client().database(&ns.db).collection::<RawDocumentBuf>(&ns.coll);
+                let other = to
+                    .client()
+                    .database(&ns.db)
+                    .collection::<RawDocumentBuf>(&ns.coll);
                 let found: HashMap<Vec<u8>, RawDocumentBuf> = other
                     .find(doc! {"_id": {"$in": ids}})
                     .await

@@ -89,10 +89,17 @@ impl VaultStore {
             endpoint,
             mount,
             path,
+            params,
             ..
         } = url
         else {
             return Err(VaultError::NotVault(url.to_string()));
+        };
+        // Cells' own form names the secret in `?key=` (`vault://h:8200/kv?key=keyring`);
+        // the documented form puts it in the path (`vault://h:8200/kv/keyring`). Both work.
+        let path = match (path.is_empty(), params.get("key")) {
+            (true, Some(k)) => k.trim_matches('/').to_string(),
+            _ => path.clone(),
         };
         let token = url
             .secret()
@@ -114,7 +121,7 @@ impl VaultStore {
             http,
             base: format!("{}://{endpoint}", if *tls { "https" } else { "http" }),
             mount: mount.clone(),
-            path: path.clone(),
+            path,
             token,
             name: url.to_string(),
         };

@@ -64,7 +64,7 @@ fn place(raw: &str) -> Result<Place, CliError> {
             ExitCode::Usage,
             format!("{url} names no key; the document goes to one key, e.g. etcd://127.0.0.1:2379/config"),
         )),
-        StoreUrl::Vault { ref path, .. } if !path.is_empty() => Ok(Place::Vault(url)),
+        StoreUrl::Vault { ref path, ref params, .. } if !path.is_empty() || params.contains_key("key") => Ok(Place::Vault(url)),
         StoreUrl::Vault { .. } => Err(CliError::new(
             ExitCode::Usage,
             format!("{url} names no secret under its mount; e.g. vault://127.0.0.1:8200/secret/cells/keyring"),

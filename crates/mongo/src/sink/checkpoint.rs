@@ -70,7 +70,10 @@ mod tests {
 
     #[test]
     fn round_trip_and_foreign_journal() {
-        let cp = ShardCheckpoint { seq: 42, sweep: true };
+        let cp = ShardCheckpoint {
+            seq: 42,
+            sweep: true,
+        };
         let d = fields(&cp, Some("j1"));
         assert_eq!(decode(Some(&d), Some("j1")), cp);
         assert_eq!(decode(Some(&d), Some("j2")), ShardCheckpoint::default());

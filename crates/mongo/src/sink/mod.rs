@@ -130,7 +130,10 @@ impl MongoSink {
     }
 
     fn meta(&self) -> mongodb::Collection<Document> {
-        self.store.client().database(META_DB).collection(CHECKPOINTS)
+        self.store
+            .client()
+            .database(META_DB)
+            .collection(CHECKPOINTS)
     }
 
     /// Builds the unique and TTL indexes of the catalog; call once the
@@ -153,7 +156,10 @@ impl MongoSink {
             None => self.meta().find_one(filter).await,
         }
         .map_err(|e| self.driver_err("reading the checkpoint", &e))?;
-        Ok(checkpoint::decode(found.as_ref(), self.opts.journal_id.as_deref()))
+        Ok(checkpoint::decode(
+            found.as_ref(),
+            self.opts.journal_id.as_deref(),
+        ))
     }
 
     fn cache(&self, shard: ShardId, cp: &ShardCheckpoint) {
@@ -194,12 +200,15 @@ impl MongoSink {
         writes: &Writes,
         next: ShardCheckpoint,
     ) -> Result<bool, SinkError> {
-        let mut as_inserts = !writes.is_empty() && writes.all_snapshot_puts() && self.inserts_allowed(shard);
+        let mut as_inserts =
+            !writes.is_empty() && writes.all_snapshot_puts() && self.inserts_allowed(shard);
         loop {
             let r = if self.transactions() {
                 self.commit_txn(shard, cp, writes, &next, as_inserts).await
             } else {
-                self.commit_plain(shard, writes, &next, as_inserts).await.map(|()| true)
+                self.commit_plain(shard, writes, &next, as_inserts)
+                    .await
+                    .map(|()| true)
             };
             match r {
                 Err(e) if as_inserts && e.message.contains("E11000") => {
@@ -252,7 +261,10 @@ impl MongoSink {
             return Err(e);
         }
         self.meta()
-            .update_one(doc! {"_id": checkpoint::id(shard)}, doc! {"$set": checkpoint::fields(next, self.opts.journal_id.as_deref())})
+            .update_one(
+                doc! {"_id": checkpoint::id(shard)},
+                doc! {"$set": checkpoint::fields(next, self.opts.journal_id.as_deref())},
+            )
             .upsert(true)
             .session(&mut s)
             .await
@@ -283,7 +295,9 @@ impl MongoSink {
             .await;
         match r {
             Ok(_) => Ok(()),
-            Err(e) if crate::error::error_code(&e) == Some(crate::error::code::DUPLICATE_KEY) => Ok(()),
+            Err(e) if crate::error::error_code(&e) == Some(crate::error::code::DUPLICATE_KEY) => {
+                Ok(())
+            }
             Err(e) => Err(self.driver_err("writing the checkpoint", &e)),
         }
     }
@@ -338,8 +352,14 @@ impl MongoSink {
                     }
                     Op::SnapshotBegin { .. } | Op::SnapshotEnd => {
                         if upto > cp.seq {
-                            let next = ShardCheckpoint { seq: upto, sweep: cp.sweep };
-                            if !self.commit(shard, &mut cp, &std::mem::take(&mut writes), next).await? {
+                            let next = ShardCheckpoint {
+                                seq: upto,
+                                sweep: cp.sweep,
+                            };
+                            if !self
+                                .commit(shard, &mut cp, &std::mem::take(&mut writes), next)
+                                .await?
+                            {
                                 continue 'attempt;
                             }
                         }
@@ -353,7 +373,10 @@ impl MongoSink {
                             false
                         };
                         let next = ShardCheckpoint { seq: e.seq, sweep };
-                        if !self.commit(shard, &mut cp, &Writes::default(), next).await? {
+                        if !self
+                            .commit(shard, &mut cp, &Writes::default(), next)
+                            .await?
+                        {
                             continue 'attempt;
                         }
                     }
@@ -362,7 +385,10 @@ impl MongoSink {
                 upto = e.seq;
             }
             if upto > cp.seq {
-                let next = ShardCheckpoint { seq: upto, sweep: cp.sweep };
+                let next = ShardCheckpoint {
+                    seq: upto,
+                    sweep: cp.sweep,
+                };
                 if !self.commit(shard, &mut cp, &writes, next).await? {
                     continue 'attempt;
                 }
@@ -393,7 +419,13 @@ impl MongoSink {
         }
         let mut held = false;
         for ns in self.sweep_namespaces().await? {
-            if self.store.estimated_count(&ns).await.map_err(|e| self.err(e))? > 0 {
+            if self
+                .store
+                .estimated_count(&ns)
+                .await
+                .map_err(|e| self.err(e))?
+                > 0
+            {
                 held = true;
                 break;
             }
@@ -411,7 +443,11 @@ impl MongoSink {
         };
         let mut deleted = 0u64;
         for ns in self.sweep_namespaces().await? {
-            let coll = self.store.client().database(&ns.db).collection::<RawDocumentBuf>(&ns.coll);
+            let coll = self
+                .store
+                .client()
+                .database(&ns.db)
+                .collection::<RawDocumentBuf>(&ns.coll);
             let mut cursor = coll
                 .find(doc! {})
                 .projection(doc! {"_id": 1})
@@ -419,7 +455,10 @@ impl MongoSink {
                 .map_err(|e| self.driver_err("sweeping", &e))?;
             let mut ids: Vec<Bson> = Vec::new();
             loop {
-                let next = cursor.try_next().await.map_err(|e| self.driver_err("sweeping", &e))?;
+                let next = cursor
+                    .try_next()
+                    .await
+                    .map_err(|e| self.driver_err("sweeping", &e))?;
                 let done = next.is_none();
                 if let Some(d) = next {
                     if let Ok(Some(id)) = d.get("_id") {
@@ -431,7 +470,9 @@ impl MongoSink {
                     }
                 }
                 if ids.len() >= 1000 || (done && !ids.is_empty()) {
-                    deleted += self.sweep_chunk(source, &ns, std::mem::take(&mut ids)).await?;
+                    deleted += self
+                        .sweep_chunk(source, &ns, std::mem::take(&mut ids))
+                        .await?;
                 }
                 if done {
                     break;
@@ -442,8 +483,16 @@ impl MongoSink {
         Ok(())
     }
 
-    async fn sweep_chunk(&self, source: &MongoStore, ns: &Namespace, ids: Vec<Bson>) -> Result<u64, SinkError> {
-        let src = source.client().database(&ns.db).collection::<Document>(&ns.coll);
+    async fn sweep_chunk(
+        &self,
+        source: &MongoStore,
+        ns: &Namespace,
+        ids: Vec<Bson>,
+    ) -> Result<u64, SinkError> {
+        let src = source
+            .client()
+            .database(&ns.db)
+            .collection::<Document>(&ns.coll);
         let present: Vec<Bson> = src
             .find(doc! {"_id": {"$in": ids.clone()}})
             .projection(doc! {"_id": 1})
@@ -478,11 +527,18 @@ fn check_reply(store: &str, ns: &Namespace, reply: &Document) -> Result<(), Mong
         .ok()
         .and_then(|a| a.first())
         .and_then(Bson::as_document)
-        .map(|d| (d.get_i32("code").unwrap_or(0), d.get_str("errmsg").unwrap_or("").to_string()));
-    let wce = reply
-        .get_document("writeConcernError")
-        .ok()
-        .map(|d| (d.get_i32("code").unwrap_or(0), d.get_str("errmsg").unwrap_or("").to_string()));
+        .map(|d| {
+            (
+                d.get_i32("code").unwrap_or(0),
+                d.get_str("errmsg").unwrap_or("").to_string(),
+            )
+        });
+    let wce = reply.get_document("writeConcernError").ok().map(|d| {
+        (
+            d.get_i32("code").unwrap_or(0),
+            d.get_str("errmsg").unwrap_or("").to_string(),
+        )
+    });
     let Some((code, msg)) = first.or(wce) else {
         return Ok(());
     };

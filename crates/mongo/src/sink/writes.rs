@@ -31,12 +31,16 @@ pub(crate) enum DocOp {
     Delete,
 }
 
+/// One namespace's writes: keys in first-seen order, and per key the
+/// `{_id}` filter and the last operation.
+type NsWrites = (Vec<Vec<u8>>, HashMap<Vec<u8>, (RawDocumentBuf, DocOp)>);
+
 /// The collapsed writes of one batch, per namespace.
 #[derive(Default)]
 pub(crate) struct Writes {
     /// namespace → (key → (filter `{_id}`, op)); insertion order kept per
     /// namespace only for stable commands.
-    by_ns: BTreeMap<Namespace, (Vec<Vec<u8>>, HashMap<Vec<u8>, (RawDocumentBuf, DocOp)>)>,
+    by_ns: BTreeMap<Namespace, NsWrites>,
     pub count: usize,
 }
 
@@ -67,7 +71,9 @@ impl Writes {
                     return Err(MongoError::Server {
                         store: store.to_string(),
                         action: "applying a batch".into(),
-                        detail: "a sealed value reached the sink; values must be opened before replay".into(),
+                        detail:
+                            "a sealed value reached the sink; values must be opened before replay"
+                                .into(),
                         kind: ferry_core::ErrorKind::Fatal,
                     });
                 };
@@ -80,11 +86,13 @@ impl Writes {
                         limit,
                     });
                 }
-                let doc = RawDocumentBuf::from_bytes(bytes.clone()).map_err(|err| MongoError::Server {
-                    store: store.to_string(),
-                    action: format!("applying {ns} _id {}", key::id_text(&filter)),
-                    detail: format!("the journaled document is not valid BSON ({err})"),
-                    kind: ferry_core::ErrorKind::Permanent,
+                let doc = RawDocumentBuf::from_bytes(bytes.clone()).map_err(|err| {
+                    MongoError::Server {
+                        store: store.to_string(),
+                        action: format!("applying {ns} _id {}", key::id_text(&filter)),
+                        detail: format!("the journaled document is not valid BSON ({err})"),
+                        kind: ferry_core::ErrorKind::Permanent,
+                    }
                 })?;
                 DocOp::Put {
                     doc,
@@ -105,7 +113,12 @@ impl Writes {
     /// `max_doc + 16 KiB` bytes and `max_ops` statements. `as_inserts`:
     /// puts become `insert` statements (only when
     /// [`Writes::all_snapshot_puts`]).
-    pub fn commands(&self, max_doc: usize, max_ops: usize, as_inserts: bool) -> Vec<(Namespace, RawDocumentBuf)> {
+    pub fn commands(
+        &self,
+        max_doc: usize,
+        max_ops: usize,
+        as_inserts: bool,
+    ) -> Vec<(Namespace, RawDocumentBuf)> {
         let budget = max_doc + COMMAND_SLACK_BYTES - COMMAND_OVERHEAD_BYTES;
         let mut out = Vec::new();
         for (ns, (order, map)) in &self.by_ns {
@@ -115,11 +128,17 @@ impl Writes {
                 let (filter, op) = &map[k];
                 match op {
                     DocOp::Put { doc, .. } if as_inserts => puts.push(doc.clone()),
-                    DocOp::Put { doc, .. } => puts.push(rawdoc! {"q": filter.clone(), "u": doc.clone(), "upsert": true}),
+                    DocOp::Put { doc, .. } => {
+                        puts.push(rawdoc! {"q": filter.clone(), "u": doc.clone(), "upsert": true})
+                    }
                     DocOp::Delete => dels.push(rawdoc! {"q": filter.clone(), "limit": 1}),
                 }
             }
-            let (verb, field) = if as_inserts { ("insert", "documents") } else { ("update", "updates") };
+            let (verb, field) = if as_inserts {
+                ("insert", "documents")
+            } else {
+                ("update", "updates")
+            };
             for chunk in puts.finish() {
                 let mut cmd = rawdoc! {verb: ns.coll.as_str()};
                 cmd.append(field, chunk);
@@ -191,7 +210,11 @@ mod tests {
         Event {
             shard: ShardId(0),
             seq: 1,
-            position: if snapshot { Position::at(1) } else { Position::with_token(1, vec![1]) },
+            position: if snapshot {
+                Position::at(1)
+            } else {
+                Position::with_token(1, vec![1])
+            },
             key: key::encode(&ns, RawBsonRef::Int32(id)),
             op: Op::Put {
                 value: Value::Plain(rawdoc! {"_id": id, "v": v}.into_bytes()),
@@ -220,7 +243,8 @@ mod tests {
         // documents three to a command at most.
         let mut w = Writes::default();
         for i in 0..10 {
-            w.push(&put(i, &"y".repeat(5000), true), 1 << 20, "s").unwrap();
+            w.push(&put(i, &"y".repeat(5000), true), 1 << 20, "s")
+                .unwrap();
         }
         let cmds = w.commands(0, 1000, true);
         assert!(cmds.len() >= 4, "{}", cmds.len());

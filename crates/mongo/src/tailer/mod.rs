@@ -113,7 +113,12 @@ pub struct MongoTailer {
 impl MongoTailer {
     /// `source_name` names the journal checkpoint (stable across
     /// restarts); `span` is this source's shards of the journal.
-    pub fn new(store: MongoStore, source_name: String, span: ShardSpan, opts: TailerOptions) -> Self {
+    pub fn new(
+        store: MongoStore,
+        source_name: String,
+        span: ShardSpan,
+        opts: TailerOptions,
+    ) -> Self {
         let (fence_tx, fence_rx) = mpsc::channel(16);
         MongoTailer {
             store,
@@ -157,7 +162,15 @@ impl MongoTailer {
             if shutdown.is_stopping() {
                 break Ok(());
             }
-            let step = Box::pin(self.step(&mut app, journal.as_ref(), &lag, &mut shutdown, &mut fences, &mut attempt)).await;
+            let step = Box::pin(self.step(
+                &mut app,
+                journal.as_ref(),
+                &lag,
+                &mut shutdown,
+                &mut fences,
+                &mut attempt,
+            ))
+            .await;
             match step {
                 Ok(true) => break Ok(()),
                 Ok(false) => {}
@@ -227,20 +240,41 @@ impl MongoTailer {
         for ns in &namespaces {
             total += self.store.estimated_count(ns).await?;
         }
-        tracing::info!(store = self.store.name(), cluster_time = t, collections = namespaces.len(), documents = total, "copying the collections");
-        app.append(app.markers(Op::SnapshotBegin { total_keys: Some(total) }, t), None)
-            .await?;
+        tracing::info!(
+            store = self.store.name(),
+            cluster_time = t,
+            collections = namespaces.len(),
+            documents = total,
+            "copying the collections"
+        );
+        app.append(
+            app.markers(
+                Op::SnapshotBegin {
+                    total_keys: Some(total),
+                },
+                t,
+            ),
+            None,
+        )
+        .await?;
         lag.set_phase_all(Phase::Snapshot { copied: 0, total });
         let mut copied = 0u64;
         for ns in &namespaces {
-            if self.copy_collection(app, lag, ns, t, &mut copied, total, shutdown).await? {
+            if self
+                .copy_collection(app, lag, ns, t, &mut copied, total, shutdown)
+                .await?
+            {
                 return Ok(true);
             }
         }
         app.append(app.markers(Op::SnapshotEnd, t), Some(Position::at(t)))
             .await?;
         lag.set_phase_all(Phase::Streaming);
-        tracing::info!(store = self.store.name(), documents = copied, "copy journaled; streaming changes");
+        tracing::info!(
+            store = self.store.name(),
+            documents = copied,
+            "copy journaled; streaming changes"
+        );
         Ok(false)
     }
 
@@ -281,12 +315,16 @@ impl MongoTailer {
                 .map_err(|e| self.store.err(&action, &e))?;
             let done = doc.is_none();
             if let Some(doc) = doc {
-                let id = doc.get("_id").ok().flatten().ok_or_else(|| MongoError::Server {
-                    store: self.store.name().to_string(),
-                    action: action.clone(),
-                    detail: "a document without _id".into(),
-                    kind: ferry_core::ErrorKind::Permanent,
-                })?;
+                let id = doc
+                    .get("_id")
+                    .ok()
+                    .flatten()
+                    .ok_or_else(|| MongoError::Server {
+                        store: self.store.name().to_string(),
+                        action: action.clone(),
+                        detail: "a document without _id".into(),
+                        kind: ferry_core::ErrorKind::Permanent,
+                    })?;
                 let k = key::encode(ns, id);
                 let shard = self.span.shard_for(&k);
                 bytes += doc.as_bytes().len() + k.len();
@@ -307,14 +345,21 @@ impl MongoTailer {
                 });
                 n += 1;
             }
-            if n > 0 && (done || n >= self.opts.snapshot_batch_docs || bytes >= self.opts.snapshot_batch_bytes) {
+            if n > 0
+                && (done
+                    || n >= self.opts.snapshot_batch_docs
+                    || bytes >= self.opts.snapshot_batch_bytes)
+            {
                 if let Some(limiter) = &self.opts.rate_limit {
                     ferry_replay::throttle(limiter, n).await;
                 }
                 app.append(std::mem::replace(&mut per_shard, app.empty()), None)
                     .await?;
                 *copied += n as u64;
-                lag.set_phase_all(Phase::Snapshot { copied: *copied, total });
+                lag.set_phase_all(Phase::Snapshot {
+                    copied: *copied,
+                    total,
+                });
                 metrics::counter!(m::SNAPSHOT_COPIED_KEYS_TOTAL, "source" => self.source.clone())
                     .increment(n as u64);
                 (n, bytes) = (0, 0);
@@ -423,7 +468,13 @@ impl<'a, J: Journal> Appender<'a, J> {
             let shard = ShardId(self.span.first + i as u32);
             let last = events.last().map(|e| (e.position.clone(), e.capture_ts_ms));
             let first_seq = self.next_seq[i];
-            durable.push((i, shard, first_seq, first_seq + events.len() as u64 - 1, last));
+            durable.push((
+                i,
+                shard,
+                first_seq,
+                first_seq + events.len() as u64 - 1,
+                last,
+            ));
             shards.push(ShardAppend {
                 shard,
                 first_seq,

@@ -222,9 +222,9 @@ impl MongoTailer {
         let filter = self.store.filter();
         match ev.operation_type {
             OperationType::Drop | OperationType::Rename => {
-                return Ok(filter
-                    .selects(&namespace)
-                    .then(|| format!("collection {namespace} was dropped or renamed at the source")));
+                return Ok(filter.selects(&namespace).then(|| {
+                    format!("collection {namespace} was dropped or renamed at the source")
+                }));
             }
             OperationType::DropDatabase => {
                 return Ok(filter
@@ -284,7 +284,9 @@ impl MongoTailer {
             position: position.clone(),
             key: k,
             op,
-            source_ts_ms: ev.wall_time.map_or(0, |t| u64::try_from(t.timestamp_millis()).unwrap_or(0)),
+            source_ts_ms: ev
+                .wall_time
+                .map_or(0, |t| u64::try_from(t.timestamp_millis()).unwrap_or(0)),
             capture_ts_ms: now_ms(),
         });
         pending.last = Some(position);

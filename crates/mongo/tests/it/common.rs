@@ -4,12 +4,16 @@ use ferry_core::{ShardId, ShardSpan, StoreUrl};
 use ferry_journal::{Journal, PersistPolicy};
 use ferry_journal_rocks::{OpenMode, RocksJournal};
 use ferry_lag::LagTracker;
-use ferry_mongo::{Catalog, FenceHandle, MongoSink, MongoStore, MongoTailer, SinkOptions, TailerOptions};
+use ferry_mongo::{
+    Catalog, FenceHandle, MongoSink, MongoStore, MongoTailer, SinkOptions, TailerOptions,
+};
 use ferry_replay::worker::{self, Shutdown, WorkerConfig};
 use ferry_replay::Sink;
 use ferry_testkit::{require, MongoWire};
-use mongodb::bson::{doc, oid::ObjectId, Binary, Bson, DateTime, Decimal128, Document, Regex, Timestamp};
 use mongodb::bson::spec::BinarySubtype;
+use mongodb::bson::{
+    doc, oid::ObjectId, Binary, Bson, DateTime, Decimal128, Document, Regex, Timestamp,
+};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,7 +25,9 @@ pub fn mongo() -> Option<MongoWire> {
 }
 
 pub async fn store(uri: &str) -> MongoStore {
-    MongoStore::connect(&StoreUrl::parse(uri).unwrap()).await.unwrap()
+    MongoStore::connect(&StoreUrl::parse(uri).unwrap())
+        .await
+        .unwrap()
 }
 
 /// A URI for a test's own writers: SecantusDB is one Python process and,
@@ -43,7 +49,10 @@ where
 {
     let deadline = Instant::now() + limit;
     while !f().await {
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -121,14 +130,24 @@ pub struct Pipeline {
 impl Pipeline {
     /// Pre-checks as `ferry start` would (with `force`), then starts.
     pub async fn start(source: MongoStore, target: MongoStore, shards: u32) -> Pipeline {
-        let namespaces = ferry_mongo::precheck(&source, &target, false).await.unwrap();
+        let namespaces = ferry_mongo::precheck(&source, &target, false)
+            .await
+            .unwrap();
         let catalog = Catalog::read(&source, &namespaces).await.unwrap();
         let (dir, journal) = journal();
         let lag = Arc::new(LagTracker::new());
         let (stop, shutdown) = Shutdown::new();
         // A span not starting at 0, as one source among several would get.
-        let span = ShardSpan { first: 2, count: shards };
-        let tailer = MongoTailer::new(source.clone(), SOURCE.into(), span, TailerOptions::default());
+        let span = ShardSpan {
+            first: 2,
+            count: shards,
+        };
+        let tailer = MongoTailer::new(
+            source.clone(),
+            SOURCE.into(),
+            span,
+            TailerOptions::default(),
+        );
         let fence = tailer.fence_handle();
         let sink = Arc::new(MongoSink::new(
             target,
@@ -157,7 +176,17 @@ impl Pipeline {
                 ))
             })
             .collect();
-        Pipeline { journal, lag, sink, tailer: t, workers, fence, span, stop, _dir: dir }
+        Pipeline {
+            journal,
+            lag,
+            sink,
+            tailer: t,
+            workers,
+            fence,
+            span,
+            stop,
+            _dir: dir,
+        }
     }
 
     /// True when every shard applied everything journaled.
@@ -217,14 +246,24 @@ impl Secantus {
         let child = Command::new(bin)
             .arg("--config")
             .arg(&config)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--storage-path"])
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--storage-path",
+            ])
             .arg(dir.path().join("data"))
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let s = Secantus { child: Some(child), port, dir };
+        let s = Secantus {
+            child: Some(child),
+            port,
+            dir,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "secantusd did not start");

@@ -29,7 +29,9 @@ async fn target_outage_of_20_s_is_ridden_out() {
             coll.delete_one(doc! {"_id": i}).await.unwrap();
         }
         if i % 5 == 0 {
-            coll.update_one(doc! {"_id": i + 1}, doc! {"$inc": {"n": 1}}).await.unwrap();
+            coll.update_one(doc! {"_id": i + 1}, doc! {"$inc": {"n": 1}})
+                .await
+                .unwrap();
         }
         i += 1;
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -37,13 +39,25 @@ async fn target_outage_of_20_s_is_ridden_out() {
     let journaled_while_down = !p.caught_up();
     dst.restart().unwrap();
     p.drain(&source, Duration::from_secs(180)).await;
-    assert!(journaled_while_down, "the outage should have left work to catch up");
+    assert!(
+        journaled_while_down,
+        "the outage should have left work to catch up"
+    );
 
     p.sink.create_deferred_indexes().await.unwrap();
-    let report = verify::compare(&source, &target, &[Namespace::new("app", "a")]).await.unwrap();
+    let report = verify::compare(&source, &target, &[Namespace::new("app", "a")])
+        .await
+        .unwrap();
     assert!(report.is_equal(), "{report:#?}");
-    assert_eq!(report.source_documents(), coll.count_documents(doc! {}).await.unwrap());
+    assert_eq!(
+        report.source_documents(),
+        coll.count_documents(doc! {}).await.unwrap()
+    );
     let t = Instant::now();
     p.stop().await.unwrap();
-    assert!(t.elapsed() < Duration::from_secs(10), "stopped in {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "stopped in {:?}",
+        t.elapsed()
+    );
 }

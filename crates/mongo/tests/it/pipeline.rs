@@ -17,7 +17,10 @@ const COLLECTIONS: usize = 5;
 /// 200,000 by default (the acceptance figure); `FERRY_TEST_MONGO_DOCS`
 /// makes a quicker run while developing.
 fn docs() -> i64 {
-    std::env::var("FERRY_TEST_MONGO_DOCS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000)
+    std::env::var("FERRY_TEST_MONGO_DOCS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000)
 }
 /// Changes made while the copy runs, and again while streaming.
 const WRITES: u64 = 1_500;
@@ -37,26 +40,40 @@ async fn writer(c: mongodb::Client, round: u64) -> u64 {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        let coll = c.database("app").collection::<Document>(&format!("c{}", x % COLLECTIONS as u64));
+        let coll = c
+            .database("app")
+            .collection::<Document>(&format!("c{}", x % COLLECTIONS as u64));
         let id = (x >> 8) as i64 % per;
         let new_id = per + (round * WRITES + i) as i64;
         match i % 6 {
             0 => {
-                coll.insert_one(rich_doc(new_id)).await.map(drop).unwrap_or_else(allow_dup);
-            }
-            1 => {
-                coll.update_one(doc! {"_id": id}, doc! {"$set": {"nested.extra": [i as i64]}, "$inc": {"n": 1}})
+                coll.insert_one(rich_doc(new_id))
                     .await
                     .map(drop)
                     .unwrap_or_else(allow_dup);
             }
+            1 => {
+                coll.update_one(
+                    doc! {"_id": id},
+                    doc! {"$set": {"nested.extra": [i as i64]}, "$inc": {"n": 1}},
+                )
+                .await
+                .map(drop)
+                .unwrap_or_else(allow_dup);
+            }
             2 => {
                 let mut d = rich_doc(id);
                 d.insert("replaced", round as i64);
-                coll.replace_one(doc! {"_id": id}, d).await.map(drop).unwrap_or_else(allow_dup);
+                coll.replace_one(doc! {"_id": id}, d)
+                    .await
+                    .map(drop)
+                    .unwrap_or_else(allow_dup);
             }
             3 => {
-                coll.delete_one(doc! {"_id": id}).await.map(drop).unwrap_or_else(allow_dup);
+                coll.delete_one(doc! {"_id": id})
+                    .await
+                    .map(drop)
+                    .unwrap_or_else(allow_dup);
             }
             4 => {
                 // Free a unique value in one document and take it in
@@ -64,18 +81,27 @@ async fn writer(c: mongodb::Client, round: u64) -> u64 {
                 // applies shards in another order with the index built.
                 let other = (id + 1) % per;
                 let taken = format!("user{other}@example.org");
-                coll.update_one(doc! {"_id": other}, doc! {"$set": {"email": format!("moved{round}-{i}@x")}})
-                    .await
-                    .map(drop)
-                    .unwrap_or_else(allow_dup);
+                coll.update_one(
+                    doc! {"_id": other},
+                    doc! {"$set": {"email": format!("moved{round}-{i}@x")}},
+                )
+                .await
+                .map(drop)
+                .unwrap_or_else(allow_dup);
                 coll.update_one(doc! {"_id": id}, doc! {"$set": {"email": taken}})
                     .await
                     .map(drop)
                     .unwrap_or_else(allow_dup);
             }
             _ => {
-                coll.delete_one(doc! {"_id": id}).await.map(drop).unwrap_or_else(allow_dup);
-                coll.insert_one(rich_doc(id)).await.map(drop).unwrap_or_else(allow_dup);
+                coll.delete_one(doc! {"_id": id})
+                    .await
+                    .map(drop)
+                    .unwrap_or_else(allow_dup);
+                coll.insert_one(rich_doc(id))
+                    .await
+                    .map(drop)
+                    .unwrap_or_else(allow_dup);
             }
         }
     }
@@ -102,14 +128,23 @@ async fn copy_stream_replay_and_verify_equal() {
         coll.create_index(
             IndexModel::builder()
                 .keys(doc! {"email": 1})
-                .options(IndexOptions::builder().unique(true).name("email_unique".to_string()).build())
+                .options(
+                    IndexOptions::builder()
+                        .unique(true)
+                        .name("email_unique".to_string())
+                        .build(),
+                )
                 .build(),
         )
         .await
         .unwrap();
     }
     // Not selected: must not reach the target.
-    c.database("other").collection::<Document>("x").insert_one(doc! {"_id": 1}).await.unwrap();
+    c.database("other")
+        .collection::<Document>("x")
+        .insert_one(doc! {"_id": 1})
+        .await
+        .unwrap();
     let load_s = t0.elapsed().as_secs_f64();
     eprintln!("pipeline: loaded in {load_s:.1} s");
 
@@ -127,7 +162,10 @@ async fn copy_stream_replay_and_verify_equal() {
     let copy_s = started.elapsed().as_secs_f64();
     eprintln!("pipeline: copy journaled after {copy_s:.1} s");
     assert_eq!(during_copy.await.unwrap(), WRITES);
-    eprintln!("pipeline: changes during the copy done after {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "pipeline: changes during the copy done after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     let during_stream = tokio::spawn(writer(client(&patient(&src.uri())).await, 2));
     assert_eq!(during_stream.await.unwrap(), WRITES);
     p.drain(&source, Duration::from_secs(300)).await;
@@ -136,36 +174,82 @@ async fn copy_stream_replay_and_verify_equal() {
 
     // The target holds the source's final state: unique indexes now.
     p.sink.create_deferred_indexes().await.unwrap();
-    let namespaces: Vec<Namespace> = (0..COLLECTIONS).map(|k| Namespace::new("app", format!("c{k}"))).collect();
+    let namespaces: Vec<Namespace> = (0..COLLECTIONS)
+        .map(|k| Namespace::new("app", format!("c{k}")))
+        .collect();
     let t = Instant::now();
-    let report = verify::compare(&source, &target, &namespaces).await.unwrap();
+    let report = verify::compare(&source, &target, &namespaces)
+        .await
+        .unwrap();
     let verify_s = t.elapsed().as_secs_f64();
     assert!(report.is_equal(), "{:#?}", report);
     assert!(report.differences.is_empty());
     let docs = report.source_documents();
-    assert!(docs >= docs_wanted as u64, "{docs}");
+    let mut at_source = 0;
+    for k in 0..COLLECTIONS {
+        at_source += c
+            .database("app")
+            .collection::<Document>(&format!("c{k}"))
+            .count_documents(doc! {})
+            .await
+            .unwrap();
+    }
+    assert_eq!(docs, at_source);
+    // The writers insert and delete about as much as each other.
+    assert!(docs > docs_wanted as u64 * 99 / 100, "{docs}");
     for n in &report.namespaces {
         assert!(n.index_differences.is_empty(), "{:?}", n.index_differences);
     }
     let tc = client(&dst.uri()).await;
     let names = tc.list_database_names().await.unwrap();
     assert!(!names.contains(&"other".to_string()), "{names:?}");
-    let idx = tc.database("app").collection::<Document>("c0").list_index_names().await.unwrap();
-    assert!(idx.contains(&"email_unique".to_string()) && idx.contains(&"n_1_big_-1".to_string()), "{idx:?}");
+    let idx = tc
+        .database("app")
+        .collection::<Document>("c0")
+        .list_index_names()
+        .await
+        .unwrap();
+    assert!(
+        idx.contains(&"email_unique".to_string()) && idx.contains(&"n_1_big_-1".to_string()),
+        "{idx:?}"
+    );
     // A value of every type arrived with its type and field order.
-    let a = c.database("app").collection::<mongodb::bson::RawDocumentBuf>("c1").find_one(doc! {"_id": 7}).await.unwrap();
-    let b = tc.database("app").collection::<mongodb::bson::RawDocumentBuf>("c1").find_one(doc! {"_id": 7}).await.unwrap();
+    let a = c
+        .database("app")
+        .collection::<mongodb::bson::RawDocumentBuf>("c1")
+        .find_one(doc! {"_id": 7})
+        .await
+        .unwrap();
+    let b = tc
+        .database("app")
+        .collection::<mongodb::bson::RawDocumentBuf>("c1")
+        .find_one(doc! {"_id": 7})
+        .await
+        .unwrap();
     assert_eq!(a.map(|d| d.into_bytes()), b.map(|d| d.into_bytes()));
 
     // Every shard: SnapshotBegin first, one SnapshotEnd, a Fence last;
     // positions grow from SnapshotEnd on.
     for s in p.span.iter() {
-        let evs = p.journal.read(s, 1, ReadBudget { max_events: 10_000_000, max_bytes: 1 << 31 }).unwrap();
+        let evs = p
+            .journal
+            .read(
+                s,
+                1,
+                ReadBudget {
+                    max_events: 10_000_000,
+                    max_bytes: 1 << 31,
+                },
+            )
+            .unwrap();
         assert!(matches!(evs[0].op, Op::SnapshotBegin { .. }));
         assert_eq!(evs.iter().filter(|e| e.op == Op::SnapshotEnd).count(), 1);
         assert_eq!(evs.last().unwrap().op, Op::Fence);
         let end = evs.iter().position(|e| e.op == Op::SnapshotEnd).unwrap();
-        let bad = evs[end..].windows(2).filter(|w| w[0].position.order > w[1].position.order).count();
+        let bad = evs[end..]
+            .windows(2)
+            .filter(|w| w[0].position.order > w[1].position.order)
+            .count();
         assert_eq!(bad, 0, "positions grow per shard");
     }
     eprintln!(

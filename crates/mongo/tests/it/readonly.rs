@@ -10,12 +10,25 @@ use mongodb::bson::{doc, Document};
 async fn secantus_has_no_write_blocking() {
     let Some(src) = mongo() else { return };
     let s = store(&src.uri()).await;
-    let e = readonly::check_write_block(&s).await.err().expect("unsupported");
-    assert!(matches!(e, MongoError::WriteBlockUnsupported { .. }), "{e:?}");
+    let e = readonly::check_write_block(&s)
+        .await
+        .expect_err("unsupported");
+    assert!(
+        matches!(e, MongoError::WriteBlockUnsupported { .. }),
+        "{e:?}"
+    );
     let text = e.to_string();
-    assert!(text.contains("--source.read-only=external") && !text.contains('\n'), "{text}");
-    let e = readonly::set_user_write_block(&s, true).await.err().expect("unsupported");
-    assert!(matches!(e, MongoError::WriteBlockUnsupported { .. }), "{e:?}");
+    assert!(
+        text.contains("--source.read-only=external") && !text.contains('\n'),
+        "{text}"
+    );
+    let e = readonly::set_user_write_block(&s, true)
+        .await
+        .expect_err("unsupported");
+    assert!(
+        matches!(e, MongoError::WriteBlockUnsupported { .. }),
+        "{e:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -27,7 +40,10 @@ async fn real_mongod_blocks_user_writes() {
     };
     let s = store(&uri).await;
     readonly::check_write_block(&s).await.unwrap();
-    let coll = client(&uri).await.database("ferry_test_readonly").collection::<Document>("a");
+    let coll = client(&uri)
+        .await
+        .database("ferry_test_readonly")
+        .collection::<Document>("a");
     readonly::set_user_write_block(&s, true).await.unwrap();
     let blocked = coll.insert_one(doc! {"x": 1}).await;
     readonly::set_user_write_block(&s, false).await.unwrap();
