@@ -345,3 +345,45 @@ fn with_keys_layout_and_the_vault_key_parameter() {
         "verify keyring",
     );
 }
+
+/// `ferry start` with a configuration source refuses bad input in one
+/// sentence, with the documented exit code, and writes nothing: no
+/// journal, no target key, no secret.
+#[test]
+fn bad_configuration_input_is_refused_before_anything_is_written() {
+    let (Some(etcd), Some(bao)) = (require(Etcd::start()), require(OpenBao::start())) else {
+        return;
+    };
+    let f = Ferry::new();
+    let dir = f.dir.path();
+    let torn = dir.join("torn.json");
+    std::fs::write(&torn, "{\n  \"a\": {\"b\": 1,\n  \"c\": [1, 2\n}\n").unwrap();
+    let big = dir.join("big.json");
+    std::fs::write(&big, format!(r#"{{"blob":"{}"}}"#, "x".repeat(2 << 20))).unwrap();
+    let good = dir.join("pydio.json");
+    std::fs::copy(fixture("pydio.json"), &good).unwrap();
+    let array = dir.join("array.json");
+    std::fs::write(&array, "[1,2,3]").unwrap();
+    let ep = bao.endpoint();
+    let cases: Vec<(String, String, i32, &str)> = vec![
+        (path_str(&torn).into(), etcd.url("config"), 2, "line 4, column 1"),
+        (path_str(&dir.join("missing.json")).into(), etcd.url("config"), 2, "does not exist"),
+        (path_str(&big).into(), etcd.url("config"), 3, "more than"),
+        (path_str(&good).into(), format!("vault://root@{ep}/secret/a/../b"), 2, "`..`"),
+        (path_str(&good).into(), format!("vault://wrong-token@{ep}/secret/k"), 3, "refused the token"),
+        (path_str(&array).into(), format!("vault://root@{ep}/secret/k"), 2, "JSON object"),
+        (path_str(&good).into(), path_str(&good).into(), 2, "both a source and a target"),
+        (format!("vault://root@{ep}/secret/app"), etcd.url("config"), 2, "cannot feed"),
+    ];
+    for (src, tgt, code, needle) in cases {
+        let out = f.start(&src, &tgt, &["--source.read-only=external"]);
+        assert_eq!(out.status.code(), Some(code), "{src} -> {tgt}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains(needle), "{src} -> {tgt}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "one sentence: {err}");
+        assert!(!f.journal().exists(), "{src} -> {tgt} created the journal");
+    }
+    assert!(etcd_value(&etcd, "config").is_none(), "a refused start wrote etcd");
+    let m = vault_get(&ep, "/v1/secret/metadata/?list=true");
+    assert!(m["data"].is_null(), "a refused start wrote Vault: {m}");
+}

@@ -101,6 +101,15 @@ impl VaultStore {
             (true, Some(k)) => k.trim_matches('/').to_string(),
             _ => path.clone(),
         };
+        // An HTTP client resolves `.` and `..` before Vault sees them, so such
+        // a path would quietly name another secret: refuse it here.
+        if path.split('/').any(|seg| seg == "." || seg == "..") {
+            return Err(VaultError::BadPath {
+                store: url.to_string(),
+                path,
+                detail: "`.` and `..` segments are not allowed".into(),
+            });
+        }
         let token = url
             .secret()
             .map(str::to_string)
