@@ -13,7 +13,10 @@
 //! Both readers run on a warm page cache (the file is read once first),
 //! three times each; the best time counts. Both visit every entry of every
 //! bucket without copying it (bbolt's cursor, Ferry's `Snapshot::visit`)
-//! and sum key and value lengths.
+//! and sum key and value lengths. bbolt maps the file and copies nothing;
+//! Ferry (no `unsafe`, so no mmap) copies every page out of the page cache
+//! with `pread`, on helper threads (one per core, up to 4) once the walk
+//! is large: the ratio depends on free cores (see crates/bolt/README.md).
 
 #[path = "../tests/bolt-fixture/fixture.rs"]
 mod fixture;

@@ -22,6 +22,13 @@
 //	iterate FILE              reads every key with bbolt (cursor walk,
 //	                          nested buckets included) and prints the time.
 //	dump FILE                 writes FILE.dump.
+//	cells-home DIR            a Cells v4 home's Bolt files in their places
+//	                          (DIR/services/<service>/<file>.db), no dumps.
+//	cells-live DIR -for D     keeps the Cells home's Bolt files open (their
+//	                          locks held, as a running Cells does) and
+//	                          commits changes in the services' own shapes
+//	                          for D or until SIGTERM/SIGINT; then closes
+//	                          them (locks released) and reports counts.
 //
 // Dump format, one entry per line, sorted, bytes in lowercase hex, bucket
 // path segments joined with ',' ("-" for the top level):
@@ -31,6 +38,7 @@
 package main
 
 import (
+	"context"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
@@ -38,9 +46,11 @@ import (
 	"fmt"
 	"math/rand"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -61,6 +71,7 @@ func main() {
 	mb := fs.Int("mb", 64, "big: target size in MiB")
 	txs := fs.Int("txs", 1000, "smalltx: transactions")
 	startFile := fs.String("started", "", "random: create this file once the first transaction committed")
+	forDur := fs.Duration("for", time.Minute, "cells-live: how long to keep writing")
 	if err := fs.Parse(os.Args[3:]); err != nil {
 		os.Exit(2)
 	}
@@ -80,6 +91,10 @@ func main() {
 		err = iterate(path)
 	case "dump":
 		err = dumpFile(path)
+	case "cells-home":
+		err = cellsHome(path)
+	case "cells-live":
+		err = cellsLive(path, *forDur, *seed)
 	default:
 		err = fmt.Errorf("unknown mode %q", mode)
 	}
@@ -607,5 +622,137 @@ func smallTx(path string, txs int, seed int64, noSync bool, keys int, pause time
 		}
 	}
 	report(map[string]interface{}{"txs": txs, "elapsed_ns": time.Since(start).Nanoseconds()})
+	return nil
+}
+
+// ---- a Cells home ----
+
+// cellsServices maps each Bolt file of cells() to its service directory.
+var cellsServices = map[string]string{
+	"docstore.db":   "pydio.grpc.docstore",
+	"activities.db": "pydio.grpc.activity",
+	"chat.db":       "pydio.grpc.chat",
+	"queue.db":      "pydio.grpc.mailer",
+	"versions.db":   "pydio.grpc.versions",
+	"jobs.db":       "pydio.grpc.jobs",
+}
+
+func cellsHome(home string) error {
+	tmp, err := os.MkdirTemp("", "cells-bolt-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	// cells() prints its own report; keep stdout to one line.
+	stdout := os.Stdout
+	os.Stdout, _ = os.Open(os.DevNull)
+	err = cells(tmp)
+	os.Stdout = stdout
+	if err != nil {
+		return err
+	}
+	var files []string
+	for file, svc := range cellsServices {
+		dir := filepath.Join(home, "services", svc)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return err
+		}
+		if err := os.Rename(filepath.Join(tmp, file), filepath.Join(dir, file)); err != nil {
+			return err
+		}
+		files = append(files, filepath.Join("services", svc, file))
+	}
+	if err := os.Rename(filepath.Join(tmp, "configs-versions.db"), filepath.Join(home, "configs-versions.db")); err != nil {
+		return err
+	}
+	sort.Strings(files)
+	report(map[string]interface{}{"home": home, "files": files})
+	return nil
+}
+
+// cellsLive changes a Cells home the way its services do while it runs.
+func cellsLive(home string, d time.Duration, seed int64) error {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	dbs := map[string]*bolt.DB{}
+	for file, svc := range cellsServices {
+		db, err := open(filepath.Join(home, "services", svc, file), false)
+		if err != nil {
+			return err
+		}
+		dbs[file] = db
+	}
+	defer func() {
+		for _, db := range dbs {
+			db.Close()
+		}
+	}()
+	r := rand.New(rand.NewSource(seed))
+	users := []string{"admin", "alice", "bob", "carol"}
+	counts := map[string]int{}
+	for i := 0; ctx.Err() == nil; i++ {
+		var err error
+		switch r.Intn(5) {
+		case 0: // docstore: a new or changed document, sometimes a delete
+			err = dbs["docstore.db"].Update(func(tx *bolt.Tx) error {
+				b := tx.Bucket([]byte("store-share"))
+				id := fmt.Sprintf("share-doc-%03d", r.Intn(80))
+				if r.Intn(4) == 0 {
+					counts["docstore-deletes"]++
+					return b.Delete([]byte(id))
+				}
+				counts["docstore-puts"]++
+				data := mustJSON(map[string]interface{}{"Path": "/personal/" + id, "Size": r.Intn(1 << 20), "Rev": i})
+				return b.Put([]byte(id), mustJSON(map[string]interface{}{"ID": id, "Type": 1, "Owner": users[r.Intn(4)], "Data": string(data)}))
+			})
+		case 1: // activity: a new activity in a user's inbox
+			err = dbs["activities.db"].Update(func(tx *bolt.Tx) error {
+				bx := tx.Bucket([]byte("USER")).Bucket([]byte(users[r.Intn(4)])).Bucket([]byte("inbox"))
+				seq, _ := bx.NextSequence()
+				counts["activities"]++
+				return bx.Put(be8(seq), mustJSON(map[string]interface{}{"Id": fmt.Sprintf("/activity-%d", seq), "type": "Update", "updated": time.Now().UTC().Format(time.RFC3339)}))
+			})
+		case 2: // chat: a message in a room
+			err = dbs["chat.db"].Update(func(tx *bolt.Tx) error {
+				room := fmt.Sprintf("room-workspace-%d", r.Intn(2))
+				m := tx.Bucket([]byte("messages")).Bucket([]byte(room))
+				seq, _ := m.NextSequence()
+				counts["messages"]++
+				return m.Put(be8(seq), mustJSON(map[string]interface{}{"Uuid": fmt.Sprintf("msg-%s-%d", room, seq), "RoomUuid": room, "Author": users[r.Intn(4)], "Message": "live", "Timestamp": time.Now().Unix()}))
+			})
+		case 3: // jobs: a task of a job changes status
+			err = dbs["jobs.db"].Update(func(tx *bolt.Tx) error {
+				id := fmt.Sprintf("job-%02d", r.Intn(15))
+				tasks := tx.Bucket([]byte("tasks-" + id))
+				tid := fmt.Sprintf("%s-task-live-%d", id, r.Intn(5))
+				counts["tasks"]++
+				return tasks.Put([]byte(tid), mustJSON(map[string]interface{}{"ID": tid, "JobID": id, "Status": r.Intn(5), "StartTime": time.Now().Unix()}))
+			})
+		case 4: // mailer: a mail queued, the oldest sent
+			err = dbs["queue.db"].Update(func(tx *bolt.Tx) error {
+				b := tx.Bucket([]byte("MailerQueue"))
+				if r.Intn(2) == 0 {
+					if k, _ := b.Cursor().First(); k != nil {
+						counts["mails-sent"]++
+						return b.Delete(k)
+					}
+				}
+				seq, _ := b.NextSequence()
+				counts["mails-queued"]++
+				return b.Put(be8(seq), mustJSON(map[string]interface{}{"Subject": fmt.Sprintf("live %d", seq)}))
+			})
+		}
+		if err != nil {
+			return err
+		}
+		time.Sleep(time.Duration(5+r.Intn(20)) * time.Millisecond)
+	}
+	out := map[string]interface{}{"home": home}
+	for k, v := range counts {
+		out[k] = v
+	}
+	report(out)
 	return nil
 }

@@ -6,7 +6,7 @@
 //! with positional reads and relies on bbolt's copy-on-write discipline
 //! for consistency (see [`crate::walk`]).
 
-use crate::format::{self, Header, Meta, MetaProblem, META_SIZE, PAGE_HEADER, PAGE_SIZES};
+use crate::format::{self, Meta, MetaProblem, META_SIZE, PAGE_HEADER, PAGE_SIZES};
 use crate::BoltError;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -80,7 +80,16 @@ impl BoltFile {
         }
     }
 
-    fn io(&self, e: std::io::Error) -> BoltError {
+    /// A second handle on the file for reads from another thread, or
+    /// `None` when the file is in memory (or the handle cannot be had).
+    pub(crate) fn clone_handle(&self) -> Option<File> {
+        match &self.source {
+            Source::File(f) => f.try_clone().ok(),
+            Source::Memory(_) => None,
+        }
+    }
+
+    pub(crate) fn io(&self, e: std::io::Error) -> BoltError {
         BoltError::Io {
             path: self.path.clone(),
             detail: e.to_string(),
@@ -97,20 +106,9 @@ impl BoltFile {
 
     /// Reads up to `buf.len()` bytes at `offset`; fewer only at the end of
     /// the file.
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize, BoltError> {
+    pub(crate) fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize, BoltError> {
         match &self.source {
-            Source::File(f) => {
-                let mut done = 0;
-                while done < buf.len() {
-                    match f.read_at(&mut buf[done..], offset + done as u64) {
-                        Ok(0) => break,
-                        Ok(n) => done += n,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(self.io(e)),
-                    }
-                }
-                Ok(done)
-            }
+            Source::File(f) => read_full_at(f, buf, offset).map_err(|e| self.io(e)),
             Source::Memory(b) => {
                 let start = usize::try_from(offset).unwrap_or(usize::MAX).min(b.len());
                 let n = buf.len().min(b.len() - start);
@@ -196,43 +194,19 @@ impl BoltFile {
         }
         Ok(meta)
     }
+}
 
-    /// Reads page `pgid` with its overflow pages; `hwm` bounds valid ids.
-    pub(crate) fn read_page(&self, pgid: u64, hwm: u64) -> Result<(Header, Vec<u8>), BoltError> {
-        if pgid < 2 || pgid >= hwm {
-            return Err(self.corrupt(
-                pgid,
-                format!("the page id lies outside the file's data pages 2..{hwm}"),
-            ));
+/// Reads up to `buf.len()` bytes at `offset`; fewer only at the end of the
+/// file.
+pub(crate) fn read_full_at(f: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match f.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
-        let ps = self.page_size as usize;
-        let mut buf = vec![0u8; ps];
-        let offset = pgid * ps as u64;
-        if self.read_at(&mut buf, offset)? < ps {
-            return Err(self.corrupt(pgid, "the page lies beyond the end of the file"));
-        }
-        let h = format::header(&buf).ok_or_else(|| self.corrupt(pgid, "short page header"))?;
-        let id = u64::from_le_bytes(buf[..8].try_into().unwrap_or_default());
-        if id != pgid {
-            return Err(self.corrupt(pgid, format!("the page header says it is page {id}")));
-        }
-        if h.overflow > 0 {
-            let span = u64::from(h.overflow) + 1;
-            if pgid + span > hwm {
-                return Err(self.corrupt(
-                    pgid,
-                    format!(
-                        "its {} overflow pages run past the file's {hwm} pages",
-                        h.overflow
-                    ),
-                ));
-            }
-            let total = span as usize * ps;
-            buf.resize(total, 0);
-            if self.read_at(&mut buf[ps..], offset + ps as u64)? < total - ps {
-                return Err(self.corrupt(pgid, "its overflow pages lie beyond the end of the file"));
-            }
-        }
-        Ok((h, buf))
     }
+    Ok(done)
 }

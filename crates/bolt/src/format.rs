@@ -164,25 +164,26 @@ fn elements_fit(page: &[u8], count: u16) -> Result<(), String> {
     Ok(())
 }
 
-/// The elements of a leaf page (`page` is its whole span, header included).
-pub(crate) fn leaf_elems(page: &[u8], count: u16) -> Result<Vec<LeafElem<'_>>, String> {
+/// The elements of a leaf page (`page` is its whole span, header included),
+/// checked one at a time as they are taken.
+pub(crate) fn leaf_elems(
+    page: &[u8],
+    count: u16,
+) -> Result<impl Iterator<Item = Result<LeafElem<'_>, String>>, String> {
     elements_fit(page, count)?;
-    let mut out = Vec::with_capacity(usize::from(count));
-    for i in 0..usize::from(count) {
+    let elems = &page[PAGE_HEADER..PAGE_HEADER + usize::from(count) * ELEMENT];
+    Ok(elems.chunks_exact(ELEMENT).enumerate().map(move |(i, e)| {
         let at = PAGE_HEADER + i * ELEMENT;
-        let flags = u32_at(page, at).unwrap_or(0);
-        let pos = u32_at(page, at + 4).unwrap_or(0);
-        let ksize = u32_at(page, at + 8).unwrap_or(0);
-        let vsize = u32_at(page, at + 12).unwrap_or(0);
+        let word = |w: usize| u32::from_le_bytes([e[w], e[w + 1], e[w + 2], e[w + 3]]);
+        let (flags, pos, ksize, vsize) = (word(0), word(4), word(8), word(12));
         let start = element_span(page, at, pos, u64::from(ksize) + u64::from(vsize))?;
         let kend = start + ksize as usize;
-        out.push(LeafElem {
+        Ok(LeafElem {
             is_bucket: flags & LEAF_BUCKET != 0,
             key: &page[start..kend],
             value: &page[kend..kend + vsize as usize],
-        });
-    }
-    Ok(out)
+        })
+    }))
 }
 
 /// The child page ids of a branch page.
@@ -289,8 +290,12 @@ mod tests {
         // One leaf element whose key runs past the end.
         page[PAGE_HEADER + 4..PAGE_HEADER + 8].copy_from_slice(&16u32.to_le_bytes());
         page[PAGE_HEADER + 8..PAGE_HEADER + 12].copy_from_slice(&100u32.to_le_bytes());
-        assert!(leaf_elems(&page, 1).unwrap_err().contains("past the page"));
-        assert!(leaf_elems(&page, 9).unwrap_err().contains("elements need"));
+        let first = leaf_elems(&page, 1).unwrap().next().unwrap();
+        assert!(first.unwrap_err().contains("past the page"));
+        assert!(leaf_elems(&page, 9)
+            .err()
+            .unwrap()
+            .contains("elements need"));
         assert!(branch_children(&page, 0).is_err());
         assert!(bucket_ref(&[0u8; 8]).is_err());
     }

@@ -17,6 +17,8 @@ mod file;
 mod format;
 pub mod fuzzing;
 mod key;
+mod pages;
+mod readahead;
 mod tailer;
 mod track;
 pub mod walk;

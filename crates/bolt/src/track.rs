@@ -105,7 +105,7 @@ impl PageSum {
     }
 }
 
-fn summarize(leaf: &LeafPage) -> LeafSum {
+fn summarize(leaf: &LeafPage<'_>) -> LeafSum {
     let mut paths: Vec<BucketPath> = vec![Arc::clone(&leaf.path)];
     let mut items = Vec::new();
     leaf.for_each_item(&mut |path, key, item| {
@@ -272,7 +272,7 @@ impl ChangeTracker {
         let old = &self.pages;
         let mut kept: HashSet<u64> = HashSet::new();
         let mut same: HashSet<u64> = HashSet::new();
-        let mut fresh: Vec<LeafPage> = Vec::new();
+        let mut fresh: Vec<LeafPage<'static>> = Vec::new();
         let mut new_pages: HashMap<u64, PageSum> = HashMap::new();
         loop {
             let leaf = walker.next_leaf(file, &mut |pgid| {
@@ -293,7 +293,7 @@ impl ChangeTracker {
                 }
             }
             new_pages.insert(leaf.pgid, PageSum::Leaf(sum));
-            fresh.push(leaf);
+            fresh.push(leaf.into_owned());
         }
         for (pgid, children) in walker.branches.take().unwrap_or_default() {
             new_pages.insert(pgid, PageSum::Branch(children.into()));

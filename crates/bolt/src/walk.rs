@@ -19,7 +19,9 @@
 
 use crate::file::BoltFile;
 use crate::format::{self, BucketRef, Meta, FLAG_BRANCH, FLAG_LEAF, PAGE_HEADER};
+use crate::pages::{Loaded, PageReader};
 use crate::BoltError;
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -41,11 +43,12 @@ struct Work {
     depth: u32,
 }
 
-/// A leaf page read by a [`Walker`], already validated.
-pub(crate) struct LeafPage {
+/// A leaf page read by a [`Walker`], already validated; its bytes borrow
+/// the walker's buffer until [`LeafPage::into_owned`].
+pub(crate) struct LeafPage<'a> {
     pub pgid: u64,
     pub path: BucketPath,
-    pub bytes: Vec<u8>,
+    pub bytes: Cow<'a, [u8]>,
     /// Root pages of its non-inline sub-buckets (inline ones' included).
     pub sub_roots: Vec<u64>,
     count: u16,
@@ -65,21 +68,31 @@ pub(crate) enum ItemRef<'a> {
     Bucket,
 }
 
-impl LeafPage {
+impl LeafPage<'_> {
+    /// A copy that outlives the walker's next read.
+    pub fn into_owned(self) -> LeafPage<'static> {
+        LeafPage {
+            pgid: self.pgid,
+            path: self.path,
+            bytes: Cow::Owned(self.bytes.into_owned()),
+            sub_roots: self.sub_roots,
+            count: self.count,
+        }
+    }
+
     /// Calls `f(path, key, item)` for every item, inline buckets' contents
     /// included (right after their bucket item).
     pub fn for_each_item(&self, f: &mut ItemFn<'_>) {
-        let mut path: Vec<Vec<u8>> = self.path.as_ref().clone();
-        items_of(&self.bytes, self.count, &mut path, f);
+        items_of(&self.bytes, self.count, &self.path, f);
     }
 }
 
-fn items_of(page: &[u8], count: u16, path: &mut Vec<Vec<u8>>, f: &mut ItemFn<'_>) {
+fn items_of(page: &[u8], count: u16, path: &[Vec<u8>], f: &mut ItemFn<'_>) {
     // Validated when the page was read.
     let Ok(elems) = format::leaf_elems(page, count) else {
         return;
     };
-    for e in elems {
+    for e in elems.map_while(Result::ok) {
         if !e.is_bucket {
             f(path, e.key, ItemRef::Value(e.value));
             continue;
@@ -87,20 +100,23 @@ fn items_of(page: &[u8], count: u16, path: &mut Vec<Vec<u8>>, f: &mut ItemFn<'_>
         f(path, e.key, ItemRef::Bucket);
         if let Ok(BucketRef::Inline(inline)) = format::bucket_ref(e.value) {
             if let Some(h) = format::header(inline) {
-                path.push(e.key.to_vec());
-                items_of(inline, h.count, path, f);
-                path.pop();
+                // Only inline buckets pay for a longer path.
+                let mut sub = path.to_vec();
+                sub.push(e.key.to_vec());
+                items_of(inline, h.count, &sub, f);
             }
         }
     }
 }
 
 /// Walks the tree of one transaction, one page at a time, with an explicit
-/// stack (bounded memory: the stack holds page ids, not pages).
+/// stack (bounded memory: the stack holds page ids, not pages; pages come
+/// from a [`PageReader`], whose buffers are bounded too).
 pub(crate) struct Walker {
     meta: Meta,
     stack: Vec<Work>,
     visited: Vec<u64>,
+    reader: PageReader,
     since_check: u32,
     pages_read: u64,
     /// When set, branch pages read are recorded here (page id, children).
@@ -118,6 +134,7 @@ impl Walker {
                 depth: 0,
             }],
             visited: vec![0; words],
+            reader: PageReader::default(),
             since_check: 0,
             pages_read: 0,
             branches: None,
@@ -170,23 +187,30 @@ impl Walker {
         &mut self,
         file: &BoltFile,
         skip: &mut dyn FnMut(u64) -> bool,
-    ) -> Result<Option<LeafPage>, BoltError> {
-        match self.step(file, skip) {
+    ) -> Result<Option<LeafPage<'_>>, BoltError> {
+        let found = match self.step(file, skip) {
             // Damage seen after the writer moved on may be pages it reused:
             // that is a read to do again, not a damaged file.
             Err(e @ BoltError::Corrupt { .. }) => {
                 self.ensure_current(file)?;
-                Err(e)
+                return Err(e);
             }
-            other => other,
-        }
+            other => other?,
+        };
+        Ok(found.map(|(page, leaf)| LeafPage {
+            pgid: leaf.pgid,
+            path: leaf.path,
+            bytes: Cow::Borrowed(self.reader.bytes(&page)),
+            sub_roots: leaf.sub_roots,
+            count: leaf.count,
+        }))
     }
 
     fn step(
         &mut self,
         file: &BoltFile,
         skip: &mut dyn FnMut(u64) -> bool,
-    ) -> Result<Option<LeafPage>, BoltError> {
+    ) -> Result<Option<(Loaded, LeafPage<'static>)>, BoltError> {
         while let Some(work) = self.stack.pop() {
             if skip(work.pgid) {
                 continue;
@@ -197,7 +221,13 @@ impl Walker {
                     format!("pages and buckets nest deeper than {MAX_DEPTH} levels"),
                 ));
             }
-            let (h, bytes) = file.read_page(work.pgid, self.meta.hwm)?;
+            let page = self.reader.load(
+                file,
+                work.pgid,
+                self.meta.hwm,
+                self.stack.iter().rev().map(|w| w.pgid),
+            )?;
+            let h = page.header;
             self.mark(file, work.pgid, u64::from(h.overflow) + 1)?;
             self.pages_read += 1;
             self.since_check += 1;
@@ -205,7 +235,7 @@ impl Walker {
                 self.ensure_current(file)?;
             }
             if h.flags & FLAG_BRANCH != 0 {
-                let children = format::branch_children(&bytes, h.count)
+                let children = format::branch_children(self.reader.bytes(&page), h.count)
                     .map_err(|r| file.corrupt(work.pgid, r))?;
                 for &child in children.iter().rev() {
                     self.stack.push(Work {
@@ -229,8 +259,14 @@ impl Walker {
                 ));
             }
             let mut roots = Vec::new();
-            check_leaf(&bytes, h.count, &work.path, work.depth, &mut roots)
-                .map_err(|r| file.corrupt(work.pgid, r))?;
+            check_leaf(
+                self.reader.bytes(&page),
+                h.count,
+                &work.path,
+                work.depth,
+                &mut roots,
+            )
+            .map_err(|r| file.corrupt(work.pgid, r))?;
             let sub_roots = roots.iter().map(|(_, r)| *r).collect();
             for (name_path, root) in roots.into_iter().rev() {
                 self.stack.push(Work {
@@ -239,13 +275,16 @@ impl Walker {
                     depth: work.depth + 1,
                 });
             }
-            return Ok(Some(LeafPage {
+            let leaf = LeafPage {
                 pgid: work.pgid,
                 path: work.path,
-                bytes,
+                // Filled in by `next_leaf`: a borrow of the reader cannot
+                // be returned from inside this loop, which reads again.
+                bytes: Cow::Borrowed(&[]),
                 sub_roots,
                 count: h.count,
-            }));
+            };
+            return Ok(Some((page, leaf)));
         }
         self.ensure_current(file)?;
         Ok(None)
@@ -267,6 +306,7 @@ fn check_leaf(
         ));
     }
     for e in format::leaf_elems(page, count)? {
+        let e = e?;
         if !e.is_bucket {
             continue;
         }
@@ -354,8 +394,8 @@ impl<'f> Snapshot<'f> {
     }
 
     /// Calls `f(buckets, key, value)` for every entry (`value` is `None`
-    /// for a bucket) without copying anything, one page in memory at a
-    /// time; returns the number of entries. On [`BoltError::Moved`] the
+    /// for a bucket) without copying anything out of the read buffers
+    /// (bounded: see the `pages` module); returns the number of entries. On [`BoltError::Moved`] the
     /// calls made so far must be discarded, as for [`Snapshot::entries`].
     pub fn visit(&self, f: &mut VisitFn<'_>) -> Result<u64, BoltError> {
         let mut walker = Walker::new(self.meta);
@@ -373,7 +413,7 @@ impl<'f> Snapshot<'f> {
     }
 
     /// Every entry (values and buckets, nested ones included), read lazily
-    /// one page at a time. If the iterator yields [`BoltError::Moved`], the
+    /// one page at a time (from bounded read buffers). If the iterator yields [`BoltError::Moved`], the
     /// file moved on during the read and everything it yielded must be
     /// discarded; only an iteration that reaches its end is known to be
     /// this one transaction.

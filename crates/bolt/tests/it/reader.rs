@@ -87,3 +87,28 @@ fn lazy_entries_hold_one_page_at_a_time() {
         "the first top-level entry is a bucket"
     );
 }
+
+/// Big enough (about 10,000 pages) that the reader reads ahead on helper
+/// threads for most of it; small enough to dump.
+#[test]
+fn a_file_read_ahead_matches_bbolt() {
+    let Some(bin) = fixture::program() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("big.db");
+    fixture::run(&bin, "big", &db, &["-mb", "40"]);
+    fixture::run(&bin, "dump", &db, &[]);
+    let (_, got) = content_of(&db);
+    let want = fixture::read_dump(&db);
+    assert!(want.len() > 100_000, "only {} entries", want.len());
+    assert!(got == want, "the reader and bbolt disagree on big.db");
+    let file = BoltFile::open(&db).unwrap();
+    let mut entries = 0u64;
+    let n = file
+        .snapshot()
+        .unwrap()
+        .visit(&mut |_, _, _| entries += 1)
+        .unwrap();
+    assert_eq!((n, entries), (want.len() as u64, want.len() as u64));
+}
