@@ -94,6 +94,10 @@ pub struct CutoverProof {
     pub target_opened_at_ms: u64,
     /// Source read-only to target writable.
     pub read_only_window_ms: u64,
+    /// What the operator does next (a Cells migration: the environment
+    /// that points Cells at its new stores, the index rebuild).
+    #[serde(default)]
+    pub next_steps: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -19,8 +19,8 @@
 use crate::api::{CutoverPhase, CutoverProof, ShardProof, StopRequest};
 use crate::config::{AgentConfig, ReadOnlyMode};
 use crate::control::AgentControl;
-use crate::security::write_private;
 use crate::runtime::LiveRoute;
+use crate::security::write_private;
 use ferry_etcd::readonly::SavedPermissions;
 use ferry_etcd::EtcdStore;
 use ferry_lag::{now_ms, LagTracker};
@@ -149,6 +149,45 @@ impl Cutover<'_> {
                 }
             }
         }
+        // MongoDB sources: setUserWriteBlockMode (Ferry's user bypasses it).
+        let mut blocked: Vec<ferry_mongo::MongoStore> = Vec::new();
+        if self.cfg.source_read_only == ReadOnlyMode::Auth {
+            for r in self.routes {
+                let crate::routes::SourceConn::Mongo(store) = &r.source else {
+                    continue;
+                };
+                let marker = self.dir.join(readonly_file(&r.route.source.to_string()));
+                let result = match write_private(&marker, br#"{"mongo_write_block":true}"#) {
+                    Ok(()) => ferry_mongo::readonly::set_user_write_block(store, true)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                if let Err(e) = result {
+                    let _ = std::fs::remove_file(&marker);
+                    self.unblock(&blocked).await;
+                    self.restore(&saved).await;
+                    return Err(failed(CutoverPhase::SourceReadOnly, e));
+                }
+                blocked.push(store.clone());
+            }
+        }
+        // Bolt files: read-only once Ferry holds their locks, which it can
+        // only take once Cells has stopped writing them.
+        let mut locked = Vec::new();
+        for r in self.routes {
+            if let crate::routes::Fence::Bolt(h) = &r.fence {
+                if let Err(e) = h.make_read_only() {
+                    for h in &locked {
+                        ferry_bolt::FenceHandle::release(h);
+                    }
+                    self.unblock(&blocked).await;
+                    self.restore(&saved).await;
+                    return Err(failed(CutoverPhase::SourceReadOnly, e.to_string()));
+                }
+                locked.push(h.clone());
+            }
+        }
         let read_only_at = now_ms();
         self.control.set_cutover(
             CutoverPhase::SourceReadOnly,
@@ -159,7 +198,13 @@ impl Cutover<'_> {
             .await;
         match &result {
             // Put the sources back; the targets stay as they are, not opened.
-            Err(_) => self.restore(&saved).await,
+            Err(_) => {
+                for h in &locked {
+                    h.release();
+                }
+                self.unblock(&blocked).await;
+                self.restore(&saved).await
+            }
             // The sources stay read-only: the service now runs on the
             // targets. The record on each source itself serves
             // `set-server-mode --mode default`.
@@ -167,9 +212,30 @@ impl Cutover<'_> {
                 for (name, _, _) in &saved {
                     let _ = std::fs::remove_file(self.dir.join(readonly_file(name)));
                 }
+                for r in self.routes {
+                    if matches!(r.source, crate::routes::SourceConn::Mongo(_)) {
+                        let _ = std::fs::remove_file(
+                            self.dir.join(readonly_file(&r.route.source.to_string())),
+                        );
+                    }
+                }
             }
         }
         result
+    }
+
+    /// Gives MongoDB sources their writes back (a failed cutover).
+    async fn unblock(&self, blocked: &[ferry_mongo::MongoStore]) {
+        for store in blocked {
+            match ferry_mongo::readonly::set_user_write_block(store, false).await {
+                Ok(()) => {
+                    let _ = std::fs::remove_file(self.dir.join(readonly_file(store.name())));
+                }
+                Err(e) => {
+                    tracing::error!(source = store.name(), error = %e, "could not unblock writes on the source; run `ferry set-server-mode --mode default`")
+                }
+            }
+        }
     }
 
     async fn restore(&self, saved: &[(String, EtcdStore, SavedPermissions)]) {
@@ -196,11 +262,12 @@ impl Cutover<'_> {
             "fencing every source; then waiting until every shard applied its fence",
         );
         let fences = futures::future::try_join_all(self.routes.iter().map(|r| async move {
-            let f = r
-                .fence
-                .fence()
-                .await
-                .map_err(|e| failed(CutoverPhase::DrainingToFence, format!("{}: {e}", r.route.source)))?;
+            let f = r.fence.fence().await.map_err(|e| {
+                failed(
+                    CutoverPhase::DrainingToFence,
+                    format!("{}: {e}", r.route.source),
+                )
+            })?;
             Ok::<_, Failed>((r.route.source.to_string(), f))
         }));
         let fences: BTreeMap<String, u64> = tokio::select! {
@@ -240,6 +307,7 @@ impl Cutover<'_> {
                         &r.source,
                         turl,
                         t,
+                        r.route.mapping,
                         crate::config::DEFAULT_VERIFY_TTL_TOLERANCE_S,
                     )
                     .await
@@ -288,6 +356,7 @@ impl Cutover<'_> {
             source_read_only_at_ms: read_only_at,
             target_opened_at_ms: opened_at,
             read_only_window_ms: opened_at.saturating_sub(read_only_at),
+            next_steps: crate::routes::next_steps(self.routes.iter().map(|r| &r.route)),
         };
         let data = serde_json::to_vec_pretty(&proof).expect("proof serialises");
         write_private(&self.dir.join(PROOF_FILE), &data).map_err(|e| {

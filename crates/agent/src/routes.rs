@@ -14,14 +14,20 @@
 //! | etcd prefix | etcd prefix |
 //! | JSON file | etcd key (the whole document, or one key per leaf with `?withKeys=true`), JSON file, Vault secret |
 //! | Vault KV v2 path | Vault KV v2 path (every version) |
+//! | MongoDB (namespaces selected by `?include=`/`?exclude=`) | MongoDB |
+//! | `cells:///home` | a `mongodb://` (each service's Bolt file, mapped to Cells' documents), an `etcd://` (`pydio.json` at `config`, `pydio-vault.json` at `vault`) and a `vault://` (the keyring) target |
 
+use crate::cells::CellsSink;
 use crate::sinks::{SinkKind, TargetSink};
+use ferry_bolt::BoltTailer;
+use ferry_cells::{CellsHome, MapOptions, Service};
 use ferry_core::{ShardSpan, StoreKind, StoreUrl};
 use ferry_etcd::{EtcdSink, EtcdStore, EtcdTailer, FenceHandle, TailerOptions};
 use ferry_file::pipeline::{FileSink, FileTailer};
 use ferry_journal::seal::SealKey;
 use ferry_journal::Journal;
 use ferry_lag::LagTracker;
+use ferry_mongo::{MongoSink, MongoStore, MongoTailer};
 use ferry_replay::{PollFence, RateLimiter, Shutdown};
 use ferry_vault::pipeline::{VaultSink, VaultTailer};
 use ferry_vault::VaultStore;
@@ -37,6 +43,8 @@ pub struct Route {
     pub source: StoreUrl,
     pub targets: Vec<StoreUrl>,
     pub span: ShardSpan,
+    /// A Cells service's Bolt file: how its entries map to Mongo documents.
+    pub mapping: Option<Service>,
 }
 
 fn with_keys(url: &StoreUrl) -> bool {
@@ -46,13 +54,21 @@ fn with_keys(url: &StoreUrl) -> bool {
 /// Whether `source` can feed `target`, in one sentence if not.
 pub fn check_pair(source: &StoreUrl, target: &StoreUrl) -> Result<(), String> {
     use StoreKind as K;
+    if source.kind() == K::Bolt {
+        return Err(format!(
+            "{source}: a Bolt file is read as part of its Cells home; give cells:///path/to/home as the source"
+        ));
+    }
     let ok = matches!(
         (source.kind(), target.kind()),
-        (K::Etcd, K::Etcd) | (K::File, K::Etcd | K::File | K::Vault) | (K::Vault, K::Vault)
+        (K::Etcd, K::Etcd)
+            | (K::File, K::Etcd | K::File | K::Vault)
+            | (K::Vault, K::Vault)
+            | (K::Mongo, K::Mongo)
     );
     if !ok {
         return Err(format!(
-            "{source} cannot feed {target}: this build moves etcd to etcd, a JSON file to etcd, a file or Vault, and Vault to Vault"
+            "{source} cannot feed {target}: this build moves etcd to etcd, a JSON file to etcd, a file or Vault, Vault to Vault, MongoDB to MongoDB, and a Cells home to MongoDB, etcd and Vault"
         ));
     }
     if source.kind() == K::File && target.kind() == K::File && with_keys(target) {
@@ -75,31 +91,43 @@ pub fn check_pair(source: &StoreUrl, target: &StoreUrl) -> Result<(), String> {
     Ok(())
 }
 
+/// A source, its targets, and the mapping of a Cells service's Bolt file.
+type Pair = (StoreUrl, Vec<StoreUrl>, Option<Service>);
+
 /// Pairs sources with targets; see the module doc.
 pub fn plan(sources: &[StoreUrl], targets: &[StoreUrl], shards: u32) -> Result<Vec<Route>, String> {
     if sources.is_empty() || targets.is_empty() {
         return Err("give at least one --source and one --target".into());
     }
-    let pairs: Vec<(StoreUrl, Vec<StoreUrl>)> = if sources.len() == 1 {
-        vec![(sources[0].clone(), targets.to_vec())]
+    let mut pairs: Vec<Pair> = Vec::new();
+    if let [StoreUrl::Cells { path }] = sources {
+        pairs = expand_cells(path, targets)?;
+    } else if sources.iter().any(|s| s.kind() == StoreKind::Cells) {
+        return Err("a cells:// source stands alone: give it as the only --source, with a mongodb://, an etcd:// and a vault:// --target".into());
+    } else if sources.len() == 1 {
+        pairs.push((sources[0].clone(), targets.to_vec(), None));
     } else if sources.len() == targets.len() {
-        sources
-            .iter()
-            .cloned()
-            .zip(targets.iter().map(|t| vec![t.clone()]))
-            .collect()
+        pairs.extend(
+            sources
+                .iter()
+                .cloned()
+                .zip(targets.iter().map(|t| vec![t.clone()]))
+                .map(|(s, t)| (s, t, None)),
+        );
     } else {
         return Err(format!(
             "{} sources and {} targets: give one source for any number of targets, or as many targets as sources (paired in order)",
             sources.len(),
             targets.len()
         ));
-    };
+    }
     let mut first = 0u32;
     let mut routes = Vec::new();
-    for (source, targets) in pairs {
+    for (source, targets, mapping) in pairs {
         for t in &targets {
-            check_pair(&source, t)?;
+            if mapping.is_none() {
+                check_pair(&source, t)?;
+            }
             if t.to_string() == source.to_string() {
                 return Err(format!(
                     "{t} is both a source and a target; give the target a different store or prefix"
@@ -114,12 +142,17 @@ pub fn plan(sources: &[StoreUrl], targets: &[StoreUrl], shards: u32) -> Result<V
             source,
             targets,
             span: ShardSpan { first, count },
+            mapping,
         });
         first += count;
     }
+    // Routes may share a Mongo target (the Cells services do): their
+    // shards differ, so do their checkpoints. Other targets are one route's.
     let mut names: Vec<String> = routes
         .iter()
-        .flat_map(|r| r.targets.iter().map(ToString::to_string))
+        .flat_map(|r| r.targets.iter())
+        .filter(|t| t.kind() != StoreKind::Mongo)
+        .map(ToString::to_string)
         .collect();
     names.sort();
     if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
@@ -129,6 +162,128 @@ pub fn plan(sources: &[StoreUrl], targets: &[StoreUrl], shards: u32) -> Result<V
         ));
     }
     Ok(routes)
+}
+
+/// `cells:///home` with its targets, as routes: each service's Bolt file to
+/// the MongoDB target, `pydio.json` and `pydio-vault.json` to the etcd
+/// target's `config` and `vault` keys, the keyring to the Vault target.
+fn expand_cells(home: &Path, targets: &[StoreUrl]) -> Result<Vec<Pair>, String> {
+    let home = CellsHome::open(home).map_err(|e| e.to_string())?;
+    let one = |kind: StoreKind| -> Result<&StoreUrl, String> {
+        let mut of_kind = targets.iter().filter(|t| t.kind() == kind);
+        match (of_kind.next(), of_kind.next()) {
+            (Some(t), None) => Ok(t),
+            (None, _) => Err(format!(
+                "cells:// needs a {} target: give --target mongodb://… (the services' data), --target etcd://… (pydio.json and pydio-vault.json) and --target vault://… (the keyring)",
+                kind.name()
+            )),
+            (Some(_), Some(_)) => Err(format!("cells:// takes one {} target, several given", kind.name())),
+        }
+    };
+    if let Some(t) = targets.iter().find(|t| {
+        !matches!(
+            t.kind(),
+            StoreKind::Mongo | StoreKind::Etcd | StoreKind::Vault
+        )
+    }) {
+        return Err(format!(
+            "{t}: a cells:// source goes to MongoDB, etcd and Vault targets only"
+        ));
+    }
+    let (mongo, etcd, vault) = (
+        one(StoreKind::Mongo)?,
+        one(StoreKind::Etcd)?,
+        one(StoreKind::Vault)?,
+    );
+    let (config_key, vault_key) = cells_etcd_keys(etcd);
+    let with_prefix = |prefix: String| match etcd.clone() {
+        StoreUrl::Etcd {
+            tls,
+            endpoints,
+            user,
+            password,
+            params,
+            ..
+        } => StoreUrl::Etcd {
+            tls,
+            endpoints,
+            prefix,
+            user,
+            password,
+            params,
+        },
+        other => other,
+    };
+    let keyring = match vault.clone() {
+        StoreUrl::Vault {
+            tls,
+            endpoint,
+            mount,
+            path,
+            token,
+            params,
+        } => StoreUrl::Vault {
+            tls,
+            endpoint,
+            mount,
+            path: if path.is_empty() && !params.contains_key("key") {
+                "keyring".into()
+            } else {
+                path
+            },
+            token,
+            params,
+        },
+        other => other,
+    };
+    let mut out = Vec::new();
+    for (service, path) in &home.bolts {
+        out.push((
+            StoreUrl::Bolt { path: path.clone() },
+            vec![mongo.clone()],
+            Some(*service),
+        ));
+    }
+    out.push((
+        StoreUrl::File {
+            path: home.config.clone(),
+        },
+        vec![with_prefix(config_key)],
+        None,
+    ));
+    out.push((
+        StoreUrl::File {
+            path: home.vault.clone(),
+        },
+        vec![with_prefix(vault_key)],
+        None,
+    ));
+    out.push((
+        StoreUrl::File {
+            path: home.keyring.clone(),
+        },
+        vec![keyring],
+        None,
+    ));
+    Ok(out)
+}
+
+/// The etcd keys Cells reads its configuration and vault from, given the
+/// target URL: `etcd://h:2379` or `…/config` → `config` and `vault` (as
+/// Cells derives its vault URL from its config URL); `…/p` → `p/config`
+/// and `p/vault`.
+pub fn cells_etcd_keys(etcd: &StoreUrl) -> (String, String) {
+    let prefix = match etcd {
+        StoreUrl::Etcd { prefix, .. } => prefix.trim_matches('/').to_string(),
+        _ => String::new(),
+    };
+    if prefix.is_empty() {
+        return ("config".into(), "vault".into());
+    }
+    match prefix.strip_suffix("config") {
+        Some(base) => (prefix.clone(), format!("{base}vault")),
+        None => (format!("{prefix}/config"), format!("{prefix}/vault")),
+    }
 }
 
 /// The total shard count of a plan.
@@ -149,6 +304,8 @@ pub enum SourceConn {
     Etcd(EtcdStore),
     File(PathBuf),
     Vault(Arc<VaultStore>),
+    Mongo(MongoStore),
+    Bolt(PathBuf),
 }
 
 /// A connected target.
@@ -157,6 +314,7 @@ pub enum TargetConn {
     Etcd(EtcdStore),
     File(PathBuf),
     Vault(Arc<VaultStore>),
+    Mongo(MongoStore),
 }
 
 fn file_path(url: &StoreUrl) -> Option<PathBuf> {
@@ -183,6 +341,23 @@ impl SourceConn {
                 .await
                 .map(|s| SourceConn::Vault(Arc::new(s)))
                 .map_err(|e| e.to_string()),
+            StoreKind::Mongo => MongoStore::connect(url)
+                .await
+                .map(SourceConn::Mongo)
+                .map_err(|e| e.to_string()),
+            StoreKind::Bolt => {
+                let StoreUrl::Bolt { path } = url else {
+                    unreachable!("bolt kind")
+                };
+                let p = path.clone();
+                tokio::task::spawn_blocking(move || {
+                    ferry_bolt::BoltFile::open(&p).and_then(|f| f.head())
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+                Ok(SourceConn::Bolt(path.clone()))
+            }
             other => Err(format!(
                 "{url}: {} sources arrive with a later release",
                 other.name()
@@ -210,6 +385,10 @@ impl TargetConn {
                 .await
                 .map(|s| TargetConn::Vault(Arc::new(s)))
                 .map_err(|e| e.to_string()),
+            StoreKind::Mongo => MongoStore::connect(url)
+                .await
+                .map(TargetConn::Mongo)
+                .map_err(|e| e.to_string()),
             other => Err(format!(
                 "{url}: {} targets arrive with a later release",
                 other.name()
@@ -223,15 +402,27 @@ pub enum Tailer {
     Etcd(Box<EtcdTailer>),
     File(FileTailer),
     Vault(VaultTailer),
+    Mongo(Box<MongoTailer>),
+    Bolt(Box<BoltTailer>),
 }
 
 /// How the cutover fences a route's source.
 #[derive(Clone)]
 pub enum Fence {
     /// Wait for the tailer to see the source's head revision.
-    Etcd { handle: FenceHandle, store: EtcdStore },
+    Etcd {
+        handle: FenceHandle,
+        store: EtcdStore,
+    },
     /// Ask the polling tailer for one more complete look.
     Poll(PollFence),
+    /// Wait for the tailer to see the cluster time read after the switch.
+    Mongo {
+        handle: ferry_mongo::FenceHandle,
+        store: MongoStore,
+    },
+    /// The file's lock taken (Cells' writers gone), then its txid.
+    Bolt(ferry_bolt::FenceHandle),
 }
 
 impl Fence {
@@ -246,6 +437,17 @@ impl Fence {
                 Ok(u64::try_from(rev).unwrap_or(0))
             }
             Fence::Poll(p) => p.fence().await,
+            Fence::Mongo { handle, store } => {
+                let at = store.head_position().await.map_err(|e| e.to_string())?;
+                handle.fence(at).await.map_err(|e| e.to_string())?;
+                Ok(at)
+            }
+            Fence::Bolt(h) => {
+                // The lock is taken by the read-only step; this reads the head.
+                let txid = h.make_read_only().map_err(|e| e.to_string())?;
+                h.fence(txid).await.map_err(|e| e.to_string())?;
+                Ok(txid)
+            }
         }
     }
 
@@ -258,6 +460,12 @@ impl Fence {
                 .map(|(k, r)| (k, u64::try_from(r).unwrap_or(0)))
                 .collect(),
             Fence::Poll(p) => p.writes_after_fence(),
+            Fence::Mongo { handle, .. } => handle
+                .writes_after_fence()
+                .into_iter()
+                .map(|w| (format!("{} {}", w.namespace, w.id).into_bytes(), w.position))
+                .collect(),
+            Fence::Bolt(h) => h.writes_after_fence(),
         }
     }
 }
@@ -270,12 +478,26 @@ pub struct Built {
 }
 
 /// Options shared by every route's tailer.
+#[derive(Clone)]
 pub struct BuildOptions {
     pub resnapshot_on_compaction: bool,
     pub source_limiter: Option<Arc<RateLimiter>>,
     pub journal_id: String,
     pub seal: Arc<SealKey>,
     pub vault_poll: std::time::Duration,
+    /// For a MongoDB source: its collections' options and indexes.
+    pub mongo_catalog: Option<ferry_mongo::Catalog>,
+}
+
+/// The database a Mongo URL names (`cells` when it names none, as Cells'
+/// own default DSN does).
+pub fn mongo_db(url: &StoreUrl) -> String {
+    match url {
+        StoreUrl::Mongo {
+            database: Some(d), ..
+        } if !d.is_empty() => d.clone(),
+        _ => "cells".into(),
+    }
 }
 
 /// Builds a route's tailer, fence and sinks over connected stores.
@@ -334,6 +556,32 @@ pub fn build(
             let fence = Fence::Poll(t.fence_handle());
             (Tailer::Vault(t), fence, None, String::new())
         }
+        SourceConn::Mongo(store) => {
+            let t = MongoTailer::new(
+                store.clone(),
+                name,
+                route.span,
+                ferry_mongo::TailerOptions::default(),
+            );
+            let fence = Fence::Mongo {
+                handle: t.fence_handle(),
+                store: store.clone(),
+            };
+            (Tailer::Mongo(Box::new(t)), fence, None, String::new())
+        }
+        SourceConn::Bolt(path) => {
+            let t = BoltTailer::new(
+                path.clone(),
+                name,
+                route.span,
+                ferry_bolt::TailerOptions {
+                    rate_limit: o.source_limiter.clone(),
+                    ..Default::default()
+                },
+            );
+            let fence = Fence::Bolt(t.fence_handle());
+            (Tailer::Bolt(Box::new(t)), fence, None, String::new())
+        }
     };
     let mut sinks = Vec::new();
     for (url, conn) in route.targets.iter().zip(targets) {
@@ -351,6 +599,32 @@ pub fn build(
             ),
             TargetConn::File(path) => SinkKind::File(FileSink::new(path.clone(), name)),
             TargetConn::Vault(store) => SinkKind::Vault(VaultSink::new((**store).clone(), name)),
+            TargetConn::Mongo(store) => {
+                let sweep_source = match source {
+                    SourceConn::Mongo(s) => Some(s.clone()),
+                    _ => None,
+                };
+                let sink = MongoSink::new(
+                    store.clone(),
+                    name,
+                    ferry_mongo::SinkOptions {
+                        catalog: o.mongo_catalog.clone(),
+                        sweep_source,
+                        span: Some(route.span),
+                        journal_id: Some(o.journal_id.clone()),
+                        ..Default::default()
+                    },
+                );
+                match route.mapping {
+                    Some(service) => SinkKind::Cells(CellsSink::new(
+                        sink,
+                        service,
+                        MapOptions::default(),
+                        mongo_db(url),
+                    )),
+                    None => SinkKind::Mongo(sink),
+                }
+            }
         };
         sinks.push(Arc::new(TargetSink::new(kind, Arc::clone(&o.seal))));
     }
@@ -369,9 +643,26 @@ impl Tailer {
         shutdown: Shutdown,
     ) -> Result<(), String> {
         match self {
-            Tailer::Etcd(t) => t.run(journal, lag, shutdown).await.map_err(|e| e.to_string()),
-            Tailer::File(t) => t.run(journal, lag, shutdown).await.map_err(|e| e.to_string()),
-            Tailer::Vault(t) => t.run(journal, lag, shutdown).await.map_err(|e| e.to_string()),
+            Tailer::Etcd(t) => t
+                .run(journal, lag, shutdown)
+                .await
+                .map_err(|e| e.to_string()),
+            Tailer::File(t) => t
+                .run(journal, lag, shutdown)
+                .await
+                .map_err(|e| e.to_string()),
+            Tailer::Vault(t) => t
+                .run(journal, lag, shutdown)
+                .await
+                .map_err(|e| e.to_string()),
+            Tailer::Mongo(t) => t
+                .run(journal, lag, shutdown)
+                .await
+                .map_err(|e| e.to_string()),
+            Tailer::Bolt(t) => t
+                .run(journal, lag, shutdown)
+                .await
+                .map_err(|e| e.to_string()),
         }
     }
 }
@@ -392,6 +683,14 @@ impl Comparison {
     pub fn is_equal(&self) -> bool {
         self.differences == 0
     }
+
+    /// One more difference (the first 20 kept).
+    pub fn note(&mut self, detail: String) {
+        self.differences += 1;
+        if self.details.len() < 20 {
+            self.details.push(detail);
+        }
+    }
 }
 
 /// Compares a source with a target the way the route copies it.
@@ -400,9 +699,42 @@ pub async fn compare(
     source: &SourceConn,
     target_url: &StoreUrl,
     target: &TargetConn,
+    mapping: Option<Service>,
     ttl_tolerance_s: i64,
 ) -> Result<Comparison, String> {
     match (source, target) {
+        (SourceConn::Bolt(path), TargetConn::Mongo(t)) => {
+            let service = mapping.ok_or_else(|| format!("{source_url}: a Bolt file is compared through its Cells home"))?;
+            crate::cells::compare(path, service, &MapOptions::default(), t, &mongo_db(target_url)).await
+        }
+        (SourceConn::Mongo(s), TargetConn::Mongo(t)) => {
+            let namespaces = s.selected_namespaces().await.map_err(|e| e.to_string())?;
+            let r = ferry_mongo::verify::compare(s, t, &namespaces)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut c = Comparison {
+                compared: r.source_documents(),
+                ..Default::default()
+            };
+            for d in &r.differences {
+                c.note(format!("{d:?}"));
+            }
+            for ns in &r.namespaces {
+                for i in &ns.index_differences {
+                    c.note(format!("{}: index {i}", ns.namespace));
+                }
+                if ns.source_documents != ns.target_documents && r.differences.is_empty() {
+                    c.note(format!("{}: {} documents on the source, {} on the target", ns.namespace, ns.source_documents, ns.target_documents));
+                }
+            }
+            c.summary = format!(
+                "compared {} namespaces ({} source documents) of {source_url} with {target_url} by content digests, indexes included: {} differences",
+                r.namespaces.len(),
+                c.compared,
+                c.differences
+            );
+            Ok(c)
+        }
         (SourceConn::Etcd(s), TargetConn::Etcd(t)) => {
             let r = ferry_etcd::verify::compare(s, t, ttl_tolerance_s)
                 .await
@@ -475,7 +807,8 @@ async fn compare_document(
     target_url: &StoreUrl,
     target: &TargetConn,
 ) -> Result<Comparison, String> {
-    let src = ferry_file::read_settled(path, ferry_file::DEFAULT_SETTLE).map_err(|e| e.to_string())?;
+    let src =
+        ferry_file::read_settled(path, ferry_file::DEFAULT_SETTLE).map_err(|e| e.to_string())?;
     let (bytes, json, how): (Option<bool>, bool, &str) = match target {
         TargetConn::File(tp) => {
             let t = ferry_file::read(tp).map_err(|e| e.to_string())?;
@@ -485,7 +818,10 @@ async fn compare_document(
             let mut c = store.client();
             let prefix = store.prefix().to_vec();
             let r = c
-                .get(prefix.clone(), Some(etcd_client::GetOptions::new().with_prefix()))
+                .get(
+                    prefix.clone(),
+                    Some(etcd_client::GetOptions::new().with_prefix()),
+                )
                 .await
                 .map_err(|e| format!("reading {target_url}: {e}"))?;
             let have: std::collections::BTreeMap<String, Vec<u8>> = r
@@ -543,6 +879,11 @@ async fn compare_document(
                 None => (Some(false), false, "etcd key (absent)"),
             }
         }
+        TargetConn::Mongo(_) => {
+            return Err(format!(
+                "{target_url}: a JSON document is not copied to MongoDB"
+            ))
+        }
         TargetConn::Vault(store) => {
             let data = store.read().await.map_err(|e| e.to_string())?;
             let same = data.is_some_and(|d| serde_json::Value::Object(d) == src.value);
@@ -569,4 +910,40 @@ async fn compare_document(
             if json { "equal" } else { "DIFFERS" }
         ),
     })
+}
+
+/// For a Cells migration: the environment that points Cells at its new
+/// stores and what Ferry did not copy. Empty for other migrations.
+pub fn next_steps<'a>(routes: impl Iterator<Item = &'a Route>) -> Vec<String> {
+    let routes: Vec<&Route> = routes.collect();
+    let Some(mongo) = routes
+        .iter()
+        .find(|r| r.mapping.is_some())
+        .and_then(|r| r.targets.first())
+    else {
+        return Vec::new();
+    };
+    let file_target = |name: &str| {
+        routes
+            .iter()
+            .find(|r| matches!(&r.source, StoreUrl::File { path } if path.file_name().is_some_and(|f| f == name)))
+            .and_then(|r| r.targets.first())
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    };
+    let services: Vec<&str> = routes
+        .iter()
+        .filter_map(|r| r.mapping.map(Service::name))
+        .collect();
+    vec![
+        format!("export CELLS_CONFIG={}", file_target("pydio.json")),
+        format!("export CELLS_VAULT={}", file_target("pydio-vault.json")),
+        format!("export CELLS_KEYRING={}", file_target("cells-vault-key")),
+        format!(
+            "point these services' storage at {mongo} (`cells admin config db add`; Ferry copied pydio.json unchanged): {}",
+            services.join(", ")
+        ),
+        "rebuild the search and log indexes, which Ferry does not copy (Bleve files): cells admin resync --service pydio.grpc.search".into(),
+        "certs/ (ACME certificates) is not copied by this build: Cells requests new ones, or copy them into Vault `caddycerts` yourself".into(),
+    ]
 }

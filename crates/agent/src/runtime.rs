@@ -110,6 +110,7 @@ impl AgentRun {
             journal_id,
             seal,
             vault_poll: Duration::from_millis(self.cfg.vault_poll_ms),
+            mongo_catalog: None,
         };
 
         let lag = Arc::new(LagTracker::new());
@@ -137,7 +138,22 @@ impl AgentRun {
                     .map_err(|e| e.to_string())?;
                 lag.register(shard, journaled, &applied);
             }
-            let built = routes::build(&route, &source, &targets, &opts)?;
+            let catalog = match &source {
+                SourceConn::Mongo(s) => {
+                    let namespaces = s.selected_namespaces().await.map_err(|e| e.to_string())?;
+                    Some(
+                        ferry_mongo::Catalog::read(s, &namespaces)
+                            .await
+                            .map_err(|e| e.to_string())?,
+                    )
+                }
+                _ => None,
+            };
+            let route_opts = routes::BuildOptions {
+                mongo_catalog: catalog,
+                ..opts.clone()
+            };
+            let built = routes::build(&route, &source, &targets, &route_opts)?;
             for sink in &built.sinks {
                 ferry_replay::Sink::startup(sink.as_ref())
                     .await

@@ -16,6 +16,8 @@ pub enum SinkKind {
     Etcd(EtcdSink),
     File(FileSink),
     Vault(VaultSink),
+    Mongo(ferry_mongo::MongoSink),
+    Cells(crate::cells::CellsSink),
 }
 
 pub struct TargetSink {
@@ -30,7 +32,15 @@ impl TargetSink {
 
     /// `events` with every sealed value opened (borrowed when none is sealed).
     fn open<'e>(&self, events: &'e [Event]) -> Result<Cow<'e, [Event]>, SinkError> {
-        let sealed = |e: &Event| matches!(&e.op, Op::Put { value: Value::Sealed { .. }, .. });
+        let sealed = |e: &Event| {
+            matches!(
+                &e.op,
+                Op::Put {
+                    value: Value::Sealed { .. },
+                    ..
+                }
+            )
+        };
         if !events.iter().any(sealed) {
             return Ok(Cow::Borrowed(events));
         }
@@ -39,10 +49,7 @@ impl TargetSink {
             if let Op::Put { value, .. } = &mut e.op {
                 if matches!(value, Value::Sealed { .. }) {
                     let plain = self.seal.open(value).map_err(|err| {
-                        SinkError::fatal(format!(
-                            "shard {} sequence {}: {err}",
-                            e.shard, e.seq
-                        ))
+                        SinkError::fatal(format!("shard {} sequence {}: {err}", e.shard, e.seq))
                     })?;
                     *value = Value::Plain(plain);
                 }
@@ -58,6 +65,8 @@ macro_rules! each {
             SinkKind::Etcd($s) => $body,
             SinkKind::File($s) => $body,
             SinkKind::Vault($s) => $body,
+            SinkKind::Mongo($s) => $body,
+            SinkKind::Cells($s) => $body,
         }
     };
 }

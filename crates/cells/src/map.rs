@@ -67,6 +67,19 @@ impl Service {
         }
     }
 
+    /// The MongoDB collections the service's documents go to.
+    pub fn collections(self, opts: &MapOptions) -> Vec<String> {
+        let names: &[&str] = match self {
+            Service::Docstore => &["documents"],
+            Service::Activity => &["activities", "subscriptions", "markers"],
+            Service::Chat => &["rooms", "messages"],
+            Service::Mailer => &["mailqueues"],
+            Service::Versions => &["versions"],
+            Service::Jobs => &["jobs", "tasks"],
+        };
+        names.iter().map(|n| opts.collection(self, n)).collect()
+    }
+
     /// The storage prefix Cells gives the service's Mongo DAO.
     fn prefix(self) -> &'static str {
         match self {

@@ -201,8 +201,14 @@ pub struct ServerModeArgs {
 pub struct VerifyArgs {
     #[arg(long, env = "FERRY_SOURCE")]
     pub source: String,
-    #[arg(long, env = "FERRY_TARGET")]
-    pub target: String,
+    /// The copy to compare; a cells:// source takes its three targets.
+    #[arg(
+        long = "target",
+        env = "FERRY_TARGET",
+        required = true,
+        value_delimiter = ' '
+    )]
+    pub targets: Vec<String>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,

@@ -223,7 +223,12 @@ impl FileTailer {
             }
         };
         let pos = Position::at(round);
-        let mut per_shard = app.markers(Op::SnapshotBegin { total_keys: Some(1) }, &pos);
+        let mut per_shard = app.markers(
+            Op::SnapshotBegin {
+                total_keys: Some(1),
+            },
+            &pos,
+        );
         for e in self.changes(None, &first, round) {
             let i = app.index(e.shard);
             per_shard[i].push(e);
@@ -363,10 +368,8 @@ mod tests {
 
     #[test]
     fn leaves_cover_nesting_arrays_and_empty_containers() {
-        let doc: Json = serde_json::from_str(
-            r#"{"a":{"b":1,"c":[true,"x"]},"e":{},"f":[],"g":null}"#,
-        )
-        .unwrap();
+        let doc: Json =
+            serde_json::from_str(r#"{"a":{"b":1,"c":[true,"x"]},"e":{},"f":[],"g":null}"#).unwrap();
         let l = leaves(&doc);
         let keys: Vec<&str> = l.keys().map(String::as_str).collect();
         assert_eq!(keys, ["/a/b", "/a/c/0", "/a/c/1", "/e", "/f", "/g"]);

@@ -51,8 +51,10 @@ impl PollFence {
     /// Tailer side, before a look: takes a pending request. The tailer
     /// answers it with [`FenceRequest::done`] after journaling the look.
     pub fn take_request(&self) -> Option<FenceRequest> {
-        self.with(|s| s.request.take())
-            .map(|tx| FenceRequest { tx, fence: self.clone() })
+        self.with(|s| s.request.take()).map(|tx| FenceRequest {
+            tx,
+            fence: self.clone(),
+        })
     }
 
     /// Tailer side: a change was journaled at `position`; recorded as a

@@ -278,8 +278,7 @@ impl VaultTailer {
                     );
                     let mut v: Vec<u64> = (1..=meta.current_version)
                         .filter(|n| {
-                            *n > old.current_version
-                                || old.versions.get(n) != meta.versions.get(n)
+                            *n > old.current_version || old.versions.get(n) != meta.versions.get(n)
                         })
                         .collect();
                     if v.is_empty() && settings_changed {
@@ -288,13 +287,16 @@ impl VaultTailer {
                     v
                 }
             };
-            events.extend(
-                self.version_events(path, meta, versions, round)
-                    .await?,
-            );
+            events.extend(self.version_events(path, meta, versions, round).await?);
         }
         for path in prev.keys().filter(|p| !metas.contains_key(*p)) {
-            events.push(self.event(path, round, Op::Delete { meta: StoreMeta::None }));
+            events.push(self.event(
+                path,
+                round,
+                Op::Delete {
+                    meta: StoreMeta::None,
+                },
+            ));
         }
         if !events.is_empty() {
             for e in &events {
@@ -324,7 +326,12 @@ impl VaultTailer {
         let custom: BTreeMap<String, String> = meta
             .custom_metadata
             .iter()
-            .map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_string)))
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.as_str().map_or_else(|| v.to_string(), str::to_string),
+                )
+            })
             .collect();
         for v in versions {
             let state = meta.versions.get(&v);
@@ -339,7 +346,11 @@ impl VaultTailer {
             let vm = VaultVersionMeta {
                 version: v,
                 created_time: state.map(|s| s.created_time.clone()).unwrap_or_default(),
-                deletion_time: if deleted { "deleted".into() } else { String::new() },
+                deletion_time: if deleted {
+                    "deleted".into()
+                } else {
+                    String::new()
+                },
                 destroyed,
                 custom_metadata: custom.clone(),
                 max_versions: u32::try_from(meta.max_versions).unwrap_or(u32::MAX),
@@ -521,19 +532,24 @@ impl VaultSink {
                 self.store.version_op(VersionOp::Delete, path, &[n]).await?;
             }
             if destroyed && !t_des {
-                self.store.version_op(VersionOp::Destroy, path, &[n]).await?;
+                self.store
+                    .version_op(VersionOp::Destroy, path, &[n])
+                    .await?;
             }
             if !deleted && !destroyed && t_del && !t_des {
                 self.store
                     .version_op(VersionOp::Undelete, path, &[n])
                     .await?;
             }
-            k.states.insert(n, (deleted || (t_del && destroyed), destroyed || t_des));
+            k.states
+                .insert(n, (deleted || (t_del && destroyed), destroyed || t_des));
             self.remember(path, k);
-            let p = pending_settings.entry(path.to_string()).or_insert_with(|| Pending {
-                meta: m.clone(),
-                created: BTreeMap::new(),
-            });
+            let p = pending_settings
+                .entry(path.to_string())
+                .or_insert_with(|| Pending {
+                    meta: m.clone(),
+                    created: BTreeMap::new(),
+                });
             p.meta = m.clone();
             if !m.created_time.is_empty() {
                 p.created.insert(n, m.created_time.clone());
@@ -543,7 +559,9 @@ impl VaultSink {
         Err(VaultError::Server {
             store: self.name.clone(),
             status: 0,
-            detail: format!("{path}: check-and-set kept failing; is something else writing the target?"),
+            detail: format!(
+                "{path}: check-and-set kept failing; is something else writing the target?"
+            ),
         })
     }
 
@@ -559,7 +577,10 @@ impl VaultSink {
             .collect();
         // Keep creation times recorded before; add this version's.
         if let Some((_, _, _, old)) = &k.settings {
-            for (key, v) in old.iter().filter(|(key, _)| key.starts_with(CREATED_KEY_PREFIX)) {
+            for (key, v) in old
+                .iter()
+                .filter(|(key, _)| key.starts_with(CREATED_KEY_PREFIX))
+            {
                 custom.insert(key.clone(), v.clone());
             }
         }
@@ -601,11 +622,7 @@ impl VaultSink {
                 self.name
             )));
         };
-        let current = self
-            .store
-            .read_at(path)
-            .await
-            .map_err(|e| self.err(e))?;
+        let current = self.store.read_at(path).await.map_err(|e| self.err(e))?;
         if current.as_ref() == Some(&data) {
             return Ok(());
         }

@@ -298,7 +298,10 @@ impl VaultStore {
         path: &str,
         other_path: &str,
     ) -> Result<Vec<String>, VaultError> {
-        let (a, b) = (self.metadata(path).await?, other.metadata(other_path).await?);
+        let (a, b) = (
+            self.metadata(path).await?,
+            other.metadata(other_path).await?,
+        );
         let (Some(a), Some(b)) = (a, b) else {
             return Ok(vec![format!("{path}: present on one side only")]);
         };

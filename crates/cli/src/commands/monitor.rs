@@ -124,6 +124,12 @@ pub fn proof_text(p: &ferry_agent::api::CutoverProof) -> String {
             applied.join(" ")
         ));
     }
+    if !p.next_steps.is_empty() {
+        out.push_str("next steps:\n");
+        for step in &p.next_steps {
+            out.push_str(&format!("  {step}\n"));
+        }
+    }
     out
 }
 

@@ -285,13 +285,22 @@ pub async fn config_route(
                 if n > 0 && !force && !resuming {
                     return Err(occupied(format!("{n} keys under its prefix")));
                 }
-                line("target", format!("{t}: reachable, the document fits its request limit"));
+                line(
+                    "target",
+                    format!("{t}: reachable, the document fits its request limit"),
+                );
             }
             StoreUrl::File { path } => {
                 if path.exists() && !force && !resuming {
                     return Err(occupied("a file".into()));
                 }
-                line("target", format!("{}: written atomically (temporary file, fsync, rename)", path.display()));
+                line(
+                    "target",
+                    format!(
+                        "{}: written atomically (temporary file, fsync, rename)",
+                        path.display()
+                    ),
+                );
             }
             StoreUrl::Vault { .. } => {
                 let store = ferry_vault::VaultStore::connect(t)
@@ -301,7 +310,9 @@ pub async fn config_route(
                     if !d.value.is_object() {
                         return Err(CliError::new(
                             ExitCode::Usage,
-                            format!("{t}: a Vault secret holds a JSON object, and {source} is not one"),
+                            format!(
+                                "{t}: a Vault secret holds a JSON object, and {source} is not one"
+                            ),
                         ));
                     }
                     if d.bytes.len() + 64 > ferry_vault::MAX_REQUEST_BYTES {
@@ -315,7 +326,10 @@ pub async fn config_route(
                 if n > 0 && !force && !resuming {
                     return Err(occupied(format!("{n} secrets")));
                 }
-                line("target", format!("{t}: reachable, token accepted, KV version 2, {n} secrets"));
+                line(
+                    "target",
+                    format!("{t}: reachable, token accepted, KV version 2, {n} secrets"),
+                );
             }
             other => {
                 return Err(CliError::new(
@@ -324,6 +338,115 @@ pub async fn config_route(
                 ))
             }
         }
+    }
+    Ok(())
+}
+
+fn mongo_refused(e: ferry_mongo::MongoError) -> CliError {
+    let code = match e.kind() {
+        ferry_core::ErrorKind::Fatal | ferry_core::ErrorKind::Permanent => ExitCode::Refused,
+        ferry_core::ErrorKind::Transient => ExitCode::Refused,
+    };
+    let code = if matches!(e, ferry_mongo::MongoError::MalformedUri { .. }) {
+        ExitCode::Usage
+    } else {
+        code
+    };
+    CliError::new(code, e.to_string())
+}
+
+/// Pre-checks of a MongoDB → MongoDB route.
+pub async fn mongo_route(
+    route: &ferry_agent::routes::Route,
+    force: bool,
+    resuming: bool,
+    external_read_only: bool,
+) -> Result<(), CliError> {
+    let src = ferry_mongo::MongoStore::connect(&route.source)
+        .await
+        .map_err(mongo_refused)?;
+    src.check_change_streams().map_err(mongo_refused)?;
+    if external_read_only {
+        line("source", "read-only at cutover: external (you stop the writers; Ferry refuses to open the target if it sees a write after the fence)");
+    } else {
+        ferry_mongo::readonly::check_write_block(&src)
+            .await
+            .map_err(mongo_refused)?;
+        line("source", "read-only at cutover: setUserWriteBlockMode (Ferry's user needs bypassWriteBlockingMode)");
+    }
+    for t in &route.targets {
+        let tgt = ferry_mongo::MongoStore::connect(t)
+            .await
+            .map_err(mongo_refused)?;
+        let namespaces = ferry_mongo::precheck(&src, &tgt, force || resuming)
+            .await
+            .map_err(mongo_refused)?;
+        line(
+            "source",
+            format!(
+                "{}: reachable, change streams available, {} namespaces selected",
+                route.source,
+                namespaces.len()
+            ),
+        );
+        line(
+            "target",
+            format!("{t}: reachable; documents fit its size limit"),
+        );
+    }
+    Ok(())
+}
+
+/// Pre-checks of a Cells service route: the Bolt file reads, the target's
+/// collections for that service are empty (or `--force`).
+pub async fn cells_route(
+    route: &ferry_agent::routes::Route,
+    force: bool,
+    resuming: bool,
+) -> Result<(), CliError> {
+    let StoreUrl::Bolt { path } = &route.source else {
+        return Ok(());
+    };
+    let service = route.mapping.expect("a Cells route has a mapping");
+    let p = path.clone();
+    let head =
+        tokio::task::spawn_blocking(move || ferry_bolt::BoltFile::open(&p).and_then(|f| f.head()))
+            .await
+            .map_err(|e| CliError::new(ExitCode::Runtime, e.to_string()))?
+            .map_err(|e| CliError::new(ExitCode::Usage, e.to_string()))?;
+    for t in &route.targets {
+        let tgt = ferry_mongo::MongoStore::connect(t)
+            .await
+            .map_err(mongo_refused)?;
+        let db = ferry_agent::routes::mongo_db(t);
+        let namespaces: Vec<ferry_mongo::Namespace> = service
+            .collections(&ferry_cells::MapOptions::default())
+            .into_iter()
+            .map(|c| ferry_mongo::Namespace::new(db.clone(), c))
+            .collect();
+        tgt.check_target_empty(&namespaces, force || resuming)
+            .await
+            .map_err(mongo_refused)?;
+        line(
+            "source",
+            format!(
+                "{} ({}): a Bolt file at transaction {}; read-only at cutover: its lock, which Ferry can only take once Cells has stopped",
+                path.display(),
+                service.name(),
+                head.txid
+            ),
+        );
+        line(
+            "target",
+            format!(
+                "{t}: reachable; {} empty",
+                namespaces
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        );
     }
     Ok(())
 }

@@ -112,10 +112,22 @@ pub fn run(args: StartArgs) -> Result<(), CliError> {
     // Local checks first: they are cheap and need no network.
     precheck::journal(dir)?;
     let resuming = existing.is_some();
+    let external = args.source_read_only == ferry_agent::config::ReadOnlyMode::External;
     for route in &routes {
-        if route.source.kind() != ferry_core::StoreKind::Etcd {
-            rt.block_on(precheck::config_route(route, args.force, resuming))?;
-            continue;
+        match route.source.kind() {
+            ferry_core::StoreKind::Etcd => {}
+            ferry_core::StoreKind::Mongo => {
+                rt.block_on(precheck::mongo_route(route, args.force, resuming, external))?;
+                continue;
+            }
+            ferry_core::StoreKind::Bolt => {
+                rt.block_on(precheck::cells_route(route, args.force, resuming))?;
+                continue;
+            }
+            _ => {
+                rt.block_on(precheck::config_route(route, args.force, resuming))?;
+                continue;
+            }
         }
         let checked = rt.block_on(precheck::stores(
             &route.source,

@@ -12,21 +12,50 @@ use ferry_core::{ExitCode, StoreUrl};
 
 pub fn run(a: VerifyArgs) -> Result<(), CliError> {
     let src = StoreUrl::parse(&a.source)?;
-    let tgt = StoreUrl::parse(&a.target)?;
-    routes::check_pair(&src, &tgt).map_err(|e| CliError::new(ExitCode::Usage, e))?;
+    let targets = a
+        .targets
+        .iter()
+        .filter(|t| !t.trim().is_empty())
+        .map(|t| StoreUrl::parse(t))
+        .collect::<Result<Vec<_>, _>>()?;
+    // A cells:// source expands into its stores; every other pair is one route.
+    let plan = routes::plan(std::slice::from_ref(&src), &targets, 1)
+        .map_err(|e| CliError::new(ExitCode::Usage, e))?;
     let rt = runtime()?;
-    rt.block_on(async {
-        let s = SourceConn::connect(&src)
+    let mut failed = Vec::new();
+    for route in &plan {
+        for tgt in &route.targets {
+            if let Err(e) = rt.block_on(one(&a, route, tgt)) {
+                eprintln!("ferry: {}", e.message);
+                failed.push(e);
+            }
+        }
+    }
+    match failed.len() {
+        0 => Ok(()),
+        1 => Err(failed.remove(0)),
+        n => Err(CliError::new(
+            ExitCode::Runtime,
+            format!("{n} of the stores differ from their source; see above"),
+        )),
+    }
+}
+
+async fn one(a: &VerifyArgs, route: &routes::Route, tgt: &StoreUrl) -> Result<(), CliError> {
+    let src = &route.source;
+    {
+        let s = SourceConn::connect(src)
             .await
             .map_err(|e| CliError::new(ExitCode::Refused, e))?;
-        let t = TargetConn::connect(&tgt)
+        let t = TargetConn::connect(tgt)
             .await
             .map_err(|e| CliError::new(ExitCode::Refused, e))?;
         let report = routes::compare(
-            &src,
+            src,
             &s,
-            &tgt,
+            tgt,
             &t,
+            route.mapping,
             ferry_agent::config::DEFAULT_VERIFY_TTL_TOLERANCE_S,
         )
         .await
@@ -50,5 +79,5 @@ pub fn run(a: VerifyArgs) -> Result<(), CliError> {
         }
         println!("equal: {} compared", report.compared);
         Ok(())
-    })
+    }
 }

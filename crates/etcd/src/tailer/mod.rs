@@ -93,7 +93,12 @@ pub struct EtcdTailer {
 impl EtcdTailer {
     /// `source_name` names the journal checkpoint (stable across restarts);
     /// `span` is the journal's shards this source's events go to.
-    pub fn new(store: EtcdStore, source_name: String, span: ShardSpan, opts: TailerOptions) -> Self {
+    pub fn new(
+        store: EtcdStore,
+        source_name: String,
+        span: ShardSpan,
+        opts: TailerOptions,
+    ) -> Self {
         let (fence_tx, fence_rx) = mpsc::channel(16);
         EtcdTailer {
             store,
@@ -367,7 +372,8 @@ impl<'a, J: Journal> Appender<'a, J> {
         store: String,
         span: ShardSpan,
     ) -> Result<Self, EtcdError> {
-        let inner = SpanAppender::load(journal, lag, source, span).map_err(|e| append_err(&store, e))?;
+        let inner =
+            SpanAppender::load(journal, lag, source, span).map_err(|e| append_err(&store, e))?;
         Ok(Appender { inner, store })
     }
 

@@ -147,7 +147,12 @@ impl Pipeline {
         let lag = Arc::new(LagTracker::new());
         let (stop, shutdown) = Shutdown::new();
         let source_prefix = source.prefix().to_vec();
-        let tailer = EtcdTailer::new(source, SOURCE.into(), ferry_core::ShardSpan::all(shards), opts);
+        let tailer = EtcdTailer::new(
+            source,
+            SOURCE.into(),
+            ferry_core::ShardSpan::all(shards),
+            opts,
+        );
         let fence = tailer.fence_handle();
         let sink = Arc::new(EtcdSink::new(
             target,

@@ -54,7 +54,12 @@ async fn compaction_fails_or_resnapshots_and_converges() {
 
     // Without re-snapshot: a clear error naming both revisions.
     let (_stop, shutdown) = Shutdown::new();
-    let t = EtcdTailer::new(source.clone(), SOURCE.into(), ferry_core::ShardSpan::all(shards), no_resnapshot);
+    let t = EtcdTailer::new(
+        source.clone(),
+        SOURCE.into(),
+        ferry_core::ShardSpan::all(shards),
+        no_resnapshot,
+    );
     let e = tokio::time::timeout(
         Duration::from_secs(30),
         t.run(Arc::clone(&journal), Arc::new(LagTracker::new()), shutdown),

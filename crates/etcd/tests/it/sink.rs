@@ -25,7 +25,13 @@ async fn count(s: &EtcdStore, prefix: &str) -> i64 {
 }
 
 fn sink(target: &EtcdStore) -> EtcdSink {
-    EtcdSink::new(target.clone(), "src/", "target".into(), ferry_core::ShardSpan::all(1), None)
+    EtcdSink::new(
+        target.clone(),
+        "src/",
+        "target".into(),
+        ferry_core::ShardSpan::all(1),
+        None,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,7 +136,13 @@ async fn snapshot_sweep_removes_only_this_shards_stale_keys() {
     let Some(etcd) = etcd() else { return };
     let target = store(&etcd, "dst/").await;
     let shards = 2;
-    let s = EtcdSink::new(target.clone(), "src/", "target".into(), ferry_core::ShardSpan::all(shards), None);
+    let s = EtcdSink::new(
+        target.clone(),
+        "src/",
+        "target".into(),
+        ferry_core::ShardSpan::all(shards),
+        None,
+    );
     let shard_of = |k: &str| ferry_core::shard_for_key(k.as_bytes(), shards).0;
     let keys: Vec<String> = (0..40).map(|i| format!("src/k{i:02}")).collect();
     // First copy: every key, applied per shard.

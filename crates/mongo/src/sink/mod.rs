@@ -78,6 +78,16 @@ pub struct SinkOptions {
     pub max_document_bytes: Option<usize>,
 }
 
+/// Immediate retries of a transaction the server aborted for a conflict
+/// with another shard's, before the error goes to the worker's backoff.
+const MAX_CONFLICT_RETRIES: u32 = 20;
+
+/// A transaction aborted for a write conflict (transient by definition).
+fn is_conflict(e: &SinkError) -> bool {
+    e.kind == ErrorKind::Transient
+        && (e.message.contains("WriteConflict") || e.message.contains("TransientTransactionError"))
+}
+
 /// How many times one apply call re-reads a checkpoint it found changed
 /// before concluding that something else writes it.
 const MAX_RESYNCS: u32 = 3;
@@ -200,6 +210,7 @@ impl MongoSink {
         writes: &Writes,
         next: ShardCheckpoint,
     ) -> Result<bool, SinkError> {
+        let mut conflicts = 0u32;
         let mut as_inserts =
             !writes.is_empty() && writes.all_snapshot_puts() && self.inserts_allowed(shard);
         loop {
@@ -216,6 +227,14 @@ impl MongoSink {
                     self.set_inserts(shard, false);
                     as_inserts = false;
                 }
+                Err(e) if conflicts < MAX_CONFLICT_RETRIES && is_conflict(&e) => {
+                    // Two shards' transactions met on one collection (the
+                    // server aborted one): the driver's `withTransaction`
+                    // retries such aborts at once, so does this.
+                    conflicts += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(5 * u64::from(conflicts)))
+                        .await;
+                }
                 Err(e) => {
                     // Unknown outcome: read the checkpoint again next time.
                     self.checkpoints.lock().expect("poisoned").remove(&shard);
@@ -227,7 +246,17 @@ impl MongoSink {
                     return Ok(true);
                 }
                 Ok(false) => {
-                    *cp = self.load_checkpoint(shard, None).await?;
+                    let stored = self.load_checkpoint(shard, None).await?;
+                    if stored.seq < cp.seq {
+                        // What the target acknowledged as committed is gone:
+                        // the events in between are no longer offered, so
+                        // going on would lose them silently.
+                        return Err(SinkError::fatal(format!(
+                            "MongoDB sink {}: shard {shard}: the target's checkpoint went back from {} to {}, so the target lost writes it had acknowledged (a crash without journaled commits, or another program rewrote {META_DB}.{CHECKPOINTS}); run the target with durable commits (a journaled replica set; SecantusDB --sync-on-commit) and copy again with a new journal",
+                            self.name, cp.seq, stored.seq
+                        )));
+                    }
+                    *cp = stored;
                     self.cache(shard, cp);
                     return Ok(false);
                 }

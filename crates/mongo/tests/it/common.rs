@@ -224,6 +224,7 @@ pub struct Secantus {
     child: Option<Child>,
     pub port: u16,
     pub dir: tempfile::TempDir,
+    args: Vec<String>,
 }
 
 impl Secantus {
@@ -241,35 +242,66 @@ impl Secantus {
             return None;
         }
         let port = ferry_testkit::free_port().unwrap();
-        let config = dir.path().join("empty.toml");
-        std::fs::write(&config, "").unwrap();
-        let child = Command::new(bin)
-            .arg("--config")
-            .arg(&config)
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--storage-path",
-            ])
-            .arg(dir.path().join("data"))
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let s = Secantus {
-            child: Some(child),
+        let mut s = Secantus {
+            child: None,
             port,
             dir,
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "secantusd did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        s.launch(&bin);
         Some(s)
+    }
+
+    fn launch(&mut self, bin: &std::path::Path) {
+        let config = self.dir.path().join("empty.toml");
+        std::fs::write(&config, "").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut child = Command::new(bin)
+                .arg("--config")
+                .arg(&config)
+                .args([
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    &self.port.to_string(),
+                    "--storage-path",
+                ])
+                .arg(self.dir.path().join("data"))
+                .args(&self.args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+                assert!(Instant::now() < deadline, "secantusd did not start");
+                // A restart right after a kill can find the storage still
+                // locked; the server then exits and is started again.
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if let Ok(None) = child.try_wait() {
+                self.child = Some(child);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Kills it (SIGKILL, like a crash).
+    pub fn stop(&mut self) {
+        self.kill();
+    }
+
+    /// Starts it again on the same port and storage.
+    pub fn restart(&mut self) {
+        self.kill();
+        let bin = std::env::var_os("FERRY_SECANTUSD_BIN")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| ferry_testkit::tools_dir().join("bin/secantusd-py"));
+        self.launch(&bin);
     }
 
     pub fn uri(&self) -> String {
