@@ -29,7 +29,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn document(i: i64) -> Document {
@@ -47,7 +50,9 @@ async fn direct(uri: &str, n: i64, tasks: i64) -> Duration {
         hs.push(tokio::spawn(async move {
             let ids: Vec<i64> = (0..n).filter(|i| i % tasks == t).collect();
             for chunk in ids.chunks(1000) {
-                coll.insert_many(chunk.iter().map(|i| document(*i))).await.expect("insert");
+                coll.insert_many(chunk.iter().map(|i| document(*i)))
+                    .await
+                    .expect("insert");
             }
         }));
     }
@@ -59,8 +64,14 @@ async fn direct(uri: &str, n: i64, tasks: i64) -> Duration {
 
 /// The sink: events sharded as the tailer shards them, 1000 per apply.
 async fn through_sink(uri: &str, db: &str, n: i64, shards: u32, snapshot: bool) -> Duration {
-    let store = MongoStore::connect(&StoreUrl::parse(uri).unwrap()).await.expect("connect");
-    let sink = Arc::new(MongoSink::new(store, format!("bench-{db}"), SinkOptions::default()));
+    let store = MongoStore::connect(&StoreUrl::parse(uri).unwrap())
+        .await
+        .expect("connect");
+    let opts = SinkOptions {
+        journal_id: Some(db.to_string()),
+        ..SinkOptions::default()
+    };
+    let sink = Arc::new(MongoSink::new(store, format!("bench-{db}"), opts));
     sink.startup().await.expect("startup");
     let span = ShardSpan::all(shards);
     let ns = Namespace::new(db, "docs");
@@ -73,11 +84,18 @@ async fn through_sink(uri: &str, db: &str, n: i64, shards: u32, snapshot: bool) 
         list.push(Event {
             shard,
             seq: list.len() as u64 + 1,
-            position: if snapshot { Position::at(1) } else { Position::with_token(1, vec![1]) },
+            position: if snapshot {
+                Position::at(1)
+            } else {
+                Position::with_token(1, vec![1])
+            },
             key: k,
             op: Op::Put {
                 value: Value::Plain(raw.into_bytes()),
-                meta: StoreMeta::Mongo { db: db.into(), collection: "docs".into() },
+                meta: StoreMeta::Mongo {
+                    db: db.into(),
+                    collection: "docs".into(),
+                },
             },
             source_ts_ms: 0,
             capture_ts_ms: 0,
@@ -103,23 +121,37 @@ async fn through_sink(uri: &str, db: &str, n: i64, shards: u32, snapshot: bool) 
 
 async fn count(uri: &str, db: &str) -> u64 {
     let c = mongodb::Client::with_uri_str(uri).await.expect("connect");
-    c.database(db).collection::<Document>("docs").count_documents(doc! {}).await.expect("count")
+    c.database(db)
+        .collection::<Document>("docs")
+        .count_documents(doc! {})
+        .await
+        .expect("count")
 }
 
 /// The whole copy pipeline; returns (documents applied, elapsed).
 async fn copy(src: &MongoWire, dst: &MongoWire, n: i64, shards: u32) -> (u64, Duration) {
-    let c = mongodb::Client::with_uri_str(src.uri()).await.expect("connect");
+    let c = mongodb::Client::with_uri_str(src.uri())
+        .await
+        .expect("connect");
     let coll = c.database("app").collection::<Document>("docs");
     let mut i = 0;
     while i < n {
         let end = (i + 5000).min(n);
-        coll.insert_many((i..end).map(document)).await.expect("load");
+        coll.insert_many((i..end).map(document))
+            .await
+            .expect("load");
         i = end;
     }
-    let source = MongoStore::connect(&StoreUrl::parse(&src.uri()).unwrap()).await.expect("source");
-    let target = MongoStore::connect(&StoreUrl::parse(&dst.uri()).unwrap()).await.expect("target");
+    let source = MongoStore::connect(&StoreUrl::parse(&src.uri()).unwrap())
+        .await
+        .expect("source");
+    let target = MongoStore::connect(&StoreUrl::parse(&dst.uri()).unwrap())
+        .await
+        .expect("target");
     let dir = tempfile::tempdir().expect("tmp");
-    let journal = Arc::new(RocksJournal::open(dir.path(), OpenMode::Create, PersistPolicy::Never).expect("journal"));
+    let journal = Arc::new(
+        RocksJournal::open(dir.path(), OpenMode::Create, PersistPolicy::Never).expect("journal"),
+    );
     let lag = Arc::new(LagTracker::new());
     let (stop, shutdown) = Shutdown::new();
     let span = ShardSpan::all(shards);
@@ -130,7 +162,17 @@ async fn copy(src: &MongoWire, dst: &MongoWire, n: i64, shards: u32) -> (u64, Du
     sink.startup().await.expect("startup");
     let ws: Vec<_> = span
         .iter()
-        .map(|s| tokio::spawn(worker::run(Arc::clone(&journal), Arc::clone(&sink), s, Arc::clone(&lag), None, WorkerConfig::default(), shutdown.clone())))
+        .map(|s| {
+            tokio::spawn(worker::run(
+                Arc::clone(&journal),
+                Arc::clone(&sink),
+                s,
+                Arc::clone(&lag),
+                None,
+                WorkerConfig::default(),
+                shutdown.clone(),
+            ))
+        })
         .collect();
     let deadline = Instant::now() + Duration::from_secs(3600);
     loop {
@@ -170,8 +212,14 @@ async fn main() {
     let (rd, rs, ru) = (rate(n as u64, d), rate(n as u64, s), rate(n as u64, u));
     println!("apply, {n} documents, {shards} concurrent tasks, SecantusDB target:");
     println!("  direct insert_many      {rd:>9.0} docs/s");
-    println!("  MongoSink, copy events  {rs:>9.0} docs/s  ratio {:.2}", rs / rd);
-    println!("  MongoSink, change events (upserts) {ru:>9.0} docs/s  ratio {:.2}", ru / rd);
+    println!(
+        "  MongoSink, copy events  {rs:>9.0} docs/s  ratio {:.2}",
+        rs / rd
+    );
+    println!(
+        "  MongoSink, change events (upserts) {ru:>9.0} docs/s  ratio {:.2}",
+        ru / rd
+    );
     drop(dst);
 
     let src = MongoWire::start().expect("SecantusDB");

@@ -54,7 +54,13 @@ async fn store(bao: &OpenBao, path: &str) -> VaultStore {
 
 /// Writes `secrets` × `versions` under `root`, `conc` tasks at once, each
 /// secret's versions in order with check-and-set.
-async fn write_direct(bao: &OpenBao, root: &str, secrets: u64, versions: u64, conc: u64) -> Duration {
+async fn write_direct(
+    bao: &OpenBao,
+    root: &str,
+    secrets: u64,
+    versions: u64,
+    conc: u64,
+) -> Duration {
     let s = Arc::new(store(bao, root).await);
     let t0 = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -80,13 +86,22 @@ fn caught_up(lag: &LagTracker, target: &str) -> bool {
     let s = lag.snapshot();
     s.shards.iter().all(|sh| {
         sh.phase == Phase::Streaming
-            && sh.targets.get(target).is_some_and(|t| t.applied_seq >= sh.journaled_seq)
+            && sh
+                .targets
+                .get(target)
+                .is_some_and(|t| t.applied_seq >= sh.journaled_seq)
     })
 }
 
 /// Runs the pipeline; `tail_first`: journal the whole snapshot before the
 /// workers start (and time only the workers).
-async fn ferry(src: &OpenBao, dst: &OpenBao, root: &str, shards: u32, tail_first: bool) -> Duration {
+async fn ferry(
+    src: &OpenBao,
+    dst: &OpenBao,
+    root: &str,
+    shards: u32,
+    tail_first: bool,
+) -> Duration {
     let dir = tempfile::tempdir().unwrap();
     let journal = Arc::new(
         RocksJournal::open(dir.path(), OpenMode::Create, PersistPolicy::EveryBatch).unwrap(),
@@ -117,7 +132,12 @@ async fn ferry(src: &OpenBao, dst: &OpenBao, root: &str, shards: u32, tail_first
     }
     if tail_first {
         let deadline = Instant::now() + Duration::from_secs(600);
-        while !lag.snapshot().shards.iter().all(|s| s.phase == Phase::Streaming) {
+        while !lag
+            .snapshot()
+            .shards
+            .iter()
+            .all(|s| s.phase == Phase::Streaming)
+        {
             assert!(Instant::now() < deadline, "snapshot took over 10 minutes");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -125,7 +145,12 @@ async fn ferry(src: &OpenBao, dst: &OpenBao, root: &str, shards: u32, tail_first
     let t0 = Instant::now();
     let mut workers = Vec::new();
     for shard in span.iter() {
-        let (j, k, l, s) = (Arc::clone(&journal), Arc::clone(&sink), Arc::clone(&lag), shutdown.clone());
+        let (j, k, l, s) = (
+            Arc::clone(&journal),
+            Arc::clone(&sink),
+            Arc::clone(&lag),
+            shutdown.clone(),
+        );
         workers.push(tokio::spawn(async move {
             worker::run(j, k, shard, l, None, WorkerConfig::default(), s).await
         }));
@@ -151,7 +176,10 @@ fn main() {
     let versions = env_u64("FERRY_BENCH_VAULT_VERSIONS", 5);
     let shards = env_u64("FERRY_BENCH_VAULT_SHARDS", 4) as u32;
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (src, dst) = (OpenBao::start().expect("openbao"), OpenBao::start().expect("openbao"));
+    let (src, dst) = (
+        OpenBao::start().expect("openbao"),
+        OpenBao::start().expect("openbao"),
+    );
     rt.block_on(async {
         write_direct(&src, "bench", secrets, versions, 8).await;
         // Warm-up of the target server, then the measured rounds, alternated.

@@ -27,7 +27,12 @@ fn vault_post(ep: &str, path: &str, body: &str) {
 }
 
 /// `ferry start` with several sources and targets, paired in order.
-fn start_routes(f: &Ferry, sources: &[&str], targets: &[&str], extra: &[&str]) -> std::process::Output {
+fn start_routes(
+    f: &Ferry,
+    sources: &[&str],
+    targets: &[&str],
+    extra: &[&str],
+) -> std::process::Output {
     let listen = format!("127.0.0.1:{}", f.port);
     let mut args = vec!["start", "--no-monitor", "--agent.listen", &listen];
     for s in sources {
@@ -79,8 +84,14 @@ fn cells_config_vault_and_keyring_sync_live_and_cut_over() {
         all_streaming(s) && max_lag(s) == 0
     });
     // What a Cells reader gets: the files' bytes at keys `config` and `vault`.
-    assert_eq!(etcd_value(&etcd, "config").unwrap(), std::fs::read(&config).unwrap());
-    assert_eq!(etcd_value(&etcd, "vault").unwrap(), std::fs::read(&vault_doc).unwrap());
+    assert_eq!(
+        etcd_value(&etcd, "config").unwrap(),
+        std::fs::read(&config).unwrap()
+    );
+    assert_eq!(
+        etcd_value(&etcd, "vault").unwrap(),
+        std::fs::read(&vault_doc).unwrap()
+    );
 
     // Live edits reach etcd within a second each.
     let mut doc: Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
@@ -92,7 +103,10 @@ fn cells_config_vault_and_keyring_sync_live_and_cut_over() {
         std::fs::rename(&tmp, &config).unwrap();
         let t0 = Instant::now();
         while etcd_value(&etcd, "config").as_deref() != Some(bytes.as_slice()) {
-            assert!(t0.elapsed() < Duration::from_secs(1), "edit {i} took over 1 s to reach etcd");
+            assert!(
+                t0.elapsed() < Duration::from_secs(1),
+                "edit {i} took over 1 s to reach etcd"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -106,7 +120,8 @@ fn cells_config_vault_and_keyring_sync_live_and_cut_over() {
     ok(&out, "stop");
     f.wait_agent_exit(Duration::from_secs(30));
     let proof: Value =
-        serde_json::from_slice(&std::fs::read(f.journal().join("cutover-proof.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(f.journal().join("cutover-proof.json")).unwrap())
+            .unwrap();
     assert_eq!(proof["differences"], 0);
     assert_eq!(proof["fences"].as_object().unwrap().len(), 3, "{proof}");
     for (s, t) in [
@@ -192,7 +207,11 @@ fn seed_secrets(ep: &str, n: u64) -> u64 {
                 for s in (0..n).filter(|s| s % 8 == t) {
                     let path = format!("app/team-{}/s{s:04}", s % 10);
                     if s % 13 == 0 {
-                        vault_post(&ep, &format!("/v1/secret/metadata/{path}"), r#"{"max_versions":3}"#);
+                        vault_post(
+                            &ep,
+                            &format!("/v1/secret/metadata/{path}"),
+                            r#"{"max_versions":3}"#,
+                        );
                     }
                     for v in 1..=(1 + s % 10) {
                         vault_post(
@@ -203,20 +222,34 @@ fn seed_secrets(ep: &str, n: u64) -> u64 {
                         versions += 1;
                     }
                     if s % 7 == 0 {
-                        vault_post(&ep, &format!("/v1/secret/delete/{path}"), r#"{"versions":[1]}"#);
+                        vault_post(
+                            &ep,
+                            &format!("/v1/secret/delete/{path}"),
+                            r#"{"versions":[1]}"#,
+                        );
                     }
                     if s % 11 == 1 {
-                        vault_post(&ep, &format!("/v1/secret/destroy/{path}"), r#"{"versions":[1,2]}"#);
+                        vault_post(
+                            &ep,
+                            &format!("/v1/secret/destroy/{path}"),
+                            r#"{"versions":[1,2]}"#,
+                        );
                     }
                     if s % 5 == 0 {
                         vault_post(
                             &ep,
                             &format!("/v1/secret/metadata/{path}"),
-                            &format!(r#"{{"custom_metadata":{{"owner":"team-{s}","tier":"gold"}}}}"#),
+                            &format!(
+                                r#"{{"custom_metadata":{{"owner":"team-{s}","tier":"gold"}}}}"#
+                            ),
                         );
                     }
                     if s % 17 == 0 {
-                        vault_post(&ep, &format!("/v1/secret/metadata/{path}"), r#"{"cas_required":true}"#);
+                        vault_post(
+                            &ep,
+                            &format!("/v1/secret/metadata/{path}"),
+                            r#"{"cas_required":true}"#,
+                        );
                     }
                 }
                 versions
@@ -243,8 +276,14 @@ fn vault_to_vault_thousand_secrets_every_version_through_sigkills() {
     let deadline = Instant::now() + Duration::from_secs(400);
     const KILLS: usize = 10;
     for round in 0..KILLS {
-        assert!(Instant::now() < deadline, "crash test exceeded its time bound");
-        ok(&f.start(&src, &dst, &args), &format!("start (round {round})"));
+        assert!(
+            Instant::now() < deadline,
+            "crash test exceeded its time bound"
+        );
+        ok(
+            &f.start(&src, &dst, &args),
+            &format!("start (round {round})"),
+        );
         std::thread::sleep(Duration::from_millis(rng.gen_range(200..2500)));
         f.kill_agent();
     }
@@ -257,10 +296,29 @@ fn vault_to_vault_thousand_secrets_every_version_through_sigkills() {
 
     // Live changes: a new version, a soft delete, a new secret, a removal.
     let ep = a.endpoint();
-    vault_post(&ep, "/v1/secret/data/app/team-2/s0002", r#"{"data":{"v":"live"}}"#);
-    vault_post(&ep, "/v1/secret/delete/app/team-3/s0003", r#"{"versions":[2]}"#);
-    vault_post(&ep, "/v1/secret/data/app/new/one", r#"{"data":{"fresh":true}}"#);
-    let r = http::request(&ep, "DELETE", "/v1/secret/metadata/app/team-4/s0004", &TOKEN, None).unwrap();
+    vault_post(
+        &ep,
+        "/v1/secret/data/app/team-2/s0002",
+        r#"{"data":{"v":"live"}}"#,
+    );
+    vault_post(
+        &ep,
+        "/v1/secret/delete/app/team-3/s0003",
+        r#"{"versions":[2]}"#,
+    );
+    vault_post(
+        &ep,
+        "/v1/secret/data/app/new/one",
+        r#"{"data":{"fresh":true}}"#,
+    );
+    let r = http::request(
+        &ep,
+        "DELETE",
+        "/v1/secret/metadata/app/team-4/s0004",
+        &TOKEN,
+        None,
+    )
+    .unwrap();
     assert!(r.status < 300, "{}", r.body);
     let t0 = Instant::now();
     loop {
@@ -269,7 +327,10 @@ fn vault_to_vault_thousand_secrets_every_version_through_sigkills() {
         if m["data"]["current_version"] == 4 && gone["data"].is_null() {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(20), "live changes did not arrive: {m}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "live changes did not arrive: {m}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     ok(&f.run(&["stop", "--timeout", "120s"]), "stop");
@@ -280,9 +341,18 @@ fn vault_to_vault_thousand_secrets_every_version_through_sigkills() {
     // No version duplicated by the kills: version numbers line up exactly.
     for s in [0u64, 1, 7, 13, 17, 999] {
         let path = format!("/v1/secret/metadata/app/team-{}/s{s:04}", s % 10);
-        let (ma, mb) = (vault_get(&a.endpoint(), &path), vault_get(&b.endpoint(), &path));
-        assert_eq!(ma["data"]["current_version"], mb["data"]["current_version"], "{path}");
-        assert_eq!(ma["data"]["custom_metadata"]["owner"], mb["data"]["custom_metadata"]["owner"]);
+        let (ma, mb) = (
+            vault_get(&a.endpoint(), &path),
+            vault_get(&b.endpoint(), &path),
+        );
+        assert_eq!(
+            ma["data"]["current_version"], mb["data"]["current_version"],
+            "{path}"
+        );
+        assert_eq!(
+            ma["data"]["custom_metadata"]["owner"],
+            mb["data"]["custom_metadata"]["owner"]
+        );
     }
     let d = vault_get(&b.endpoint(), "/v1/secret/data/app/team-9/s0999?version=10");
     assert_eq!(d["data"]["data"]["password"], "pw-999-10");
@@ -329,7 +399,10 @@ fn with_keys_layout_and_the_vault_key_parameter() {
     while etcd_value(&etcd, "cfg/ports/pydio.grpc.jobs").is_some()
         || etcd_value(&etcd, "cfg/services/pydio.grpc.mailer/workers").as_deref() != Some(b"77")
     {
-        assert!(t0.elapsed() < Duration::from_secs(1), "the edit took over 1 s");
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "the edit took over 1 s"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     let got = vault_get(&bao.endpoint(), "/v1/secret/data/cells/keyring2");
@@ -337,11 +410,23 @@ fn with_keys_layout_and_the_vault_key_parameter() {
     assert_eq!(got["data"]["data"], kr);
     ok(&f.run(&["stop", "--timeout", "60s"]), "stop");
     f.wait_agent_exit(Duration::from_secs(30));
-    let out = f.run(&["verify", "--source", path_str(&config), "--target", &cfg_url]);
+    let out = f.run(&[
+        "verify",
+        "--source",
+        path_str(&config),
+        "--target",
+        &cfg_url,
+    ]);
     ok(&out, "verify withKeys");
     assert!(stdout(&out).contains("0 differences"), "{}", stdout(&out));
     ok(
-        &f.run(&["verify", "--source", path_str(&keyring), "--target", &kr_url]),
+        &f.run(&[
+            "verify",
+            "--source",
+            path_str(&keyring),
+            "--target",
+            &kr_url,
+        ]),
         "verify keyring",
     );
 }
@@ -366,24 +451,67 @@ fn bad_configuration_input_is_refused_before_anything_is_written() {
     std::fs::write(&array, "[1,2,3]").unwrap();
     let ep = bao.endpoint();
     let cases: Vec<(String, String, i32, &str)> = vec![
-        (path_str(&torn).into(), etcd.url("config"), 2, "line 4, column 1"),
-        (path_str(&dir.join("missing.json")).into(), etcd.url("config"), 2, "does not exist"),
+        (
+            path_str(&torn).into(),
+            etcd.url("config"),
+            2,
+            "line 4, column 1",
+        ),
+        (
+            path_str(&dir.join("missing.json")).into(),
+            etcd.url("config"),
+            2,
+            "does not exist",
+        ),
         (path_str(&big).into(), etcd.url("config"), 3, "more than"),
-        (path_str(&good).into(), format!("vault://root@{ep}/secret/a/../b"), 2, "`..`"),
-        (path_str(&good).into(), format!("vault://wrong-token@{ep}/secret/k"), 3, "refused the token"),
-        (path_str(&array).into(), format!("vault://root@{ep}/secret/k"), 2, "JSON object"),
-        (path_str(&good).into(), path_str(&good).into(), 2, "both a source and a target"),
-        (format!("vault://root@{ep}/secret/app"), etcd.url("config"), 2, "cannot feed"),
+        (
+            path_str(&good).into(),
+            format!("vault://root@{ep}/secret/a/../b"),
+            2,
+            "`..`",
+        ),
+        (
+            path_str(&good).into(),
+            format!("vault://wrong-token@{ep}/secret/k"),
+            3,
+            "refused the token",
+        ),
+        (
+            path_str(&array).into(),
+            format!("vault://root@{ep}/secret/k"),
+            2,
+            "JSON object",
+        ),
+        (
+            path_str(&good).into(),
+            path_str(&good).into(),
+            2,
+            "both a source and a target",
+        ),
+        (
+            format!("vault://root@{ep}/secret/app"),
+            etcd.url("config"),
+            2,
+            "cannot feed",
+        ),
     ];
     for (src, tgt, code, needle) in cases {
         let out = f.start(&src, &tgt, &["--source.read-only=external"]);
-        assert_eq!(out.status.code(), Some(code), "{src} -> {tgt}: {}", stderr(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{src} -> {tgt}: {}",
+            stderr(&out)
+        );
         let err = stderr(&out);
         assert!(err.contains(needle), "{src} -> {tgt}: {err}");
         assert_eq!(err.trim().lines().count(), 1, "one sentence: {err}");
         assert!(!f.journal().exists(), "{src} -> {tgt} created the journal");
     }
-    assert!(etcd_value(&etcd, "config").is_none(), "a refused start wrote etcd");
+    assert!(
+        etcd_value(&etcd, "config").is_none(),
+        "a refused start wrote etcd"
+    );
     let m = vault_get(&ep, "/v1/secret/metadata/?list=true");
     assert!(m["data"].is_null(), "a refused start wrote Vault: {m}");
 }

@@ -413,9 +413,9 @@ pub fn map(
                 },
             )
         }
-        (Service::Activity, [_, owner, box_]) if matches!(*box_, b"lastread" | b"lastsent") => {
+        (Service::Activity, [ot, owner, box_]) if matches!(*box_, b"lastread" | b"lastsent") => {
             let (user, box_name) = (text(owner), text(box_));
-            out(coll("markers"), format!("{user}/{box_name}"), &|| {
+            out(coll("markers"), format!("{}/{user}/{box_name}", text(ot)), &|| {
                 let marker = value.and_then(seq).unwrap_or(0);
                 Ok(doc! { "box_name": &box_name, "user_id": &user, "timestamp": marker as i64 })
             })
