@@ -43,7 +43,14 @@ fn live_writer(bin: &Path, home: &Path, secs: u64) -> Child {
 
 fn start(f: &Ferry, source: &str, targets: &[String], extra: &[&str]) -> std::process::Output {
     let listen = format!("127.0.0.1:{}", f.port);
-    let mut args = vec!["start", "--no-monitor", "--agent.listen", &listen, "--source", source];
+    let mut args = vec![
+        "start",
+        "--no-monitor",
+        "--agent.listen",
+        &listen,
+        "--source",
+        source,
+    ];
     for t in targets {
         args.extend(["--target", t.as_str()]);
     }
@@ -67,7 +74,11 @@ fn collections(uri: &str) -> Vec<(String, u64)> {
         names.sort();
         let mut out = Vec::new();
         for n in names {
-            let count = db.collection::<Document>(&n).count_documents(doc! {}).await.unwrap();
+            let count = db
+                .collection::<Document>(&n)
+                .count_documents(doc! {})
+                .await
+                .unwrap();
             out.push((n, count));
         }
         out
@@ -108,14 +119,27 @@ fn a_live_cells_home_migrates_with_one_command_and_cuts_over() {
     ];
     let mut writer = live_writer(&bin, &home, 12);
     std::thread::sleep(Duration::from_millis(500));
-    ok(&start(&f, &source, &targets, &["--shards", "2", "--source.read-only=external"]), "start");
+    ok(
+        &start(
+            &f,
+            &source,
+            &targets,
+            &["--shards", "2", "--source.read-only=external"],
+        ),
+        "start",
+    );
     // SIGKILL at random moments while Cells writes; each start resumes.
     let mut rng = rand::thread_rng();
     for round in 0..10 {
         std::thread::sleep(Duration::from_millis(rng.gen_range(150..900)));
         f.kill_agent();
         ok(
-            &start(&f, &source, &targets, &["--shards", "2", "--source.read-only=external"]),
+            &start(
+                &f,
+                &source,
+                &targets,
+                &["--shards", "2", "--source.read-only=external"],
+            ),
             &format!("restart {round}"),
         );
     }
@@ -124,12 +148,19 @@ fn a_live_cells_home_migrates_with_one_command_and_cuts_over() {
     // it fails in one sentence, opens nothing, and the sync goes on.
     if writer.try_wait().unwrap().is_none() {
         let out = f.run(&["stop", "--timeout", "30s"]);
-        assert!(!out.status.success(), "a cutover with Cells running succeeded");
+        assert!(
+            !out.status.success(),
+            "a cutover with Cells running succeeded"
+        );
         let all = format!("{}{}", stdout(&out), stderr(&out));
         assert!(all.contains("is Cells still running"), "{all}");
     }
     let out = writer.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let written = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(fixture::field(&written, "docstore-puts") > 0, "{written}");
     f.wait_for("caught up", Duration::from_secs(120), |s| {
@@ -139,38 +170,71 @@ fn a_live_cells_home_migrates_with_one_command_and_cuts_over() {
     ok(&out, "stop");
     f.wait_agent_exit(Duration::from_secs(30));
     let proof: Value =
-        serde_json::from_slice(&std::fs::read(f.journal().join("cutover-proof.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(f.journal().join("cutover-proof.json")).unwrap())
+            .unwrap();
     assert_eq!(proof["differences"], 0, "{proof}");
     let steps = proof["next_steps"].to_string();
-    assert!(steps.contains("CELLS_CONFIG=etcd://") && steps.contains("cells admin resync"), "{steps}");
+    assert!(
+        steps.contains("CELLS_CONFIG=etcd://") && steps.contains("cells admin resync"),
+        "{steps}"
+    );
 
     let out = verify(&f, &source, &targets);
     ok(&out, "verify");
     // Shapes Cells reads (shared/reference/cells-stores.md, section 1b).
     let uri = mongo.uri();
-    let d = find_one(&uri, "docstore_documents", doc! {"store_id": "meta", "doc_id": "meta-doc-001"});
+    let d = find_one(
+        &uri,
+        "docstore_documents",
+        doc! {"store_id": "meta", "doc_id": "meta-doc-001"},
+    );
     assert!(d.get_document("data").unwrap().contains_key("Path"), "{d}");
     assert!(d.get_str("raw").unwrap().starts_with('{'));
-    let a = find_one(&uri, "activities", doc! {"owner_type": 1, "owner_id": "alice", "box_name": "outbox"});
-    assert!(a.get_document("object").unwrap().contains_key("type"), "{a}");
+    let a = find_one(
+        &uri,
+        "activities",
+        doc! {"owner_type": 1, "owner_id": "alice", "box_name": "outbox"},
+    );
+    assert!(
+        a.get_document("object").unwrap().contains_key("type"),
+        "{a}"
+    );
     assert!(a.get_i64("ts").unwrap() > 1_700_000_000_000_000_000);
     let s = find_one(&uri, "subscriptions", doc! {"userid": "bob"});
     assert!(s.get_array("events").unwrap().len() == 2, "{s}");
-    find_one(&uri, "markers", doc! {"box_name": "lastread", "user_id": "carol"});
+    find_one(
+        &uri,
+        "markers",
+        doc! {"box_name": "lastread", "user_id": "carol"},
+    );
     find_one(&uri, "rooms", doc! {"uuid": "room-node-1"});
     find_one(&uri, "messages", doc! {"roomuuid": "room-user-0"});
     let v = find_one(&uri, "versions", doc! {"node_uuid": "node-uuid-0003"});
-    assert!(v.get_str("version_id").unwrap().starts_with("version-3-"), "{v}");
-    find_one(&uri, "jobs_jobs", doc! {"id": "job-07", "has_schedule": true});
+    assert!(
+        v.get_str("version_id").unwrap().starts_with("version-3-"),
+        "{v}"
+    );
+    find_one(
+        &uri,
+        "jobs_jobs",
+        doc! {"id": "job-07", "has_schedule": true},
+    );
     find_one(&uri, "jobs_tasks", doc! {"job_id": "job-03"});
     find_one(&uri, "mailer_mailqueues", doc! {});
     // Config and keyring where Cells reads them.
     let cfg = tokio::runtime::Runtime::new().unwrap().block_on(async {
         let mut c = connect(&etcd.endpoint(), None).await;
-        c.get("config", None).await.unwrap().kvs()[0].value().to_vec()
+        c.get("config", None).await.unwrap().kvs()[0]
+            .value()
+            .to_vec()
     });
     assert_eq!(cfg, std::fs::read(home.join("pydio.json")).unwrap());
-    let kr = http::get(&bao.endpoint(), "/v1/secret/data/cells/keyring", &[("X-Vault-Token", "root")]).unwrap();
+    let kr = http::get(
+        &bao.endpoint(),
+        "/v1/secret/data/cells/keyring",
+        &[("X-Vault-Token", "root")],
+    )
+    .unwrap();
     assert!(kr.body.contains("keyring.master"), "{}", kr.body);
 
     // Running the whole migration again changes nothing: same documents,
@@ -179,7 +243,12 @@ fn a_live_cells_home_migrates_with_one_command_and_cuts_over() {
     let before = collections(&uri);
     let g = Ferry::new();
     ok(
-        &start(&g, &source, &targets, &["--shards", "2", "--source.read-only=external", "--force"]),
+        &start(
+            &g,
+            &source,
+            &targets,
+            &["--shards", "2", "--source.read-only=external", "--force"],
+        ),
         "second start",
     );
     g.wait_for("caught up", Duration::from_secs(120), |s| {
@@ -188,7 +257,10 @@ fn a_live_cells_home_migrates_with_one_command_and_cuts_over() {
     ok(&g.run(&["stop", "--timeout", "120s"]), "second stop");
     g.wait_agent_exit(Duration::from_secs(30));
     assert_eq!(collections(&uri), before);
-    ok(&verify(&g, &source, &targets), "verify after the second run");
+    ok(
+        &verify(&g, &source, &targets),
+        "verify after the second run",
+    );
 }
 
 #[test]
@@ -216,18 +288,37 @@ fn bad_cells_homes_are_refused_in_one_sentence() {
         std::fs::copy(home.join(n), broken.join(n)).unwrap();
     }
     let check = |home: &Path, targets: &[String], code: i32, needle: &str| {
-        let out = start(&f, &format!("cells://{}", home.display()), targets, &["--source.read-only=external"]);
-        assert_eq!(out.status.code(), Some(code), "{}: {}", home.display(), stderr(&out));
+        let out = start(
+            &f,
+            &format!("cells://{}", home.display()),
+            targets,
+            &["--source.read-only=external"],
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{}: {}",
+            home.display(),
+            stderr(&out)
+        );
         let err = stderr(&out);
         assert!(err.contains(needle), "{}: {err}", home.display());
         assert_eq!(err.trim().lines().count(), 1, "one sentence: {err}");
         assert!(!f.journal().exists());
     };
     // Not a Bolt database, then a truncated one.
-    std::fs::write(broken.join("services/pydio.grpc.jobs/jobs.db"), b"not a bolt file at all").unwrap();
+    std::fs::write(
+        broken.join("services/pydio.grpc.jobs/jobs.db"),
+        b"not a bolt file at all",
+    )
+    .unwrap();
     check(&broken, &targets, 2, "jobs.db");
     let good = std::fs::read(home.join("services/pydio.grpc.jobs/jobs.db")).unwrap();
-    std::fs::write(broken.join("services/pydio.grpc.jobs/jobs.db"), &good[..good.len() / 3]).unwrap();
+    std::fs::write(
+        broken.join("services/pydio.grpc.jobs/jobs.db"),
+        &good[..good.len() / 3],
+    )
+    .unwrap();
     check(&broken, &targets, 2, "jobs.db");
     // Missing files; an unknown layout; a missing target kind.
     std::fs::remove_file(broken.join("cells-vault-key")).unwrap();

@@ -9,30 +9,102 @@
 //! document every time: re-applying, resuming, or running the whole
 //! migration twice replaces documents and never duplicates them.
 
-use ferry_bolt::{decode_key, KeyRef};
-use ferry_cells::{map, MapOptions, Mapped, Service};
-use ferry_core::{Event, Op, Seq, ShardId, StoreMeta, Value};
+use ferry_bolt::{decode_key, encode_key, KeyRef};
+use ferry_cells::{map, unmap, MapOptions, Mapped, Service};
+use ferry_core::{Event, Op, Seq, ShardId, ShardSpan, StoreMeta, Value};
 use ferry_mongo::{MongoSink, MongoStore, Namespace};
 use ferry_replay::{Sink, SinkError};
 use mongodb::bson::{doc, Bson, Document, RawDocumentBuf};
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
 
 pub struct CellsSink {
     inner: MongoSink,
     service: Service,
     opts: MapOptions,
     db: String,
+    /// The Bolt file and its shards, for the sweep (see [`Self::sweep`]).
+    path: PathBuf,
+    span: ShardSpan,
 }
 
 impl CellsSink {
-    pub fn new(inner: MongoSink, service: Service, opts: MapOptions, db: String) -> Self {
+    pub fn new(
+        inner: MongoSink,
+        service: Service,
+        opts: MapOptions,
+        db: String,
+        path: PathBuf,
+        span: ShardSpan,
+    ) -> Self {
         CellsSink {
             inner,
             service,
             opts,
             db,
+            path,
+            span,
         }
+    }
+
+    /// Before a snapshot's end is applied in `shard`: deletes the service's
+    /// documents of this shard whose Bolt key the file no longer holds.
+    ///
+    /// A re-snapshot (the file moved on while Ferry was stopped) carries no
+    /// deletes for keys removed meanwhile; this removes them. Safe against
+    /// live writers: only this shard's worker writes this shard's
+    /// documents, so a key deleted after the snapshot has its delete later
+    /// in the shard (same end state), and a key created after the file was
+    /// read has its put later (it comes back).
+    async fn sweep(&self, shard: ShardId) -> Result<u64, SinkError> {
+        let p = self.path.clone();
+        let entries = tokio::task::spawn_blocking(move || {
+            ferry_bolt::BoltFile::open(&p).and_then(|f| f.read_all())
+        })
+        .await
+        .map_err(|e| SinkError::fatal(e.to_string()))?
+        .map_err(|e| SinkError::transient(e.to_string()))?
+        .1;
+        let present: HashSet<Vec<u8>> = entries
+            .iter()
+            .filter(|e| e.value.is_some())
+            .map(|e| encode_key(&e.buckets, &e.key))
+            .collect();
+        let client = self.inner_store().client();
+        let mut deleted = 0;
+        for coll in self.service.collections(&self.opts) {
+            let c = client.database(&self.db).collection::<Document>(&coll);
+            let read = |e: mongodb::error::Error| {
+                SinkError::transient(format!("sweeping {}.{coll}: {e}", self.db))
+            };
+            let mut cursor = c.find(doc! {}).await.map_err(read)?;
+            let mut stale = Vec::new();
+            while cursor.advance().await.map_err(read)? {
+                let d: Document = cursor
+                    .deserialize_current()
+                    .map_err(|e| SinkError::permanent(e.to_string()))?;
+                let Ok(id) = d.get_str("_id") else { continue };
+                let Some((buckets, key)) = unmap(self.service, &self.opts, &coll, id, &d) else {
+                    continue;
+                };
+                let k = encode_key(&buckets, &key);
+                if self.span.shard_for(&k) == shard && !present.contains(&k) {
+                    stale.push(id.to_string());
+                }
+            }
+            if !stale.is_empty() {
+                let r = c
+                    .delete_many(doc! {"_id": {"$in": &stale}})
+                    .await
+                    .map_err(read)?;
+                deleted += r.deleted_count;
+            }
+        }
+        Ok(deleted)
+    }
+
+    fn inner_store(&self) -> &MongoStore {
+        self.inner.store()
     }
 
     fn mapped_event(&self, e: &Event) -> Result<Event, SinkError> {
@@ -120,7 +192,31 @@ impl Sink for CellsSink {
             .iter()
             .map(|e| self.mapped_event(e))
             .collect::<Result<Vec<_>, _>>()?;
-        self.inner.apply(shard, &mapped).await
+        // Up to each snapshot end, then the sweep, then the end itself: a
+        // crash in between applies the end (and sweeps) again.
+        let mut done = 0;
+        let mut last = 0;
+        for (i, e) in mapped.iter().enumerate() {
+            if matches!(e.op, Op::SnapshotEnd) {
+                if i > done {
+                    last = self.inner.apply(shard, &mapped[done..i]).await?;
+                    done = i;
+                }
+                let n = self.sweep(shard).await?;
+                if n > 0 {
+                    tracing::info!(
+                        shard = shard.0,
+                        deleted = n,
+                        service = self.service.name(),
+                        "removed documents whose Bolt keys are gone"
+                    );
+                }
+            }
+        }
+        if done < mapped.len() {
+            last = self.inner.apply(shard, &mapped[done..]).await?;
+        }
+        Ok(last)
     }
 
     async fn shutdown(&self) {

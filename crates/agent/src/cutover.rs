@@ -296,6 +296,13 @@ impl Cutover<'_> {
         )
         .await?;
         self.check_no_writes_after_fence()?;
+        for r in self.routes {
+            for sink in &r.sinks {
+                sink.after_fence()
+                    .await
+                    .map_err(|e| failed(CutoverPhase::DrainingToFence, e))?;
+            }
+        }
         let (mut verified, mut differences) = (0, 0);
         if self.cfg.verify_on_cutover {
             self.control

@@ -616,12 +616,22 @@ pub fn build(
                     },
                 );
                 match route.mapping {
-                    Some(service) => SinkKind::Cells(CellsSink::new(
-                        sink,
-                        service,
-                        MapOptions::default(),
-                        mongo_db(url),
-                    )),
+                    Some(service) => {
+                        let SourceConn::Bolt(path) = source else {
+                            return Err(format!(
+                                "{}: a Cells mapping needs a Bolt source",
+                                route.source
+                            ));
+                        };
+                        SinkKind::Cells(CellsSink::new(
+                            sink,
+                            service,
+                            MapOptions::default(),
+                            mongo_db(url),
+                            path.clone(),
+                            route.span,
+                        ))
+                    }
                     None => SinkKind::Mongo(sink),
                 }
             }

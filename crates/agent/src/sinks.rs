@@ -30,6 +30,16 @@ impl TargetSink {
         TargetSink { kind, seal }
     }
 
+    /// What a target does once every shard applied the source's fence,
+    /// before verification: MongoDB builds its unique and TTL indexes
+    /// (deferred so a replay can never fail on them midway).
+    pub async fn after_fence(&self) -> Result<(), String> {
+        match &self.kind {
+            SinkKind::Mongo(s) => s.create_deferred_indexes().await.map_err(|e| e.to_string()),
+            _ => Ok(()),
+        }
+    }
+
     /// `events` with every sealed value opened (borrowed when none is sealed).
     fn open<'e>(&self, events: &'e [Event]) -> Result<Cow<'e, [Event]>, SinkError> {
         let sealed = |e: &Event| {

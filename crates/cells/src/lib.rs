@@ -9,4 +9,4 @@ pub mod home;
 pub mod map;
 
 pub use home::{CellsHome, HomeError};
-pub use map::{map, MapError, MapOptions, Mapped, Prefixes, Service};
+pub use map::{map, unmap, MapError, MapOptions, Mapped, Prefixes, Service};

@@ -415,10 +415,14 @@ pub fn map(
         }
         (Service::Activity, [ot, owner, box_]) if matches!(*box_, b"lastread" | b"lastsent") => {
             let (user, box_name) = (text(owner), text(box_));
-            out(coll("markers"), format!("{}/{user}/{box_name}", text(ot)), &|| {
-                let marker = value.and_then(seq).unwrap_or(0);
-                Ok(doc! { "box_name": &box_name, "user_id": &user, "timestamp": marker as i64 })
-            })
+            out(
+                coll("markers"),
+                format!("{}/{user}/{box_name}", text(ot)),
+                &|| {
+                    let marker = value.and_then(seq).unwrap_or(0);
+                    Ok(doc! { "box_name": &box_name, "user_id": &user, "timestamp": marker as i64 })
+                },
+            )
         }
         (Service::Chat, [b"messages", _room_type, _object]) => {
             out(coll("rooms"), text(key), &|| {
@@ -492,6 +496,62 @@ pub fn map(
             })
         }
         _ => Ok(None),
+    }
+}
+
+/// The Bolt location (bucket path, key) a document came from: the inverse
+/// of [`map`], from the document's collection, `_id` and fields. `None`
+/// for a document this mapping does not write.
+pub fn unmap(
+    service: Service,
+    opts: &MapOptions,
+    collection: &str,
+    id: &str,
+    doc: &Document,
+) -> Option<(Vec<Vec<u8>>, Vec<u8>)> {
+    let is = |name: &str| opts.collection(service, name) == collection;
+    let b = |s: &str| s.as_bytes().to_vec();
+    let num = |s: &str| s.parse::<u64>().ok().map(|n| n.to_be_bytes().to_vec());
+    let parts: Vec<&str> = id.split('/').collect();
+    match service {
+        Service::Docstore if is("documents") => {
+            let (store, doc_id) = id.split_once('/')?;
+            Some((vec![b(&format!("store-{store}"))], b(doc_id)))
+        }
+        Service::Activity if is("activities") => match parts.as_slice() {
+            [ot, owner, box_, n] => Some((vec![b(ot), b(owner), b(box_)], num(n)?)),
+            _ => None,
+        },
+        Service::Activity if is("subscriptions") => match parts.as_slice() {
+            [ot, oid, user] => Some((vec![b(ot), b(oid), b("subscriptions")], b(user))),
+            _ => None,
+        },
+        Service::Activity if is("markers") => match parts.as_slice() {
+            [ot, user, box_] => Some((vec![b(ot), b(user), b(box_)], b("last"))),
+            _ => None,
+        },
+        Service::Chat if is("rooms") => {
+            let rt = doc.get_str("type").ok()?;
+            let obj = doc.get_str("roomtypeobject").ok()?;
+            Some((vec![b("messages"), b(rt), b(obj)], b(id)))
+        }
+        Service::Chat if is("messages") => {
+            let (room, n) = id.rsplit_once('/')?;
+            Some((vec![b("messages"), b(room)], num(n)?))
+        }
+        Service::Mailer if is("mailqueues") => {
+            Some((vec![b("MailerQueue")], num(id.strip_prefix("mail-")?)?))
+        }
+        Service::Versions if is("versions") => {
+            let (node, n) = id.rsplit_once('/')?;
+            Some((vec![b("versions"), b(node)], num(n)?))
+        }
+        Service::Jobs if is("jobs") => Some((vec![b("jobs")], b(id))),
+        Service::Jobs if is("tasks") => {
+            let job = doc.get_str("job_id").ok()?;
+            Some((vec![b(&format!("tasks-{job}"))], b(id)))
+        }
+        _ => None,
     }
 }
 
@@ -602,6 +662,74 @@ mod tests {
         )
         .unwrap();
         assert!(short.doc.is_some());
+    }
+
+    #[test]
+    fn unmap_inverts_map() {
+        let cases: Vec<(Service, Vec<&[u8]>, Vec<u8>, Vec<u8>)> = vec![
+            (
+                Service::Docstore,
+                vec![b"store-share"],
+                b"d/1".to_vec(),
+                br#"{"Data":"x"}"#.to_vec(),
+            ),
+            (
+                Service::Activity,
+                vec![b"USER", b"al", b"inbox"],
+                be(3),
+                br#"{"Id":"x"}"#.to_vec(),
+            ),
+            (
+                Service::Activity,
+                vec![b"NODE", b"n", b"subscriptions"],
+                b"bob".to_vec(),
+                b"[]".to_vec(),
+            ),
+            (
+                Service::Activity,
+                vec![b"USER", b"al", b"lastsent"],
+                b"last".to_vec(),
+                be(4),
+            ),
+            (
+                Service::Chat,
+                vec![b"messages", b"NODE", b"o-1"],
+                b"room-1".to_vec(),
+                br#"{"Type":"NODE","RoomTypeObject":"o-1"}"#.to_vec(),
+            ),
+            (
+                Service::Chat,
+                vec![b"messages", b"room-1"],
+                be(9),
+                br#"{"Message":"hi"}"#.to_vec(),
+            ),
+            (Service::Mailer, vec![b"MailerQueue"], be(5), b"{}".to_vec()),
+            (
+                Service::Versions,
+                vec![b"versions", b"node-1"],
+                be(2),
+                vec![0x0a, 1, b'v'],
+            ),
+            (
+                Service::Jobs,
+                vec![b"jobs"],
+                b"j-1".to_vec(),
+                b"{}".to_vec(),
+            ),
+            (
+                Service::Jobs,
+                vec![b"tasks-j-1"],
+                b"t-1".to_vec(),
+                b"{}".to_vec(),
+            ),
+        ];
+        for (s, buckets, key, value) in cases {
+            let bk: Vec<Vec<u8>> = buckets.iter().map(|b| b.to_vec()).collect();
+            let o = MapOptions::default();
+            let m = map(s, &o, &bk, &key, Some(&value)).unwrap().unwrap();
+            let back = unmap(s, &o, &m.collection, &m.id, m.doc.as_ref().unwrap());
+            assert_eq!(back, Some((bk, key)), "{s:?} {}", m.id);
+        }
     }
 
     #[test]

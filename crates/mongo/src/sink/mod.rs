@@ -118,6 +118,11 @@ impl MongoSink {
         }
     }
 
+    /// The target store.
+    pub fn store(&self) -> &MongoStore {
+        &self.store
+    }
+
     fn transactions(&self) -> bool {
         self.opts.transactions == TransactionMode::Auto && self.store.info().has_change_streams()
     }
