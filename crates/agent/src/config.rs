@@ -70,6 +70,9 @@ pub struct AgentConfig {
     pub resnapshot_on_compaction: bool,
     /// Run verification before opening the target.
     pub verify_on_cutover: bool,
+    /// Collection prefixes of the Cells mapping: v4, all or none.
+    #[serde(default)]
+    pub cells_prefixes: Option<String>,
     /// How often a Vault source is looked at for changes.
     #[serde(default = "default_vault_poll_ms")]
     pub vault_poll_ms: u64,
@@ -83,6 +86,7 @@ impl AgentConfig {
         if self.sources.is_empty() || self.targets.is_empty() {
             return Err("give at least one --source and one --target".into());
         }
+        self.map_options()?;
         if self.vault_poll_ms == 0 {
             return Err("--vault.poll must be at least 1 ms".into());
         }
@@ -97,6 +101,16 @@ impl AgentConfig {
             return Err("--rate-limit must be at least 1 operation per second".into());
         }
         Ok(())
+    }
+
+    /// The Cells mapping's options.
+    pub fn map_options(&self) -> Result<ferry_cells::MapOptions, String> {
+        Ok(ferry_cells::MapOptions {
+            prefixes: match &self.cells_prefixes {
+                Some(p) => p.parse().map_err(|e| format!("--cells.prefixes: {e}"))?,
+                None => ferry_cells::Prefixes::default(),
+            },
+        })
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr, String> {
@@ -161,6 +175,7 @@ mod tests {
             resnapshot_on_compaction: true,
             verify_on_cutover: true,
             vault_poll_ms: DEFAULT_VAULT_POLL_MS,
+            cells_prefixes: None,
             cutover_max_lag_events: DEFAULT_CUTOVER_MAX_LAG_EVENTS,
             cutover_timeout_ms: DEFAULT_CUTOVER_TIMEOUT_MS,
         }

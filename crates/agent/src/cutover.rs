@@ -314,7 +314,7 @@ impl Cutover<'_> {
                         &r.source,
                         turl,
                         t,
-                        r.route.mapping,
+                        r.route.mapping.map(|s| (s, r.route.map_opts)),
                         crate::config::DEFAULT_VERIFY_TTL_TOLERANCE_S,
                     )
                     .await

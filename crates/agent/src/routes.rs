@@ -45,6 +45,8 @@ pub struct Route {
     pub span: ShardSpan,
     /// A Cells service's Bolt file: how its entries map to Mongo documents.
     pub mapping: Option<Service>,
+    /// Collection naming of that mapping (`--cells.prefixes`).
+    pub map_opts: MapOptions,
 }
 
 fn with_keys(url: &StoreUrl) -> bool {
@@ -96,6 +98,16 @@ type Pair = (StoreUrl, Vec<StoreUrl>, Option<Service>);
 
 /// Pairs sources with targets; see the module doc.
 pub fn plan(sources: &[StoreUrl], targets: &[StoreUrl], shards: u32) -> Result<Vec<Route>, String> {
+    plan_with(sources, targets, shards, MapOptions::default())
+}
+
+/// [`plan`] with the Cells mapping's options.
+pub fn plan_with(
+    sources: &[StoreUrl],
+    targets: &[StoreUrl],
+    shards: u32,
+    map_opts: MapOptions,
+) -> Result<Vec<Route>, String> {
     if sources.is_empty() || targets.is_empty() {
         return Err("give at least one --source and one --target".into());
     }
@@ -143,6 +155,7 @@ pub fn plan(sources: &[StoreUrl], targets: &[StoreUrl], shards: u32) -> Result<V
             targets,
             span: ShardSpan { first, count },
             mapping,
+            map_opts,
         });
         first += count;
     }
@@ -626,7 +639,7 @@ pub fn build(
                         SinkKind::Cells(CellsSink::new(
                             sink,
                             service,
-                            MapOptions::default(),
+                            route.map_opts,
                             mongo_db(url),
                             path.clone(),
                             route.span,
@@ -709,13 +722,13 @@ pub async fn compare(
     source: &SourceConn,
     target_url: &StoreUrl,
     target: &TargetConn,
-    mapping: Option<Service>,
+    mapping: Option<(Service, MapOptions)>,
     ttl_tolerance_s: i64,
 ) -> Result<Comparison, String> {
     match (source, target) {
         (SourceConn::Bolt(path), TargetConn::Mongo(t)) => {
-            let service = mapping.ok_or_else(|| format!("{source_url}: a Bolt file is compared through its Cells home"))?;
-            crate::cells::compare(path, service, &MapOptions::default(), t, &mongo_db(target_url)).await
+            let (service, opts) = mapping.ok_or_else(|| format!("{source_url}: a Bolt file is compared through its Cells home"))?;
+            crate::cells::compare(path, service, &opts, t, &mongo_db(target_url)).await
         }
         (SourceConn::Mongo(s), TargetConn::Mongo(t)) => {
             let namespaces = s.selected_namespaces().await.map_err(|e| e.to_string())?;

@@ -71,7 +71,12 @@ pub struct LiveRoute {
 impl AgentRun {
     pub async fn run(self) -> Result<Outcome, String> {
         let dir = self.dir.as_path();
-        let plan = routes::plan(&self.sources, &self.targets, self.cfg.shards)?;
+        let plan = routes::plan_with(
+            &self.sources,
+            &self.targets,
+            self.cfg.shards,
+            self.cfg.map_options()?,
+        )?;
         let journal = Arc::new(
             RocksJournal::open(dir, OpenMode::Create, PersistPolicy::EveryBatch)
                 .map_err(|e| e.to_string())?,

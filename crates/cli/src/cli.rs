@@ -120,6 +120,15 @@ pub struct StartArgs {
     /// Skip verification before the target is opened at cutover.
     #[arg(long, env = "FERRY_NO_VERIFY")]
     pub no_verify: bool,
+    /// Collection names of a cells:// migration: `v4` (as the Cells v4 code
+    /// names them: docstore_, mailer_ and jobs_ prefixed, the rest bare),
+    /// `all` (every service's prefix) or `none`.
+    #[arg(
+        long = "cells.prefixes",
+        env = "FERRY_CELLS_PREFIXES",
+        default_value = "v4"
+    )]
+    pub cells_prefixes: String,
     /// How often a Vault source is looked at for changes, in milliseconds.
     #[arg(long = "vault.poll-ms", env = "FERRY_VAULT_POLL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
     pub vault_poll_ms: u64,
@@ -201,6 +210,13 @@ pub struct ServerModeArgs {
 pub struct VerifyArgs {
     #[arg(long, env = "FERRY_SOURCE")]
     pub source: String,
+    /// Collection names of a cells:// migration (as for `start`).
+    #[arg(
+        long = "cells.prefixes",
+        env = "FERRY_CELLS_PREFIXES",
+        default_value = "v4"
+    )]
+    pub cells_prefixes: String,
     /// The copy to compare; a cells:// source takes its three targets.
     #[arg(
         long = "target",

@@ -420,7 +420,7 @@ pub async fn cells_route(
             .map_err(mongo_refused)?;
         let db = ferry_agent::routes::mongo_db(t);
         let namespaces: Vec<ferry_mongo::Namespace> = service
-            .collections(&ferry_cells::MapOptions::default())
+            .collections(&route.map_opts)
             .into_iter()
             .map(|c| ferry_mongo::Namespace::new(db.clone(), c))
             .collect();

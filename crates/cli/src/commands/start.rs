@@ -52,6 +52,7 @@ fn config_for(args: &StartArgs, sources: &[StoreUrl], targets: &[StoreUrl]) -> A
         resnapshot_on_compaction: !args.no_resnapshot,
         verify_on_cutover: !args.no_verify,
         vault_poll_ms: args.vault_poll_ms,
+        cells_prefixes: Some(args.cells_prefixes.clone()),
         cutover_max_lag_events: DEFAULT_CUTOVER_MAX_LAG_EVENTS,
         cutover_timeout_ms: DEFAULT_CUTOVER_TIMEOUT_MS,
     }
@@ -71,7 +72,13 @@ pub fn run(args: StartArgs) -> Result<(), CliError> {
             ));
         }
     }
-    let routes = ferry_agent::routes::plan(&sources, &targets, args.shards)
+    let map_opts = ferry_cells::MapOptions {
+        prefixes: args
+            .cells_prefixes
+            .parse()
+            .map_err(|e| CliError::new(ExitCode::Usage, format!("--cells.prefixes: {e}")))?,
+    };
+    let routes = ferry_agent::routes::plan_with(&sources, &targets, args.shards, map_opts)
         .map_err(|e| CliError::new(ExitCode::Usage, e))?;
     let cfg = config_for(&args, &sources, &targets);
     cfg.validate()

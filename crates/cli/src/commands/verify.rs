@@ -19,7 +19,13 @@ pub fn run(a: VerifyArgs) -> Result<(), CliError> {
         .map(|t| StoreUrl::parse(t))
         .collect::<Result<Vec<_>, _>>()?;
     // A cells:// source expands into its stores; every other pair is one route.
-    let plan = routes::plan(std::slice::from_ref(&src), &targets, 1)
+    let map_opts = ferry_cells::MapOptions {
+        prefixes: a
+            .cells_prefixes
+            .parse()
+            .map_err(|e| CliError::new(ExitCode::Usage, format!("--cells.prefixes: {e}")))?,
+    };
+    let plan = routes::plan_with(std::slice::from_ref(&src), &targets, 1, map_opts)
         .map_err(|e| CliError::new(ExitCode::Usage, e))?;
     let rt = runtime()?;
     let mut failed = Vec::new();
@@ -55,7 +61,7 @@ async fn one(a: &VerifyArgs, route: &routes::Route, tgt: &StoreUrl) -> Result<()
             &s,
             tgt,
             &t,
-            route.mapping,
+            route.mapping.map(|s| (s, route.map_opts)),
             ferry_agent::config::DEFAULT_VERIFY_TTL_TOLERANCE_S,
         )
         .await
