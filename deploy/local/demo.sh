@@ -26,7 +26,7 @@ work="$(mktemp -d /tmp/ferry-cells-demo.XXXXXX)"
 pids=()
 cleanup() {
     "$ferry" stop --journal "$work/journal" --abort >/dev/null 2>&1 || true
-    for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do { kill -9 "$p" && wait "$p"; } 2>/dev/null || true; done
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -90,7 +90,7 @@ sleep 1
 
 targets=(--target "mongodb://127.0.0.1:$mp/cells" --target "etcd://127.0.0.1:$ep/config"
     --target "vault://root@127.0.0.1:$bp/secret/cells/keyring")
-echo; echo "== ferry start --source cells://$home ${targets[*]}"
+echo; echo "== ferry start --source cells://$home ${targets[*]//root@/***@}"
 "$ferry" start --no-monitor --journal "$work/journal" --agent.listen "127.0.0.1:$(free_port)" \
     --source "cells://$home" "${targets[@]}" --source.read-only=external --shards 2
 for _ in $(seq 30); do

@@ -112,7 +112,7 @@ pub fn table(s: &StatusResponse) -> String {
 
 pub fn proof_text(p: &ferry_agent::api::CutoverProof) -> String {
     let mut out = format!(
-        "cutover proof: source read-only ({}) at fence revision {}; {} keys verified, {} differences; read-only window {} ms\n",
+        "cutover proof: source read-only ({}) at fence position {}; {} keys verified, {} differences; read-only window {} ms\n",
         p.read_only_mode, p.fence_position, p.verified_keys, p.differences, p.read_only_window_ms
     );
     for sh in &p.shards {
