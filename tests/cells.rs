@@ -24,7 +24,38 @@ fn sample_home(bin: &Path, dir: &Path) -> PathBuf {
     for f in ["pydio.json", "pydio-vault.json", "cells-vault-key"] {
         std::fs::copy(fixtures.join(f), home.join(f)).unwrap();
     }
+    // certmagic's layout: an ACME account and a site certificate with its key.
+    let site =
+        home.join("certs/certificates/acme-v02.api.letsencrypt.org-directory/cells.example.com");
+    std::fs::create_dir_all(&site).unwrap();
+    std::fs::write(
+        site.join("cells.example.com.crt"),
+        "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    std::fs::write(
+        site.join("cells.example.com.key"),
+        "-----BEGIN EC PRIVATE KEY-----\nsecret-key-material\n-----END EC PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    std::fs::write(
+        site.join("cells.example.com.json"),
+        r#"{"sans":["cells.example.com"]}"#,
+    )
+    .unwrap();
     home
+}
+
+/// Cells' Vault certificate storage lives in its own KV v2 mount.
+fn enable_caddycerts(bao: &OpenBao) {
+    let r = http::post(
+        &bao.endpoint(),
+        "/v1/sys/mounts/caddycerts",
+        &[("X-Vault-Token", "root")],
+        r#"{"type":"kv","options":{"version":"2"}}"#,
+    )
+    .unwrap();
+    assert!(r.status < 300, "{}", r.body);
 }
 
 /// A writer that keeps the Cells home's Bolt files open (locks held) and
@@ -116,6 +147,7 @@ fn a_live_cells_home_migrates_with_one_command_and_cuts_over() {
         etcd.url("config"),
         format!("vault://root@{}/secret/cells/keyring", bao.endpoint()),
     ];
+    enable_caddycerts(&bao);
     let mut writer = live_writer(&bin, &home, 12);
     std::thread::sleep(Duration::from_millis(500));
     ok(
@@ -235,6 +267,22 @@ fn a_live_cells_home_migrates_with_one_command_and_cuts_over() {
     )
     .unwrap();
     assert!(kr.body.contains("keyring.master"), "{}", kr.body);
+    let key = "certificates/acme-v02.api.letsencrypt.org-directory/cells.example.com/cells.example.com.key";
+    let cert = http::get(
+        &bao.endpoint(),
+        &format!("/v1/caddycerts/data/{key}"),
+        &[("X-Vault-Token", "root")],
+    )
+    .unwrap();
+    let cert: Value = serde_json::from_str(&cert.body).unwrap();
+    assert!(
+        cert["data"]["data"][key]
+            .as_str()
+            .unwrap()
+            .contains("secret-key-material"),
+        "{cert}"
+    );
+    assert!(steps.contains("CELLS_CERTS_STORE=vault://"), "{steps}");
 
     // Running the whole migration again changes nothing: same documents,
     // same counts (Cells' own migrators would duplicate every activity,

@@ -155,3 +155,34 @@ fn mongo_to_mongo_survives_twenty_sigkills_over_copy_and_streaming() {
         "{has_unique:?}"
     );
 }
+
+/// SecantusDB has no `setUserWriteBlockMode`: `set-server-mode` and a
+/// `start` that would need it say so in one sentence and offer the
+/// external mode; nothing is written.
+#[test]
+fn a_server_without_write_blocking_is_refused_in_one_sentence() {
+    let (Some(src), Some(dst)) = (require(MongoWire::start()), require(MongoWire::start())) else {
+        return;
+    };
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(load(&src.uri(), 10));
+    let f = Ferry::new();
+    let s = format!("{}/app", src.uri());
+    let out = f.run(&["set-server-mode", "--source", &s, "--mode", "readonly"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--source.read-only=external"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(stderr(&out).trim().lines().count(), 1, "{}", stderr(&out));
+    let out = f.start(&s, &format!("{}/app", dst.uri()), &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--source.read-only=external"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!f.journal().exists());
+}

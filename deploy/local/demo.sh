@@ -75,11 +75,23 @@ wait_http "http://127.0.0.1:$bp/v1/secret/config" "X-Vault-Token: root"
 wait_port "$mp"
 echo "   etcd 127.0.0.1:$ep, OpenBao 127.0.0.1:$bp, SecantusDB (MongoDB wire) 127.0.0.1:$mp"
 
-echo; echo "== a Cells v4 home: Bolt files of six services, config, config vault, keyring"
+echo; echo "== a Cells v4 home: Bolt files of six services, config, config vault, keyring, certificates"
 home="$work/cells"
 mkdir -p "$home"
 "$fixture" cells-home "$home" >/dev/null
 cp tests/fixtures/cells/pydio.json tests/fixtures/cells/pydio-vault.json tests/fixtures/cells/cells-vault-key "$home/"
+site="$home/certs/certificates/acme-v02.api.letsencrypt.org-directory/cells.example.com"
+mkdir -p "$site"
+printf -- '-----BEGIN CERTIFICATE-----\nMIIB (sample)\n-----END CERTIFICATE-----\n' >"$site/cells.example.com.crt"
+printf -- '-----BEGIN EC PRIVATE KEY-----\nMHcC (sample)\n-----END EC PRIVATE KEY-----\n' >"$site/cells.example.com.key"
+printf '{"sans":["cells.example.com"]}' >"$site/cells.example.com.json"
+# Cells' Vault certificate storage is its own KV v2 mount, caddycerts.
+python3 - "$bp" <<'PY'
+import sys, urllib.request
+req = urllib.request.Request(f"http://127.0.0.1:{sys.argv[1]}/v1/sys/mounts/caddycerts", method="POST",
+    data=b'{"type":"kv","options":{"version":"2"}}', headers={"X-Vault-Token": "root", "Content-Type": "application/json"})
+urllib.request.urlopen(req, timeout=5)
+PY
 (cd "$home" && find . -type f | sort | sed 's/^/   /')
 
 echo; echo "== Cells keeps running: a writer holds its Bolt files and changes them for ${writer_secs}s"

@@ -83,8 +83,14 @@ pub fn check_pair(source: &StoreUrl, target: &StoreUrl) -> Result<(), String> {
             ));
         }
     }
+    let is_dir = matches!(source, StoreUrl::File { path } if path.is_dir());
+    if is_dir && target.kind() != K::Vault {
+        return Err(format!(
+            "{source} is a directory: it goes to a Vault mount (as Cells' certs/ to caddycerts)"
+        ));
+    }
     if let StoreUrl::Vault { path, params, .. } = target {
-        if path.is_empty() && !params.contains_key("key") && source.kind() == K::File {
+        if path.is_empty() && !params.contains_key("key") && source.kind() == K::File && !is_dir {
             return Err(format!(
                 "{target} names no secret under its mount; e.g. vault://127.0.0.1:8200/secret/cells/keyring"
             ));
@@ -278,6 +284,31 @@ fn expand_cells(home: &Path, targets: &[StoreUrl]) -> Result<Vec<Pair>, String> 
         vec![keyring],
         None,
     ));
+    if let Some(certs) = &home.certs {
+        let caddy = match vault.clone() {
+            StoreUrl::Vault {
+                tls,
+                endpoint,
+                token,
+                ..
+            } => StoreUrl::Vault {
+                tls,
+                endpoint,
+                mount: "caddycerts".into(),
+                path: String::new(),
+                token,
+                params: Default::default(),
+            },
+            other => other,
+        };
+        out.push((
+            StoreUrl::File {
+                path: certs.clone(),
+            },
+            vec![caddy],
+            None,
+        ));
+    }
     Ok(out)
 }
 
@@ -319,6 +350,8 @@ pub enum SourceConn {
     Vault(Arc<VaultStore>),
     Mongo(MongoStore),
     Bolt(PathBuf),
+    /// A directory of files (Cells' `certs/`).
+    Dir(PathBuf),
 }
 
 /// A connected target.
@@ -344,6 +377,11 @@ impl SourceConn {
                 .await
                 .map(SourceConn::Etcd)
                 .map_err(|e| e.to_string()),
+            StoreKind::File if file_path(url).is_some_and(|p| p.is_dir()) => {
+                let path = file_path(url).expect("file URL");
+                ferry_file::dir::list(&path).map_err(|e| e.to_string())?;
+                Ok(SourceConn::Dir(path))
+            }
             StoreKind::File => {
                 let path = file_path(url).expect("file URL");
                 ferry_file::read_settled(&path, ferry_file::DEFAULT_SETTLE)
@@ -417,6 +455,7 @@ pub enum Tailer {
     Vault(VaultTailer),
     Mongo(Box<MongoTailer>),
     Bolt(Box<BoltTailer>),
+    Dir(ferry_file::dir::DirTailer),
 }
 
 /// How the cutover fences a route's source.
@@ -582,6 +621,16 @@ pub fn build(
             };
             (Tailer::Mongo(Box::new(t)), fence, None, String::new())
         }
+        SourceConn::Dir(path) => {
+            let t = ferry_file::dir::DirTailer::new(
+                path.clone(),
+                name,
+                route.span,
+                Arc::clone(&o.seal),
+            );
+            let fence = Fence::Poll(t.fence_handle());
+            (Tailer::Dir(t), fence, None, String::new())
+        }
         SourceConn::Bolt(path) => {
             let t = BoltTailer::new(
                 path.clone(),
@@ -686,6 +735,10 @@ impl Tailer {
                 .run(journal, lag, shutdown)
                 .await
                 .map_err(|e| e.to_string()),
+            Tailer::Dir(t) => t
+                .run(journal, lag, shutdown)
+                .await
+                .map_err(|e| e.to_string()),
         }
     }
 }
@@ -779,6 +832,33 @@ pub async fn compare(
             })
         }
         (SourceConn::File(path), t) => compare_document(path, target_url, t).await,
+        (SourceConn::Dir(root), TargetConn::Vault(t)) => {
+            let files = ferry_file::dir::list(root).map_err(|e| e.to_string())?;
+            let mut c = Comparison::default();
+            for rel in files.keys() {
+                let want: serde_json::Value = serde_json::from_slice(
+                    &ferry_file::dir::document(root, rel).map_err(|e| e.to_string())?,
+                )
+                .expect("a document is JSON");
+                let got = t.read_at(&t.absolute(rel)).await.map_err(|e| e.to_string())?;
+                if got.map(serde_json::Value::Object) != Some(want) {
+                    c.note(format!("{rel}: missing or different in {target_url}"));
+                }
+                c.compared += 1;
+            }
+            for p in t.list_all().await.map_err(|e| e.to_string())? {
+                if !files.contains_key(t.relative(&p)) {
+                    c.note(format!("{p}: in {target_url} only"));
+                }
+            }
+            c.summary = format!(
+                "compared {} files of {} with the secrets of {target_url}: {} differences",
+                c.compared,
+                root.display(),
+                c.differences
+            );
+            Ok(c)
+        }
         (SourceConn::Vault(s), TargetConn::Vault(t)) => {
             let paths = s.list_all().await.map_err(|e| e.to_string())?;
             let target_paths = t.list_all().await.map_err(|e| e.to_string())?;
@@ -958,7 +1038,12 @@ pub fn next_steps<'a>(routes: impl Iterator<Item = &'a Route>) -> Vec<String> {
         .iter()
         .filter_map(|r| r.mapping.map(Service::name))
         .collect();
-    vec![
+    let certs = routes
+        .iter()
+        .find(|r| matches!(&r.source, StoreUrl::File { path } if path.file_name().is_some_and(|f| f == "certs")))
+        .and_then(|r| r.targets.first())
+        .map(ToString::to_string);
+    let mut steps = vec![
         format!("export CELLS_CONFIG={}", file_target("pydio.json")),
         format!("export CELLS_VAULT={}", file_target("pydio-vault.json")),
         format!("export CELLS_KEYRING={}", file_target("cells-vault-key")),
@@ -967,6 +1052,9 @@ pub fn next_steps<'a>(routes: impl Iterator<Item = &'a Route>) -> Vec<String> {
             services.join(", ")
         ),
         "rebuild the search and log indexes, which Ferry does not copy (Bleve files): cells admin resync --service pydio.grpc.search".into(),
-        "certs/ (ACME certificates) is not copied by this build: Cells requests new ones, or copy them into Vault `caddycerts` yourself".into(),
-    ]
+    ];
+    if let Some(c) = certs {
+        steps.insert(3, format!("export CELLS_CERTS_STORE={c}"));
+    }
+    steps
 }

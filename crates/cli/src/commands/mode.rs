@@ -25,12 +25,6 @@ fn describe(saved: &SavedPermissions) -> String {
 
 pub fn run(a: ServerModeArgs) -> Result<(), CliError> {
     let url = StoreUrl::parse(&a.source)?;
-    if url.kind() != StoreKind::Etcd {
-        return Err(CliError::new(
-            ExitCode::Usage,
-            format!("{url}: this build switches etcd stores only"),
-        ));
-    }
     let mode = match a.mode.as_str() {
         "readonly" => ServerMode::ReadOnly,
         "default" => ServerMode::Default,
@@ -41,6 +35,15 @@ pub fn run(a: ServerModeArgs) -> Result<(), CliError> {
             ))
         }
     };
+    if url.kind() == StoreKind::Mongo {
+        return mongo(&url, mode);
+    }
+    if url.kind() != StoreKind::Etcd {
+        return Err(CliError::new(
+            ExitCode::Usage,
+            format!("{url}: Ferry switches etcd and MongoDB stores; stop the writers of a {} store yourself", url.kind().name()),
+        ));
+    }
     let user = match &url {
         StoreUrl::Etcd { user, .. } => user.clone().unwrap_or_else(|| "root".into()),
         _ => unreachable!("checked above"),
@@ -64,6 +67,26 @@ pub fn run(a: ServerModeArgs) -> Result<(), CliError> {
                 println!("{url}: Ferry had made nothing read-only there; nothing to restore")
             }
             (ServerMode::ReadOnly, None) => println!("{url}: nothing to change"),
+        }
+        Ok(())
+    })
+}
+
+/// MongoDB 6.0 and later: `setUserWriteBlockMode` on the whole deployment;
+/// users with `bypassWriteBlockingMode` (Ferry's) still write.
+fn mongo(url: &StoreUrl, mode: ServerMode) -> Result<(), CliError> {
+    runtime()?.block_on(async {
+        let store = ferry_mongo::MongoStore::connect(url)
+            .await
+            .map_err(|e| CliError::new(ExitCode::Refused, e.to_string()))?;
+        let block = mode == ServerMode::ReadOnly;
+        ferry_mongo::readonly::set_user_write_block(&store, block)
+            .await
+            .map_err(|e| CliError::new(ExitCode::Refused, e.to_string()))?;
+        if block {
+            println!("{url} is read-only: user writes are blocked (setUserWriteBlockMode); `--mode default` lifts it");
+        } else {
+            println!("{url} accepts user writes again");
         }
         Ok(())
     })

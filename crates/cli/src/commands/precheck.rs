@@ -236,6 +236,13 @@ pub async fn config_route(
     use super::config::vault_error;
     let source = &route.source;
     let doc = match source {
+        StoreUrl::File { path } if path.is_dir() => {
+            let n = ferry_file::dir::list(path)
+                .map_err(|e| CliError::new(ExitCode::Usage, e.to_string()))?
+                .len();
+            line("source", format!("{}: a directory of {n} files (each becomes a secret named after its path); read-only at cutover: external", path.display()));
+            None
+        }
         StoreUrl::File { path } => {
             let doc = ferry_file::read_settled(path, ferry_file::DEFAULT_SETTLE)
                 .map_err(|e| CliError::new(ExitCode::Usage, e.to_string()))?;
@@ -389,6 +396,7 @@ pub async fn mongo_route(
                 namespaces.len()
             ),
         );
+        oplog_window(&src, &namespaces).await?;
         line(
             "target",
             format!("{t}: reachable; documents fit its size limit"),
@@ -447,6 +455,77 @@ pub async fn cells_route(
                     .join(", ")
             ),
         );
+    }
+    Ok(())
+}
+
+/// Documents per second a copy is assumed to make when estimating its
+/// duration against the oplog window (the slowest figure measured here,
+/// SecantusDB through the whole pipeline, rounded down).
+const ASSUMED_COPY_DOCS_PER_S: u64 = 5_000;
+
+/// The source's oplog window against the copy's estimated duration, where
+/// the server reports an oplog (`local.oplog.rs`). A window shorter than
+/// twice the estimate is refused: the change stream would lose its resume
+/// point before the copy ends, and Ferry would copy again, forever.
+async fn oplog_window(
+    src: &ferry_mongo::MongoStore,
+    namespaces: &[ferry_mongo::Namespace],
+) -> Result<(), CliError> {
+    use mongodb::bson::{doc, Document};
+    let mut docs = 0u64;
+    for ns in namespaces {
+        docs += src.estimated_count(ns).await.unwrap_or(0);
+    }
+    let estimate_s = docs / ASSUMED_COPY_DOCS_PER_S + 1;
+    let oplog = src
+        .client()
+        .database("local")
+        .collection::<Document>("oplog.rs");
+    let edge = |dir: i32| {
+        let oplog = oplog.clone();
+        async move {
+            oplog
+                .find_one(doc! {})
+                .sort(doc! {"$natural": dir})
+                .await
+                .ok()
+                .flatten()
+                .and_then(|d| d.get_timestamp("ts").ok())
+        }
+    };
+    match (edge(1).await, edge(-1).await) {
+        (Some(first), Some(last)) => {
+            let window = u64::from(last.time.saturating_sub(first.time));
+            // An oplog that has not wrapped yet loses nothing: its window
+            // is its age, not a limit.
+            let stats = src
+                .client()
+                .database("local")
+                .run_command(doc! {"collStats": "oplog.rs"})
+                .await
+                .ok();
+            let num = |d: &Document, k: &str| {
+                d.get(k).and_then(|v| match v {
+                    mongodb::bson::Bson::Int32(n) => Some(i64::from(*n)),
+                    mongodb::bson::Bson::Int64(n) => Some(*n),
+                    mongodb::bson::Bson::Double(f) => Some(*f as i64),
+                    _ => None,
+                })
+            };
+            let full = stats.as_ref().is_some_and(|d| {
+                matches!((num(d, "size"), num(d, "maxSize")), (Some(s), Some(m)) if m > 0 && s * 10 >= m * 9)
+            });
+            if full && window < 2 * estimate_s {
+                return Err(CliError::new(
+                    ExitCode::Refused,
+                    format!("{}'s oplog spans {window} s, less than twice the copy's estimated {estimate_s} s ({docs} documents at {ASSUMED_COPY_DOCS_PER_S}/s): the change stream could lose its resume point during the copy; enlarge the oplog (replSetResizeOplog) first", src.name()),
+                ));
+            }
+            let state = if full { "full" } else { "not yet wrapped" };
+            line("source", format!("oplog window {window} s ({state}), copy estimated at {estimate_s} s for {docs} documents"));
+        }
+        _ => line("source", format!("oplog window not reported by the server; copy estimated at {estimate_s} s for {docs} documents")),
     }
     Ok(())
 }
