@@ -5,7 +5,7 @@
 //! path>`; its value is the document Cells' Vault certificate storage
 //! writes for it, `{"<relative path>": "<file content>"}` (the secret's
 //! one field is named after the key itself). A look every
-//! `poll_interval` compares each file's size, modification time and inode
+//! `poll_interval` (100 ms) compares each file's size, modification time and inode
 //! with the last look's and reads only what moved; files that went become
 //! deletes. Values are sealed: these are private keys.
 //!
@@ -95,7 +95,7 @@ impl DirTailer {
             root,
             source: source_name,
             span,
-            poll_interval: Duration::from_millis(500),
+            poll_interval: Duration::from_millis(100),
             seal,
             fence: PollFence::new(),
         }
