@@ -148,7 +148,8 @@ fn a_live_cells_home_migrates_with_one_command_and_cuts_over() {
         format!("vault://root@{}/secret/cells/keyring", bao.endpoint()),
     ];
     enable_caddycerts(&bao);
-    let mut writer = live_writer(&bin, &home, 12);
+    // Runs until told to stop (SIGTERM, below), as Cells would.
+    let writer = live_writer(&bin, &home, 300);
     std::thread::sleep(Duration::from_millis(500));
     ok(
         &start(
@@ -177,15 +178,19 @@ fn a_live_cells_home_migrates_with_one_command_and_cuts_over() {
     f.wait_for("streaming", Duration::from_secs(120), all_streaming);
     // While Cells holds its Bolt locks the cutover cannot make them read-only:
     // it fails in one sentence, opens nothing, and the sync goes on.
-    if writer.try_wait().unwrap().is_none() {
-        let out = f.run(&["stop", "--timeout", "30s"]);
-        assert!(
-            !out.status.success(),
-            "a cutover with Cells running succeeded"
-        );
-        let all = format!("{}{}", stdout(&out), stderr(&out));
-        assert!(all.contains("is Cells still running"), "{all}");
-    }
+    let out = f.run(&["stop", "--timeout", "30s"]);
+    assert!(
+        !out.status.success(),
+        "a cutover with Cells running succeeded"
+    );
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(all.contains("is Cells still running"), "{all}");
+    // Cells stops: its writer closes the files and releases their locks.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(writer.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     let out = writer.wait_with_output().unwrap();
     assert!(
         out.status.success(),

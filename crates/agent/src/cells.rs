@@ -65,10 +65,12 @@ impl CellsSink {
         .map_err(|e| SinkError::fatal(e.to_string()))?
         .map_err(|e| SinkError::transient(e.to_string()))?
         .1;
+        // Only this shard's keys: the sweep looks at nothing else.
         let present: HashSet<Vec<u8>> = entries
             .iter()
             .filter(|e| e.value.is_some())
             .map(|e| encode_key(&e.buckets, &e.key))
+            .filter(|k| self.span.shard_for(k) == shard)
             .collect();
         let client = self.inner_store().client();
         let mut deleted = 0;
@@ -256,11 +258,14 @@ pub async fn compare(
                 .insert(m.id.clone(), with_id(&m.id, body));
         }
     }
-    let collections: BTreeSet<String> = want.keys().cloned().collect();
+    // Every collection the service writes, so a leftover document in one
+    // whose Bolt bucket is now empty is found too.
+    let collections: BTreeSet<String> = service.collections(opts).into_iter().collect();
+    let none = BTreeMap::new();
     let mut out = crate::routes::Comparison::default();
     let client = target.client();
     for coll in &collections {
-        let expected = &want[coll];
+        let expected = want.get(coll).unwrap_or(&none);
         let c = client.database(db).collection::<Document>(coll);
         let mut cursor = c
             .find(doc! {})

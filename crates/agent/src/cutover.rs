@@ -35,12 +35,12 @@ pub const PROOF_FILE: &str = "cutover-proof.json";
 /// Saved while a cutover has an etcd source read-only; the next agent
 /// start restores it if the cutover never finished. One file per source.
 pub fn readonly_file(source: &str) -> String {
-    let digest = ring_free_hash(source.as_bytes());
+    let digest = fnv1a64(source.as_bytes());
     format!("cutover-readonly-{digest:016x}.json")
 }
 
-/// A stable name for a file from a source URL (FNV-1a; not security).
-fn ring_free_hash(bytes: &[u8]) -> u64 {
+/// FNV-1a, 64 bits: a stable file name from a source URL (not security).
+fn fnv1a64(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
     })
@@ -150,7 +150,7 @@ impl Cutover<'_> {
             }
         }
         // MongoDB sources: setUserWriteBlockMode (Ferry's user bypasses it).
-        let mut blocked: Vec<ferry_mongo::MongoStore> = Vec::new();
+        let mut blocked: Vec<(String, ferry_mongo::MongoStore)> = Vec::new();
         if self.cfg.source_read_only == ReadOnlyMode::Auth {
             for r in self.routes {
                 let crate::routes::SourceConn::Mongo(store) = &r.source else {
@@ -169,7 +169,7 @@ impl Cutover<'_> {
                     self.restore(&saved).await;
                     return Err(failed(CutoverPhase::SourceReadOnly, e));
                 }
-                blocked.push(store.clone());
+                blocked.push((r.route.source.to_string(), store.clone()));
             }
         }
         // Bolt files: read-only once Ferry holds their locks, which it can
@@ -225,14 +225,14 @@ impl Cutover<'_> {
     }
 
     /// Gives MongoDB sources their writes back (a failed cutover).
-    async fn unblock(&self, blocked: &[ferry_mongo::MongoStore]) {
-        for store in blocked {
+    async fn unblock(&self, blocked: &[(String, ferry_mongo::MongoStore)]) {
+        for (name, store) in blocked {
             match ferry_mongo::readonly::set_user_write_block(store, false).await {
                 Ok(()) => {
-                    let _ = std::fs::remove_file(self.dir.join(readonly_file(store.name())));
+                    let _ = std::fs::remove_file(self.dir.join(readonly_file(name)));
                 }
                 Err(e) => {
-                    tracing::error!(source = store.name(), error = %e, "could not unblock writes on the source; run `ferry set-server-mode --mode default`")
+                    tracing::error!(source = %name, error = %e, "could not unblock writes on the source; run `ferry set-server-mode --mode default`")
                 }
             }
         }

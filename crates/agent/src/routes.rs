@@ -839,7 +839,7 @@ pub async fn compare(
                 let want: serde_json::Value = serde_json::from_slice(
                     &ferry_file::dir::document(root, rel).map_err(|e| e.to_string())?,
                 )
-                .expect("a document is JSON");
+                .map_err(|e| e.to_string())?;
                 let got = t.read_at(&t.absolute(rel)).await.map_err(|e| e.to_string())?;
                 if got.map(serde_json::Value::Object) != Some(want) {
                     c.note(format!("{rel}: missing or different in {target_url}"));
@@ -862,17 +862,12 @@ pub async fn compare(
         (SourceConn::Vault(s), TargetConn::Vault(t)) => {
             let paths = s.list_all().await.map_err(|e| e.to_string())?;
             let target_paths = t.list_all().await.map_err(|e| e.to_string())?;
-            let mut details = Vec::new();
-            let mut differences = 0u64;
-            let mut versions = 0u64;
+            let mut c = Comparison::default();
             let rels: std::collections::BTreeSet<&str> =
                 paths.iter().map(|p| s.relative(p)).collect();
             for p in &target_paths {
                 if !rels.contains(t.relative(p)) {
-                    differences += 1;
-                    if details.len() < 20 {
-                        details.push(format!("{p}: on the target only"));
-                    }
+                    c.note(format!("{p}: on the target only"));
                 }
             }
             for p in &paths {
@@ -881,23 +876,22 @@ pub async fn compare(
                     .compare_secret_at(t, p, &tp)
                     .await
                     .map_err(|e| e.to_string())?;
-                versions += s
+                c.compared += s
                     .metadata(p)
                     .await
                     .map_err(|e| e.to_string())?
                     .map_or(0, |m| m.current_version);
-                differences += diffs.len() as u64;
-                details.extend(diffs.into_iter().take(20 - details.len().min(20)));
+                for d in diffs {
+                    c.note(d);
+                }
             }
-            Ok(Comparison {
-                compared: versions,
-                differences,
-                details,
-                summary: format!(
-                    "compared {} secrets ({versions} versions) of {source_url} with {target_url} version by version, metadata included: {differences} differences",
-                    paths.len()
-                ),
-            })
+            c.summary = format!(
+                "compared {} secrets ({} versions) of {source_url} with {target_url} version by version, metadata included: {} differences",
+                paths.len(),
+                c.compared,
+                c.differences
+            );
+            Ok(c)
         }
         _ => Err(format!("{source_url} and {target_url} cannot be compared: this build compares the pairs it copies")),
     }
@@ -939,32 +933,25 @@ async fn compare_document(
                 })
                 .collect();
             let want = ferry_file::pipeline::leaves(&src.value);
-            let mut details = Vec::new();
-            let mut diff = 0u64;
+            let mut c = Comparison {
+                compared: want.len() as u64,
+                ..Default::default()
+            };
             for (k, v) in &want {
                 if have.get(k) != Some(v) {
-                    diff += 1;
-                    if details.len() < 20 {
-                        details.push(format!("{k}: missing or different on the target"));
-                    }
+                    c.note(format!("{k}: missing or different on the target"));
                 }
             }
             for k in have.keys().filter(|k| !want.contains_key(*k)) {
-                diff += 1;
-                if details.len() < 20 {
-                    details.push(format!("{k}: on the target only"));
-                }
+                c.note(format!("{k}: on the target only"));
             }
-            return Ok(Comparison {
-                compared: want.len() as u64,
-                differences: diff,
-                details,
-                summary: format!(
-                    "compared {} leaves of {} with the keys under {target_url}: {diff} differences",
-                    want.len(),
-                    path.display()
-                ),
-            });
+            c.summary = format!(
+                "compared {} leaves of {} with the keys under {target_url}: {} differences",
+                want.len(),
+                path.display(),
+                c.differences
+            );
+            return Ok(c);
         }
         TargetConn::Etcd(store) => {
             let mut c = store.client();

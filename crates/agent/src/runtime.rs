@@ -123,8 +123,12 @@ impl AgentRun {
         let mut tailers = Vec::new();
         for route in plan {
             let source = SourceConn::connect(&route.source).await?;
-            if let SourceConn::Etcd(s) = &source {
-                recover_read_only(dir, &route.source.to_string(), s).await;
+            match &source {
+                SourceConn::Etcd(s) => recover_read_only(dir, &route.source.to_string(), s).await,
+                SourceConn::Mongo(s) => {
+                    recover_write_block(dir, &route.source.to_string(), s).await
+                }
+                _ => {}
             }
             let mut targets = Vec::new();
             for t in &route.targets {
@@ -338,6 +342,23 @@ async fn termination() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         () = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+/// A previous agent died with a MongoDB source write-blocked: lift it.
+async fn recover_write_block(dir: &Path, name: &str, source: &ferry_mongo::MongoStore) {
+    let path = dir.join(crate::cutover::readonly_file(name));
+    if !path.exists() {
+        return;
+    }
+    match ferry_mongo::readonly::set_user_write_block(source, false).await {
+        Ok(()) => {
+            tracing::warn!(source = name, "a previous cutover was interrupted with the source write-blocked; writes are allowed again");
+            let _ = std::fs::remove_file(&path);
+        }
+        Err(e) => {
+            tracing::error!(source = name, error = %e, "could not lift the write block an interrupted cutover left; run `ferry set-server-mode --mode default`")
+        }
     }
 }
 

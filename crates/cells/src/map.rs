@@ -112,6 +112,17 @@ pub enum Prefixes {
     None,
 }
 
+impl Prefixes {
+    /// The option's spelling (`v4`, `all`, `none`), as parsed.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Prefixes::V4 => "v4",
+            Prefixes::All => "all",
+            Prefixes::None => "none",
+        }
+    }
+}
+
 impl std::str::FromStr for Prefixes {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

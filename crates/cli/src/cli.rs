@@ -128,7 +128,7 @@ pub struct StartArgs {
         env = "FERRY_CELLS_PREFIXES",
         default_value = "v4"
     )]
-    pub cells_prefixes: String,
+    pub cells_prefixes: ferry_cells::Prefixes,
     /// How often a Vault source is looked at for changes, in milliseconds.
     #[arg(long = "vault.poll-ms", env = "FERRY_VAULT_POLL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
     pub vault_poll_ms: u64,
@@ -216,7 +216,7 @@ pub struct VerifyArgs {
         env = "FERRY_CELLS_PREFIXES",
         default_value = "v4"
     )]
-    pub cells_prefixes: String,
+    pub cells_prefixes: ferry_cells::Prefixes,
     /// The copy to compare; a cells:// source takes its three targets.
     #[arg(
         long = "target",

@@ -130,6 +130,11 @@ impl DirTailer {
             if old.and_then(|o| o.get(rel)) == Some(st) {
                 continue;
             }
+            // Gone since the listing (a temporary file renamed away): the
+            // next look sees it missing and journals its delete.
+            if !self.root.join(rel).exists() {
+                continue;
+            }
             let doc = document(&self.root, rel)?;
             out.push(self.event(
                 rel,
@@ -165,21 +170,8 @@ impl DirTailer {
         let mut app = SpanAppender::load(journal.as_ref(), &lag, self.source.clone(), self.span)?;
         let mut round = app.checkpoint()?.map_or(0, |p| p.order) + 1;
         let mut seen = list(&self.root)?;
-        let pos = Position::at(round);
-        let mut events = app.markers(
-            Op::SnapshotBegin {
-                total_keys: Some(seen.len() as u64),
-            },
-            &pos,
-        );
-        for e in self.changes(None, &seen, round)? {
-            let i = app.index(e.shard);
-            events[i].push(e);
-        }
-        for (i, m) in app.markers(Op::SnapshotEnd, &pos).into_iter().enumerate() {
-            events[i].extend(m);
-        }
-        app.append(events, Some(pos)).await?;
+        app.append_snapshot(self.changes(None, &seen, round)?, Position::at(round))
+            .await?;
         app.set_phase(Phase::Streaming);
         loop {
             tokio::select! {
@@ -196,27 +188,15 @@ impl DirTailer {
                     return Err(e);
                 }
             };
+            let mut events = Vec::new();
             if now != seen {
                 round += 1;
-                let events = self.changes(Some(&seen), &now, round)?;
-                for e in &events {
-                    self.fence.saw_change(&e.key, round);
-                }
-                app.append(app.split(events), Some(Position::at(round)))
-                    .await?;
+                events = self.changes(Some(&seen), &now, round)?;
                 seen = now;
             }
-            if let Some(r) = request {
-                round += 1;
-                let pos = Position::at(round);
-                match app.append(app.markers(Op::Fence, &pos), Some(pos)).await {
-                    Ok(()) => r.done(round),
-                    Err(e) => {
-                        r.fail(e.to_string());
-                        return Err(e.into());
-                    }
-                }
-            }
+            self.fence
+                .journal_look(&mut app, &mut round, events, request)
+                .await?;
         }
     }
 }

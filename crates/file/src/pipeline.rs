@@ -222,21 +222,8 @@ impl FileTailer {
                 Err(e) => return Err(e.into()),
             }
         };
-        let pos = Position::at(round);
-        let mut per_shard = app.markers(
-            Op::SnapshotBegin {
-                total_keys: Some(1),
-            },
-            &pos,
-        );
-        for e in self.changes(None, &first, round) {
-            let i = app.index(e.shard);
-            per_shard[i].push(e);
-        }
-        for (i, m) in app.markers(Op::SnapshotEnd, &pos).into_iter().enumerate() {
-            per_shard[i].extend(m);
-        }
-        app.append(per_shard, Some(pos)).await?;
+        app.append_snapshot(self.changes(None, &first, round), Position::at(round))
+            .await?;
         app.set_phase(Phase::Streaming);
         let mut last = first;
         let mut last_stamp = stamp(&self.path);
@@ -269,24 +256,9 @@ impl FileTailer {
                     }
                 }
             }
-            if !events.is_empty() {
-                for e in &events {
-                    self.fence.saw_change(&e.key, round);
-                }
-                app.append(app.split(events), Some(Position::at(round)))
-                    .await?;
-            }
-            if let Some(r) = request {
-                round += 1;
-                let pos = Position::at(round);
-                match app.append(app.markers(Op::Fence, &pos), Some(pos)).await {
-                    Ok(()) => r.done(round),
-                    Err(e) => {
-                        r.fail(e.to_string());
-                        return Err(e.into());
-                    }
-                }
-            }
+            self.fence
+                .journal_look(&mut app, &mut round, events, request)
+                .await?;
         }
     }
 }

@@ -113,6 +113,26 @@ impl<'a, J: Journal> SpanAppender<'a, J> {
             .collect()
     }
 
+    /// A whole snapshot in one atomic append: begin markers, `events`, end
+    /// markers, and the source checkpoint at `pos` (small sources: a
+    /// document, a directory).
+    pub async fn append_snapshot(
+        &mut self,
+        events: Vec<Event>,
+        pos: Position,
+    ) -> Result<(), AppendError> {
+        let total = Some(events.len() as u64);
+        let mut per_shard = self.markers(Op::SnapshotBegin { total_keys: total }, &pos);
+        for e in events {
+            let i = self.index(e.shard);
+            per_shard[i].push(e);
+        }
+        for (i, m) in self.markers(Op::SnapshotEnd, &pos).into_iter().enumerate() {
+            per_shard[i].extend(m);
+        }
+        self.append(per_shard, Some(pos)).await
+    }
+
     /// Sets the phase of every shard of the span.
     pub fn set_phase(&self, phase: Phase) {
         for shard in self.span.iter() {

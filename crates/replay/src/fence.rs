@@ -68,6 +68,45 @@ impl PollFence {
     }
 }
 
+impl PollFence {
+    /// Journals one look of a polling tailer: its `events` at look
+    /// `round` (each noted by [`Self::saw_change`]) with the checkpoint,
+    /// then, if the cutover asked before the look began, fence markers at a
+    /// new round, and the answer. A failed append fails the request too.
+    pub async fn journal_look<J: ferry_journal::Journal>(
+        &self,
+        app: &mut crate::SpanAppender<'_, J>,
+        round: &mut u64,
+        events: Vec<ferry_core::Event>,
+        request: Option<FenceRequest>,
+    ) -> Result<(), crate::AppendError> {
+        use ferry_core::{Op, Position};
+        let result = async {
+            if !events.is_empty() {
+                for e in &events {
+                    self.saw_change(&e.key, *round);
+                }
+                app.append(app.split(events), Some(Position::at(*round)))
+                    .await?;
+            }
+            if request.is_some() {
+                *round += 1;
+                let pos = Position::at(*round);
+                app.append(app.markers(Op::Fence, &pos), Some(pos)).await?;
+            }
+            Ok::<(), crate::AppendError>(())
+        }
+        .await;
+        if let Some(r) = request {
+            match &result {
+                Ok(()) => r.done(*round),
+                Err(e) => r.fail(e.to_string()),
+            }
+        }
+        result
+    }
+}
+
 /// A cutover's request, held by the tailer during one look.
 pub struct FenceRequest {
     tx: oneshot::Sender<Result<u64, String>>,

@@ -124,23 +124,20 @@ impl VaultTailer {
             let request = self.fence.take_request();
             round += 1;
             let result = match &seen {
-                None => self.snapshot(&mut app, round, &mut shutdown).await,
-                Some(prev) => self.look(&mut app, round, prev).await,
+                None => self
+                    .snapshot(&mut app, round, &mut shutdown)
+                    .await
+                    .map(|s| s.map(|s| (s, Vec::new()))),
+                Some(prev) => self.look(round, prev).await.map(Some),
             };
             match result {
-                Ok(Some(now)) => {
+                Ok(Some((now, events))) => {
                     attempt = 0;
                     seen = Some(now);
-                    if let Some(req) = request {
-                        let pos = Position::at(round);
-                        match app.append(app.markers(Op::Fence, &pos), Some(pos)).await {
-                            Ok(()) => req.done(round),
-                            Err(e) => {
-                                req.fail(e.to_string());
-                                return Err(self.journal_err(e));
-                            }
-                        }
-                    }
+                    self.fence
+                        .journal_look(&mut app, &mut round, events, request)
+                        .await
+                        .map_err(|e| self.journal_err(e))?;
                 }
                 // Stopped during the snapshot.
                 Ok(None) => return Ok(()),
@@ -250,13 +247,13 @@ impl VaultTailer {
         Ok(Some(seen))
     }
 
-    /// One look for changes against `prev`.
-    async fn look<J: Journal>(
+    /// One look for changes against `prev`: what is there now, and the
+    /// events that take the target there.
+    async fn look(
         &self,
-        app: &mut SpanAppender<'_, J>,
         round: u64,
         prev: &BTreeMap<String, Seen>,
-    ) -> Result<Option<BTreeMap<String, Seen>>, VaultError> {
+    ) -> Result<(BTreeMap<String, Seen>, Vec<Event>), VaultError> {
         let metas = self.metadata_all().await?;
         let mut events = Vec::new();
         for (path, meta) in &metas {
@@ -298,19 +295,12 @@ impl VaultTailer {
                 },
             ));
         }
-        if !events.is_empty() {
-            for e in &events {
-                self.fence.saw_change(&e.key, round);
-            }
-            app.append(app.split(events), Some(Position::at(round)))
-                .await
-                .map_err(|e| self.journal_err(e))?;
-        }
-        Ok(Some(
+        Ok((
             metas
                 .into_iter()
                 .map(|(p, meta)| (p, Seen { meta }))
                 .collect(),
+            events,
         ))
     }
 

@@ -350,14 +350,10 @@ pub async fn config_route(
 }
 
 fn mongo_refused(e: ferry_mongo::MongoError) -> CliError {
-    let code = match e.kind() {
-        ferry_core::ErrorKind::Fatal | ferry_core::ErrorKind::Permanent => ExitCode::Refused,
-        ferry_core::ErrorKind::Transient => ExitCode::Refused,
-    };
     let code = if matches!(e, ferry_mongo::MongoError::MalformedUri { .. }) {
         ExitCode::Usage
     } else {
-        code
+        ExitCode::Refused
     };
     CliError::new(code, e.to_string())
 }

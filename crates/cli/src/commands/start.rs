@@ -52,7 +52,7 @@ fn config_for(args: &StartArgs, sources: &[StoreUrl], targets: &[StoreUrl]) -> A
         resnapshot_on_compaction: !args.no_resnapshot,
         verify_on_cutover: !args.no_verify,
         vault_poll_ms: args.vault_poll_ms,
-        cells_prefixes: Some(args.cells_prefixes.clone()),
+        cells_prefixes: Some(args.cells_prefixes.as_str().into()),
         cutover_max_lag_events: DEFAULT_CUTOVER_MAX_LAG_EVENTS,
         cutover_timeout_ms: DEFAULT_CUTOVER_TIMEOUT_MS,
     }
@@ -73,10 +73,7 @@ pub fn run(args: StartArgs) -> Result<(), CliError> {
         }
     }
     let map_opts = ferry_cells::MapOptions {
-        prefixes: args
-            .cells_prefixes
-            .parse()
-            .map_err(|e| CliError::new(ExitCode::Usage, format!("--cells.prefixes: {e}")))?,
+        prefixes: args.cells_prefixes,
     };
     let routes = ferry_agent::routes::plan_with(&sources, &targets, args.shards, map_opts)
         .map_err(|e| CliError::new(ExitCode::Usage, e))?;

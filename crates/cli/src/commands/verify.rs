@@ -20,10 +20,7 @@ pub fn run(a: VerifyArgs) -> Result<(), CliError> {
         .collect::<Result<Vec<_>, _>>()?;
     // A cells:// source expands into its stores; every other pair is one route.
     let map_opts = ferry_cells::MapOptions {
-        prefixes: a
-            .cells_prefixes
-            .parse()
-            .map_err(|e| CliError::new(ExitCode::Usage, format!("--cells.prefixes: {e}")))?,
+        prefixes: a.cells_prefixes,
     };
     let plan = routes::plan_with(std::slice::from_ref(&src), &targets, 1, map_opts)
         .map_err(|e| CliError::new(ExitCode::Usage, e))?;
@@ -49,41 +46,39 @@ pub fn run(a: VerifyArgs) -> Result<(), CliError> {
 
 async fn one(a: &VerifyArgs, route: &routes::Route, tgt: &StoreUrl) -> Result<(), CliError> {
     let src = &route.source;
-    {
-        let s = SourceConn::connect(src)
-            .await
-            .map_err(|e| CliError::new(ExitCode::Refused, e))?;
-        let t = TargetConn::connect(tgt)
-            .await
-            .map_err(|e| CliError::new(ExitCode::Refused, e))?;
-        let report = routes::compare(
-            src,
-            &s,
-            tgt,
-            &t,
-            route.mapping.map(|s| (s, route.map_opts)),
-            ferry_agent::config::DEFAULT_VERIFY_TTL_TOLERANCE_S,
-        )
+    let s = SourceConn::connect(src)
         .await
-        .map_err(|e| CliError::new(ExitCode::Runtime, e))?;
-        if a.json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&report).expect("report serialises")
-            );
-        } else {
-            println!("{}", report.summary);
-            for d in &report.details {
-                println!("  {d}");
-            }
+        .map_err(|e| CliError::new(ExitCode::Refused, e))?;
+    let t = TargetConn::connect(tgt)
+        .await
+        .map_err(|e| CliError::new(ExitCode::Refused, e))?;
+    let report = routes::compare(
+        src,
+        &s,
+        tgt,
+        &t,
+        route.mapping.map(|s| (s, route.map_opts)),
+        ferry_agent::config::DEFAULT_VERIFY_TTL_TOLERANCE_S,
+    )
+    .await
+    .map_err(|e| CliError::new(ExitCode::Runtime, e))?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("report serialises")
+        );
+    } else {
+        println!("{}", report.summary);
+        for d in &report.details {
+            println!("  {d}");
         }
-        if !report.is_equal() {
-            return Err(CliError::new(
-                ExitCode::Runtime,
-                format!("{src} and {tgt} differ in {} places", report.differences),
-            ));
-        }
-        println!("equal: {} compared", report.compared);
-        Ok(())
     }
+    if !report.is_equal() {
+        return Err(CliError::new(
+            ExitCode::Runtime,
+            format!("{src} and {tgt} differ in {} places", report.differences),
+        ));
+    }
+    println!("equal: {} compared", report.compared);
+    Ok(())
 }

@@ -49,10 +49,10 @@ use crate::store::pack;
 use crate::{key, MongoError, MongoStore, Namespace};
 use fence::{FenceRequest, FenceShared};
 use ferry_core::metric_names as m;
-use ferry_core::{ErrorPolicy, Event, Op, Position, Seq, ShardId, ShardSpan, StoreMeta, Value};
-use ferry_journal::{AppendBatch, AppendOutcome, Journal, ShardAppend, SourceCheckpoint};
+use ferry_core::{ErrorPolicy, Event, Op, Position, ShardId, ShardSpan, StoreMeta, Value};
+use ferry_journal::Journal;
 use ferry_lag::{now_ms, LagTracker, Phase};
-use ferry_replay::Shutdown;
+use ferry_replay::{Shutdown, SpanAppender};
 use futures::TryStreamExt;
 use mongodb::bson::RawDocumentBuf;
 use std::sync::Arc;
@@ -162,15 +162,8 @@ impl MongoTailer {
             if shutdown.is_stopping() {
                 break Ok(());
             }
-            let step = Box::pin(self.step(
-                &mut app,
-                journal.as_ref(),
-                &lag,
-                &mut shutdown,
-                &mut fences,
-                &mut attempt,
-            ))
-            .await;
+            let step =
+                Box::pin(self.step(&mut app, &lag, &mut shutdown, &mut fences, &mut attempt)).await;
             match step {
                 Ok(true) => break Ok(()),
                 Ok(false) => {}
@@ -198,28 +191,24 @@ impl MongoTailer {
     async fn step<J: Journal>(
         &mut self,
         app: &mut Appender<'_, J>,
-        journal: &J,
         lag: &LagTracker,
         shutdown: &mut Shutdown,
         fences: &mut fence::Fences,
         attempt: &mut u32,
     ) -> Result<bool, MongoError> {
-        let resume = journal
-            .source_checkpoint(&self.source)
-            .map_err(|e| app.journal_err(e))?;
-        let Some(pos) = resume else {
-            return self.snapshot(app, lag, shutdown).await;
+        let Some(pos) = app.checkpoint().cloned() else {
+            return self.snapshot(app, shutdown).await;
         };
-        lag.set_phase_all(Phase::Streaming);
+        app.set_phase(Phase::Streaming);
         match self.stream(app, lag, pos, shutdown, fences, attempt).await {
             Ok(stream::StreamEnd::Shutdown) => Ok(true),
             Ok(stream::StreamEnd::Resnapshot(why)) => {
                 tracing::warn!(store = self.store.name(), "{why}; taking a new snapshot");
-                self.snapshot(app, lag, shutdown).await
+                self.snapshot(app, shutdown).await
             }
             Err(MongoError::HistoryLost { .. }) if self.opts.resnapshot_on_history_lost => {
                 tracing::warn!(store = self.store.name(), "the source no longer holds the history after the journaled resume token; taking a new snapshot");
-                self.snapshot(app, lag, shutdown).await
+                self.snapshot(app, shutdown).await
             }
             Err(e) => Err(e),
         }
@@ -231,7 +220,6 @@ impl MongoTailer {
     async fn snapshot<J: Journal>(
         &self,
         app: &mut Appender<'_, J>,
-        lag: &LagTracker,
         shutdown: &mut Shutdown,
     ) -> Result<bool, MongoError> {
         let t = self.store.head_position().await?;
@@ -257,11 +245,11 @@ impl MongoTailer {
             None,
         )
         .await?;
-        lag.set_phase_all(Phase::Snapshot { copied: 0, total });
+        app.set_phase(Phase::Snapshot { copied: 0, total });
         let mut copied = 0u64;
         for ns in &namespaces {
             if self
-                .copy_collection(app, lag, ns, t, &mut copied, total, shutdown)
+                .copy_collection(app, ns, t, &mut copied, total, shutdown)
                 .await?
             {
                 return Ok(true);
@@ -269,7 +257,7 @@ impl MongoTailer {
         }
         app.append(app.markers(Op::SnapshotEnd, t), Some(Position::at(t)))
             .await?;
-        lag.set_phase_all(Phase::Streaming);
+        app.set_phase(Phase::Streaming);
         tracing::info!(
             store = self.store.name(),
             documents = copied,
@@ -283,7 +271,6 @@ impl MongoTailer {
     async fn copy_collection<J: Journal>(
         &self,
         app: &mut Appender<'_, J>,
-        lag: &LagTracker,
         ns: &Namespace,
         t: u64,
         copied: &mut u64,
@@ -356,7 +343,7 @@ impl MongoTailer {
                 app.append(std::mem::replace(&mut per_shard, app.empty()), None)
                     .await?;
                 *copied += n as u64;
-                lag.set_phase_all(Phase::Snapshot {
+                app.set_phase(Phase::Snapshot {
                     copied: *copied,
                     total,
                 });
@@ -376,16 +363,12 @@ pub(crate) fn order_of(t: Option<mongodb::bson::Timestamp>) -> u64 {
     t.map_or(0, pack)
 }
 
-/// Appends to the journal with sequences tracked per shard, and reports
-/// what became durable to the lag tracker.
+/// The shared [`SpanAppender`], with errors named after this store and
+/// one rule of its own: the source checkpoint only grows.
 pub(crate) struct Appender<'a, J> {
-    journal: &'a J,
-    lag: &'a LagTracker,
-    source: String,
+    inner: SpanAppender<'a, J>,
     store: String,
-    span: ShardSpan,
-    next_seq: Vec<Seq>,
-    /// The last source checkpoint written (checkpoints only grow).
+    /// The last source checkpoint written.
     checkpoint: Option<Position>,
 }
 
@@ -397,58 +380,37 @@ impl<'a, J: Journal> Appender<'a, J> {
         store: String,
         span: ShardSpan,
     ) -> Result<Self, MongoError> {
-        let mut next_seq = Vec::new();
-        for shard in span.iter() {
-            let next = journal
-                .bounds(shard)
-                .map_err(|e| journal_err(&store, e))?
-                .map_or(1, |b| b.next_seq());
-            lag.register(shard, next - 1, &[]);
-            next_seq.push(next);
-        }
-        let checkpoint = journal
-            .source_checkpoint(&source)
-            .map_err(|e| journal_err(&store, e))?;
+        let append_err = |e| append_err(&store, e);
+        let inner = SpanAppender::load(journal, lag, source, span).map_err(append_err)?;
+        let checkpoint = inner.checkpoint().map_err(append_err)?;
         Ok(Appender {
-            journal,
-            lag,
-            source,
+            inner,
             store,
-            span,
-            next_seq,
             checkpoint,
         })
     }
 
-    fn journal_err(&self, e: ferry_journal::JournalError) -> MongoError {
-        journal_err(&self.store, e)
+    /// Sets the phase of this source's shards (not the other sources').
+    fn set_phase(&self, phase: Phase) {
+        self.inner.set_phase(phase);
+    }
+
+    /// The source checkpoint this appender last wrote or found.
+    fn checkpoint(&self) -> Option<&Position> {
+        self.checkpoint.as_ref()
     }
 
     fn index(&self, shard: ShardId) -> usize {
-        (shard.0 - self.span.first) as usize
+        self.inner.index(shard)
     }
 
     fn empty(&self) -> Vec<Vec<Event>> {
-        vec![Vec::new(); self.next_seq.len()]
+        self.inner.empty()
     }
 
     /// One marker event per shard, at `position`.
     fn markers(&self, op: Op, position: u64) -> Vec<Vec<Event>> {
-        let now = now_ms();
-        self.span
-            .iter()
-            .map(|shard| {
-                vec![Event {
-                    shard,
-                    seq: 0,
-                    position: Position::at(position),
-                    key: Vec::new(),
-                    op: op.clone(),
-                    source_ts_ms: 0,
-                    capture_ts_ms: now,
-                }]
-            })
-            .collect()
+        self.inner.markers(op, &Position::at(position))
     }
 
     /// Appends `per_shard` (indexed within the span) and, if given and
@@ -459,68 +421,23 @@ impl<'a, J: Journal> Appender<'a, J> {
         per_shard: Vec<Vec<Event>>,
         checkpoint: Option<Position>,
     ) -> Result<(), MongoError> {
-        let mut shards = Vec::new();
-        let mut durable = Vec::new();
-        for (i, events) in per_shard.into_iter().enumerate() {
-            if events.is_empty() {
-                continue;
-            }
-            let shard = ShardId(self.span.first + i as u32);
-            let last = events.last().map(|e| (e.position.clone(), e.capture_ts_ms));
-            let first_seq = self.next_seq[i];
-            durable.push((
-                i,
-                shard,
-                first_seq,
-                first_seq + events.len() as u64 - 1,
-                last,
-            ));
-            shards.push(ShardAppend {
-                shard,
-                first_seq,
-                events,
-            });
-        }
         // A checkpoint that would not grow is left out: two changes of one
         // transaction share a cluster time, and their tokens need not
         // compare in stream order as bytes. Resuming a little early only
         // re-journals changes, which re-apply harmlessly.
-        let checkpoint = checkpoint
-            .filter(|p| self.checkpoint.as_ref().is_none_or(|c| p > c))
-            .map(|position| SourceCheckpoint {
-                source: self.source.clone(),
-                position,
-            });
-        if shards.is_empty() && checkpoint.is_none() {
-            return Ok(());
-        }
-        let cp_position = checkpoint.as_ref().map(|c| c.position.clone());
-        let outcome = self
-            .journal
-            .append(AppendBatch { shards, checkpoint })
+        let checkpoint = checkpoint.filter(|p| self.checkpoint.as_ref().is_none_or(|c| p > c));
+        self.inner
+            .append(per_shard, checkpoint.clone())
             .await
-            .map_err(|e| self.journal_err(e))?;
-        if outcome == AppendOutcome::Duplicate {
-            return Err(MongoError::Journal {
-                store: self.store.clone(),
-                detail: "an append was reported as a duplicate; is another ferry tailing into this journal?".into(),
-            });
-        }
-        for (i, shard, first, last, info) in durable {
-            self.next_seq[i] = last + 1;
-            if let Some((pos, capture)) = info {
-                self.lag.journaled(shard, first, last, &pos, capture);
-            }
-        }
-        if let Some(p) = cp_position {
-            self.lag.journaled_position(&p);
-            self.checkpoint = Some(p);
+            .map_err(|e| append_err(&self.store, e))?;
+        if checkpoint.is_some() {
+            self.checkpoint = checkpoint;
         }
         Ok(())
     }
 }
 
-fn journal_err(store: &str, e: ferry_journal::JournalError) -> MongoError {
+fn append_err(store: &str, e: ferry_replay::AppendError) -> MongoError {
     MongoError::Journal {
         store: store.to_string(),
         detail: e.to_string(),
