@@ -36,7 +36,14 @@ pub fn run(a: StopArgs) -> Result<(), CliError> {
     rt.block_on(async {
         let resp = t.stop(a.abort).await?;
         println!("{}", resp.message);
-        if !resp.accepted {
+        // A cutover asked for earlier (by a `stop` that gave up waiting) is
+        // still the one to follow, not a failure.
+        let running = !resp.accepted
+            && !a.abort
+            && t.status()
+                .await
+                .is_ok_and(|s| s.state == ferry_agent::api::AgentState::CuttingOver);
+        if !resp.accepted && !running {
             return Err(CliError::new(ExitCode::Runtime, resp.message));
         }
         let result = super::monitor::follow(&t, Some(Instant::now() + timeout), !a.abort).await;
