@@ -178,6 +178,10 @@ fn a_live_cells_home_migrates_with_one_command_and_cuts_over() {
     f.wait_for("streaming", Duration::from_secs(120), all_streaming);
     // While Cells holds its Bolt locks the cutover cannot make them read-only:
     // it fails in one sentence, opens nothing, and the sync goes on.
+    // Within the cutover's lag gate, so the refusal below is the locks'.
+    f.wait_for("lag under the gate", Duration::from_secs(120), |s| {
+        all_streaming(s) && max_lag(s) < 500
+    });
     let out = f.run(&["stop", "--timeout", "30s"]);
     assert!(
         !out.status.success(),
