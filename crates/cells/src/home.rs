@@ -5,7 +5,7 @@
 //! `cells-vault-key` (keyring), `certs/` (certmagic files) and
 //! `services/<service>/<file>.db` (each service's Bolt store).
 
-use crate::map::Service;
+use crate::service::Service;
 use std::path::{Path, PathBuf};
 
 /// Why a directory is not a Cells home Ferry can migrate.

@@ -1,4 +1,5 @@
-//! Each Cells service's Bolt layout into the MongoDB documents Cells reads.
+//! Each Cells service's Bolt layout into the MongoDB documents Cells v4
+//! reads.
 //!
 //! One Bolt entry (bucket path, key, value) becomes at most one document.
 //! Unlike Cells' own migrators, which insert with fresh random ids (a
@@ -7,11 +8,29 @@
 //! - a re-run, or an event applied twice, replaces the same document;
 //! - a Bolt delete becomes a delete of that `_id`, without the value.
 //!
-//! Shapes follow `shared/reference/cells-stores.md` section 1b (Cells v4).
-//! Where the reference is unsure, the choice is an option with the v4
-//! default: collection prefixes ([`MapOptions::prefixes`]), and the
-//! version payload, whose protobuf is decoded field by field into
-//! `changelog` with the raw bytes kept beside it.
+//! Shapes are Cells' Mongo DAO structs (reference 1c, and the Cells files
+//! named in [`crate::gobson`]): the DAO's own wrapper fields (`ts`,
+//! `ac_id`, `node_uuid`, …) with the protobuf struct beside them written by
+//! the one rule of [`crate::gobson`]. Where the mapping must choose:
+//! - **activities**: Bolt ids (`/activity-<seq>`) repeat in every box, and
+//!   Cells purges and looks activities up by `ac_id` alone, so `ac_id` (and
+//!   `object.id`) become `/activity-<uuid>`, the uuid a hash of the Bolt
+//!   location: unique in the collection, the same on every run. `ts` is
+//!   `object.updated` in nanoseconds (`published` when there is no
+//!   `updated`, else 0).
+//! - **markers** (`lastread`, `lastsent`): Bolt keeps the sequence of the
+//!   user's inbox activity; Cells compares `timestamp` with `ts`, so the
+//!   marker takes that activity's `ts`. The mapping names the activity
+//!   ([`Mapped::ts_of`]); the caller fills the value in.
+//! - **versions**: `ts` is Cells' insertion time, which Bolt does not keep;
+//!   it is the ChangeLog's `MTime` in nanoseconds plus the Bolt sequence, so
+//!   listing by `ts` keeps the Bolt order.
+//! - **mailer**: `ts` (Cells' enqueue time, used for FIFO order) is the
+//!   Bolt sequence, which keeps the order.
+//!
+//! An entry whose value Cells itself could not read (not JSON, not a
+//! ChangeLog, a chat room of an unknown type, a field of the wrong type) is
+//! a [`MapError`] naming the service, bucket path and key.
 //!
 //! Not mapped: Bleve indexes (search, logs, docstore's own index) — after
 //! the cutover the operator runs `cells admin resync`; chat's `rooms`
@@ -19,141 +38,10 @@
 //! `configs-versions.db` (Cells keeps configuration history in etcd's
 //! history of the `config` key; Ferry copies the current configuration).
 
-use mongodb::bson::{self, doc, Bson, Document};
+use crate::gobson::{self, from_json, from_proto};
+use crate::service::{MapOptions, Service};
+use mongodb::bson::{doc, Bson, Document};
 use serde_json::Value as Json;
-
-/// A Cells service whose store is a Bolt file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Service {
-    Docstore,
-    Activity,
-    Chat,
-    Mailer,
-    Versions,
-    Jobs,
-}
-
-impl Service {
-    pub const ALL: [Service; 6] = [
-        Service::Docstore,
-        Service::Activity,
-        Service::Chat,
-        Service::Mailer,
-        Service::Versions,
-        Service::Jobs,
-    ];
-
-    /// The service name Cells registers (its data directory's name).
-    pub fn name(self) -> &'static str {
-        match self {
-            Service::Docstore => "pydio.grpc.docstore",
-            Service::Activity => "pydio.grpc.activity",
-            Service::Chat => "pydio.grpc.chat",
-            Service::Mailer => "pydio.grpc.mailer",
-            Service::Versions => "pydio.grpc.versions",
-            Service::Jobs => "pydio.grpc.jobs",
-        }
-    }
-
-    /// The Bolt file in the service's data directory.
-    pub fn bolt_file(self) -> &'static str {
-        match self {
-            Service::Docstore => "docstore.db",
-            Service::Activity => "activities.db",
-            Service::Chat => "chat.db",
-            Service::Mailer => "queue.db",
-            Service::Versions => "versions.db",
-            Service::Jobs => "jobs.db",
-        }
-    }
-
-    /// The MongoDB collections the service's documents go to.
-    pub fn collections(self, opts: &MapOptions) -> Vec<String> {
-        let names: &[&str] = match self {
-            Service::Docstore => &["documents"],
-            Service::Activity => &["activities", "subscriptions", "markers"],
-            Service::Chat => &["rooms", "messages"],
-            Service::Mailer => &["mailqueues"],
-            Service::Versions => &["versions"],
-            Service::Jobs => &["jobs", "tasks"],
-        };
-        names.iter().map(|n| opts.collection(self, n)).collect()
-    }
-
-    /// The storage prefix Cells gives the service's Mongo DAO.
-    fn prefix(self) -> &'static str {
-        match self {
-            Service::Docstore => "docstore",
-            Service::Activity => "activity",
-            Service::Chat => "chat",
-            Service::Mailer => "mailer",
-            Service::Versions => "versions",
-            Service::Jobs => "jobs",
-        }
-    }
-
-    /// Whether the Cells v4 code read prefixes this service's collections
-    /// (docstore and mailer do; activity, chat and versions call the
-    /// database directly; jobs goes through the prefixing DAO).
-    fn v4_prefixed(self) -> bool {
-        matches!(self, Service::Docstore | Service::Mailer | Service::Jobs)
-    }
-}
-
-/// Whether collection names carry the service's storage prefix.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Prefixes {
-    /// As the Cells v4 code read does it (see [`Service`]).
-    #[default]
-    V4,
-    /// `<prefix>_<name>` for every service.
-    All,
-    /// Bare names for every service.
-    None,
-}
-
-impl Prefixes {
-    /// The option's spelling (`v4`, `all`, `none`), as parsed.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Prefixes::V4 => "v4",
-            Prefixes::All => "all",
-            Prefixes::None => "none",
-        }
-    }
-}
-
-impl std::str::FromStr for Prefixes {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "v4" => Ok(Prefixes::V4),
-            "all" => Ok(Prefixes::All),
-            "none" => Ok(Prefixes::None),
-            _ => Err(format!("unknown prefixes `{s}`: use v4, all or none")),
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, Default)]
-pub struct MapOptions {
-    pub prefixes: Prefixes,
-}
-
-impl MapOptions {
-    pub fn collection(&self, service: Service, name: &str) -> String {
-        let prefixed = match self.prefixes {
-            Prefixes::V4 => service.v4_prefixed(),
-            Prefixes::All => true,
-            Prefixes::None => false,
-        };
-        if prefixed {
-            format!("{}_{name}", service.prefix())
-        } else {
-            name.to_string()
-        }
-    }
-}
 
 /// One document's place, and its content (`None`: delete it).
 #[derive(Clone, Debug, PartialEq)]
@@ -161,10 +49,14 @@ pub struct Mapped {
     pub collection: String,
     pub id: String,
     pub doc: Option<Document>,
+    /// A marker: the `_id` (in the service's activities collection) of the
+    /// activity whose `ts` belongs in the document's `timestamp`; see
+    /// [`set_marker_ts`].
+    pub ts_of: Option<String>,
 }
 
 /// Why an entry could not be mapped (one sentence, naming the entry).
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
 #[error("{service} entry {path}: {reason}")]
 pub struct MapError {
     pub service: &'static str,
@@ -185,66 +77,14 @@ fn seq_text(key: &[u8]) -> String {
     seq(key).map_or_else(|| text(key), |n| n.to_string())
 }
 
-/// JSON to BSON: objects stay documents, numbers keep integer-ness.
-fn to_bson(v: &Json) -> Bson {
-    bson::to_bson(v).unwrap_or(Bson::Null)
+/// The Bolt location as Ferry names it in messages: buckets and key.
+pub fn location(buckets: &[Vec<u8>], key: &[u8]) -> String {
+    let mut p: Vec<String> = buckets.iter().map(|b| text(b)).collect();
+    p.push(seq_text(key));
+    p.join("/")
 }
 
-fn to_doc(v: &Json) -> Document {
-    match to_bson(v) {
-        Bson::Document(d) => d,
-        other => doc! { "value": other },
-    }
-}
-
-/// Keys lower-cased, as Go's default BSON codec writes proto structs.
-fn lower_keys(d: &Document) -> Document {
-    d.iter()
-        .map(|(k, v)| (k.to_lowercase(), v.clone()))
-        .collect()
-}
-
-fn int(v: Option<&Json>) -> i64 {
-    v.and_then(|v| v.as_i64().or_else(|| v.as_str()?.parse().ok()))
-        .unwrap_or(0)
-}
-
-/// RFC 3339 to Unix nanoseconds (UTC; `Z` or `±hh:mm`), 0 when unparsable.
-fn rfc3339_ns(s: &str) -> i64 {
-    let parse = || -> Option<i64> {
-        let (date, rest) = s.split_once('T')?;
-        let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
-        let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-        let time_end = rest.find(['Z', '+', '-']).unwrap_or(rest.len());
-        let (time, zone) = rest.split_at(time_end);
-        let mut t = time.split(':');
-        let (hh, mm) = (
-            t.next()?.parse::<i64>().ok()?,
-            t.next()?.parse::<i64>().ok()?,
-        );
-        let sec: f64 = t.next().unwrap_or("0").parse().ok()?;
-        let offset = match zone {
-            "" | "Z" => 0,
-            z => {
-                let sign = if z.starts_with('-') { -1 } else { 1 };
-                let (oh, om) = z[1..].split_once(':')?;
-                sign * (oh.parse::<i64>().ok()? * 3600 + om.parse::<i64>().ok()? * 60)
-            }
-        };
-        // Days from civil (Howard Hinnant's algorithm).
-        let y = if m <= 2 { y - 1 } else { y };
-        let era = y.div_euclid(400);
-        let yoe = y - era * 400;
-        let mp = (m + 9) % 12;
-        let doy = (153 * mp + 2) / 5 + day - 1;
-        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-        let days = era * 146_097 + doe - 719_468;
-        let secs = days * 86_400 + hh * 3600 + mm * 60 - offset;
-        Some(secs * 1_000_000_000 + (sec * 1e9) as i64)
-    };
-    parse().unwrap_or(0)
-}
-
+/// `activity.OwnerType` of a Bolt bucket name.
 fn owner_type(name: &[u8]) -> i32 {
     match name {
         b"USER" => 1,
@@ -252,69 +92,51 @@ fn owner_type(name: &[u8]) -> i32 {
     }
 }
 
-/// A protobuf message's top-level fields, for `tree.ChangeLog`: strings
-/// and varints by field number (`1` uuid, `2` description, `3` data,
-/// `4` mtime, `5` size, `7` owner uuid); anything else is left to `raw`.
-fn changelog(payload: &[u8]) -> Document {
-    fn varint(b: &mut &[u8]) -> Option<u64> {
-        let mut v = 0u64;
-        for i in 0..10 {
-            let (&c, rest) = b.split_first()?;
-            *b = rest;
-            v |= u64::from(c & 0x7f) << (7 * i);
-            if c & 0x80 == 0 {
-                return Some(v);
-            }
-        }
-        None
+/// `chat.RoomType` names, by value (GLOBAL is 0, omitted from Bolt JSON).
+const ROOM_TYPES: [&str; 5] = ["GLOBAL", "WORKSPACE", "USER", "NODE", "ANY"];
+
+/// The `ac_id` of the activity at `location` (`<ownerType>/<owner>/<box>/<seq>`).
+pub fn activity_id(location: &str) -> String {
+    let h = blake3::hash(location.as_bytes());
+    let b = h.as_bytes();
+    let hex: String = b[..16].iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "/activity-{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+/// A Timestamp sub-document in nanoseconds (`None` when null).
+fn ts_ns(ts: Option<&Bson>) -> Option<i64> {
+    let d = ts?.as_document()?;
+    let s = d.get_i64("seconds").ok()?;
+    let n = i64::from(d.get_i32("nanos").unwrap_or(0));
+    Some(s.saturating_mul(1_000_000_000).saturating_add(n))
+}
+
+/// Sets a marker document's `timestamp` to the `ts` of the activity
+/// [`Mapped::ts_of`] names (`None`: that activity does not exist; the
+/// marker then counts every activity as unread, as Cells would for an
+/// unknown marker).
+pub fn set_marker_ts(doc: &mut Document, activity_ts: Option<i64>) {
+    doc.insert("timestamp", activity_ts.unwrap_or(0));
+}
+
+/// JSON as Go's `map[string]interface{}` holds it (numbers are float64),
+/// written by the Go codec: Cells' docstore `data`.
+fn interface_bson(v: &Json) -> Bson {
+    match v {
+        Json::Null => Bson::Null,
+        Json::Bool(b) => Bson::Boolean(*b),
+        Json::Number(n) => Bson::Double(n.as_f64().unwrap_or(0.0)),
+        Json::String(s) => Bson::String(s.clone()),
+        Json::Array(a) => Bson::Array(a.iter().map(interface_bson).collect()),
+        Json::Object(o) => Bson::Document(o.iter().map(|(k, v)| (k.clone(), interface_bson(v))).collect()),
     }
-    let mut d = Document::new();
-    let mut b = payload;
-    while !b.is_empty() {
-        let Some(tag) = varint(&mut b) else { break };
-        let (field, wire) = (tag >> 3, tag & 7);
-        let name = match field {
-            1 => "uuid",
-            2 => "description",
-            3 => "data",
-            4 => "mtime",
-            5 => "size",
-            7 => "owneruuid",
-            _ => "",
-        };
-        match wire {
-            0 => {
-                let Some(v) = varint(&mut b) else { break };
-                if !name.is_empty() {
-                    d.insert(name, v as i64);
-                }
-            }
-            2 => {
-                let Some(len) = varint(&mut b) else { break };
-                let len = usize::try_from(len).unwrap_or(usize::MAX);
-                if len > b.len() {
-                    break;
-                }
-                let (v, rest) = b.split_at(len);
-                b = rest;
-                if field == 3 {
-                    d.insert(
-                        name,
-                        bson::Binary {
-                            subtype: bson::spec::BinarySubtype::Generic,
-                            bytes: v.to_vec(),
-                        },
-                    );
-                } else if !name.is_empty() {
-                    d.insert(name, text(v));
-                }
-            }
-            1 => b = b.get(8..).unwrap_or(&[]),
-            5 => b = b.get(4..).unwrap_or(&[]),
-            _ => break,
-        }
-    }
-    d
 }
 
 /// Maps one Bolt entry of `service`. `value` is `None` for a deleted key.
@@ -326,19 +148,17 @@ pub fn map(
     key: &[u8],
     value: Option<&[u8]>,
 ) -> Result<Option<Mapped>, MapError> {
-    let path = || {
-        let mut p: Vec<String> = buckets.iter().map(|b| text(b)).collect();
-        p.push(seq_text(key));
-        p.join("/")
-    };
     let err = |reason: String| MapError {
         service: service.name(),
-        path: path(),
+        path: location(buckets, key),
         reason,
     };
     let json = || -> Result<Json, MapError> {
         let v = value.unwrap_or(b"null");
         serde_json::from_slice(v).map_err(|e| err(format!("the value is not JSON ({e})")))
+    };
+    let typed = |message: &str| -> Result<Document, MapError> {
+        from_json(&gobson::message(message), &json()?).map_err(err)
     };
     let coll = |name: &str| opts.collection(service, name);
     let b: Vec<&[u8]> = buckets.iter().map(Vec::as_slice).collect();
@@ -350,6 +170,7 @@ pub fn map(
                 Some(_) => Some(build()?),
                 None => None,
             },
+            ts_of: None,
         }))
     };
     match (service, b.as_slice()) {
@@ -359,150 +180,151 @@ pub fn map(
             };
             let (store_id, doc_id) = (text(store_id), text(key));
             out(coll("documents"), format!("{store_id}/{doc_id}"), &|| {
-                let v = json()?;
-                let raw = v
-                    .get("Data")
-                    .and_then(Json::as_str)
-                    .unwrap_or("")
-                    .to_string();
+                let v = typed("DocstoreDocument")?;
+                let raw = v.get_str("data").unwrap_or("").to_string();
+                // Cells: jsonx.Unmarshal into map[string]interface{}, else the string.
                 let data = match serde_json::from_str::<Json>(&raw) {
-                    Ok(j @ Json::Object(_)) => to_bson(&j),
+                    Ok(j @ Json::Object(_)) => interface_bson(&j),
                     _ => Bson::String(raw.clone()),
                 };
                 Ok(doc! {
                     "store_id": &store_id,
                     "doc_id": &doc_id,
-                    "owner": v.get("Owner").and_then(Json::as_str).unwrap_or(""),
+                    "owner": v.get_str("owner").unwrap_or(""),
                     "data": data,
                     "raw": raw,
                 })
             })
         }
         (Service::Activity, [ot, owner, box_]) if matches!(*box_, b"inbox" | b"outbox") => {
-            let (ot_name, owner_id, box_name, n) =
-                (text(ot), text(owner), text(box_), seq_text(key));
-            out(
-                coll("activities"),
-                format!("{ot_name}/{owner_id}/{box_name}/{n}"),
-                &|| {
-                    let v = json()?;
-                    let ts = v
-                        .get("updated")
-                        .and_then(Json::as_str)
-                        .map_or(0, rfc3339_ns);
-                    let ac_id = v
-                        .get("Id")
-                        .or_else(|| v.get("id"))
-                        .and_then(Json::as_str)
-                        .map_or_else(|| format!("/activity-{n}"), str::to_string);
-                    Ok(doc! {
-                        "owner_type": owner_type(ot),
-                        "owner_id": &owner_id,
-                        "box_name": &box_name,
-                        "ts": ts,
-                        "ac_id": ac_id,
-                        "object": to_doc(&v),
-                    })
-                },
-            )
+            let (owner_id, box_name) = (text(owner), text(box_));
+            let id = location(buckets, key);
+            let ac_id = activity_id(&id);
+            out(coll("activities"), id, &|| {
+                let mut object = typed("ActivityObject")?;
+                let ts = ts_ns(object.get("updated"))
+                    .or_else(|| ts_ns(object.get("published")))
+                    .unwrap_or(0);
+                object.insert("id", &ac_id);
+                Ok(doc! {
+                    "owner_type": owner_type(ot),
+                    "owner_id": &owner_id,
+                    "box_name": &box_name,
+                    "ts": ts,
+                    "ac_id": &ac_id,
+                    "object": object,
+                })
+            })
         }
-        (Service::Activity, [ot, owner, b"subscriptions"]) => {
-            // Bolt: <ObjectType>/<ObjectId>/subscriptions/<UserId> (Cells'
-            // own migrator swaps user and object; this does not).
-            let (object_type, object_id, user) = (owner_type(ot), text(owner), text(key));
-            out(
-                coll("subscriptions"),
-                format!("{}/{object_id}/{user}", text(ot)),
-                &|| {
-                    let events: Vec<String> = serde_json::from_value(json()?).unwrap_or_default();
-                    Ok(doc! {
-                        "userid": &user,
-                        "objecttype": object_type,
-                        "objectid": &object_id,
-                        "events": events,
-                    })
-                },
-            )
+        (Service::Activity, [ot, object_id, b"subscriptions"]) => {
+            // Bolt: <ObjectType>/<ObjectId>/subscriptions/<UserId> (Cells' own
+            // migrator swaps user and object; this does not).
+            let (object_type, object_id, user) = (owner_type(ot), text(object_id), text(key));
+            out(coll("subscriptions"), location(buckets, key), &|| {
+                let events = json()?;
+                if !events.is_array() && !events.is_null() {
+                    return Err(err("the value is not a JSON array of event names".into()));
+                }
+                let sub = serde_json::json!({
+                    "UserId": &user, "ObjectType": object_type, "ObjectId": &object_id, "Events": events,
+                });
+                from_json(&gobson::message("Subscription"), &sub).map_err(err)
+            })
         }
         (Service::Activity, [ot, owner, box_]) if matches!(*box_, b"lastread" | b"lastsent") => {
             let (user, box_name) = (text(owner), text(box_));
-            out(
-                coll("markers"),
-                format!("{}/{user}/{box_name}", text(ot)),
-                &|| {
-                    let marker = value.and_then(seq).unwrap_or(0);
-                    Ok(doc! { "box_name": &box_name, "user_id": &user, "timestamp": marker as i64 })
-                },
-            )
+            let mut m = out(coll("markers"), location(buckets, key), &|| {
+                Ok(doc! { "box_name": &box_name, "user_id": &user, "timestamp": 0i64 })
+            })?;
+            if let (Some(m), Some(v)) = (m.as_mut(), value) {
+                let n = seq(v).ok_or_else(|| {
+                    err(format!("the value is {} bytes, not an 8-byte activity sequence", v.len()))
+                })?;
+                let inbox = [ot.to_vec(), owner.to_vec(), b"inbox".to_vec()];
+                m.ts_of = Some(location(&inbox, &n.to_be_bytes()));
+            }
+            Ok(m)
         }
-        (Service::Chat, [b"messages", _room_type, _object]) => {
-            out(coll("rooms"), text(key), &|| {
-                Ok(lower_keys(&to_doc(&json()?)))
+        (Service::Chat, [b"messages", room_type, _object]) => {
+            let rt = text(room_type);
+            if !ROOM_TYPES.contains(&rt.as_str()) {
+                return Err(err(format!(
+                    "a chat room of unknown type `{rt}` (Cells v4 knows {})",
+                    ROOM_TYPES.join(", ")
+                )));
+            }
+            out(coll("rooms"), location(buckets, key).split_off("messages/".len()), &|| {
+                let d = typed("ChatRoom")?;
+                let t = d.get_i32("type").unwrap_or(-1);
+                if usize::try_from(t).map_or(true, |t| t >= ROOM_TYPES.len()) {
+                    return Err(err(format!("a chat room of unknown type {t}")));
+                }
+                Ok(d)
             })
         }
         (Service::Chat, [b"messages", room]) => {
             let room = text(room);
-            out(
-                coll("messages"),
-                format!("{room}/{}", seq_text(key)),
-                &|| {
-                    let mut d = lower_keys(&to_doc(&json()?));
-                    d.insert("roomuuid", room.clone());
-                    Ok(d)
-                },
-            )
+            out(coll("messages"), format!("{room}/{}", seq_text(key)), &|| {
+                let mut d = typed("ChatMessage")?;
+                d.insert("roomuuid", room.clone());
+                Ok(d)
+            })
         }
         (Service::Mailer, [b"MailerQueue"]) => {
             let n = seq_text(key);
             out(coll("mailqueues"), format!("mail-{n}"), &|| {
-                let v = json()?;
-                Ok(
-                    doc! { "id": format!("mail-{n}"), "ts": seq(key).unwrap_or(0) as i64, "email": to_doc(&v) },
-                )
+                Ok(doc! {
+                    "id": format!("mail-{n}"),
+                    "ts": seq(key).unwrap_or(0) as i64,
+                    "email": typed("Mail")?,
+                })
             })
         }
         (Service::Versions, [b"versions", node]) => {
-            let (node, n) = (text(node), seq_text(key));
-            out(coll("versions"), format!("{node}/{n}"), &|| {
-                let payload = value.unwrap_or(&[]);
-                let cl = changelog(payload);
+            let (node, n) = (text(node), seq(key).unwrap_or(0) as i64);
+            out(coll("versions"), format!("{node}/{}", seq_text(key)), &|| {
+                let cl = from_proto(&gobson::message("ChangeLog"), value.unwrap_or(&[])).map_err(err)?;
                 let version_id = cl.get_str("uuid").unwrap_or("").to_string();
+                let mtime = cl.get_i64("mtime").unwrap_or(0);
+                let ts = if mtime > 0 {
+                    mtime.saturating_mul(1_000_000_000).saturating_add(n % 1_000_000_000)
+                } else {
+                    n
+                };
                 Ok(doc! {
                     "node_uuid": &node,
                     "version_id": version_id,
-                    "ts": seq(key).unwrap_or(0) as i64,
+                    "ts": ts,
                     "changelog": cl,
-                    "raw": bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: payload.to_vec() },
                 })
             })
         }
         (Service::Jobs, [b"jobs"]) => {
             let id = text(key);
             out(coll("jobs"), id.clone(), &|| {
-                let v = json()?;
-                let has_events = v
-                    .get("EventNames")
-                    .and_then(Json::as_array)
-                    .is_some_and(|a| !a.is_empty());
+                let mut job = typed("Job")?;
+                let has_events = job.get_array("eventnames").is_ok_and(|a| !a.is_empty());
+                let has_schedule = job.get_document("schedule").is_ok();
+                job.insert("tasks", Bson::Null);
                 Ok(doc! {
                     "id": &id,
-                    "owner": v.get("Owner").and_then(Json::as_str).unwrap_or(""),
+                    "owner": job.get_str("owner").unwrap_or("").to_string(),
                     "has_events": has_events,
-                    "has_schedule": v.get("Schedule").is_some_and(|s| !s.is_null()),
-                    "job": to_doc(&v),
+                    "has_schedule": has_schedule,
+                    "job": job,
                 })
             })
         }
         (Service::Jobs, [tasks]) if tasks.starts_with(b"tasks-") => {
             let (job_id, id) = (text(&tasks[6..]), text(key));
             out(coll("tasks"), id.clone(), &|| {
-                let v = json()?;
+                let task = typed("Task")?;
                 Ok(doc! {
                     "id": &id,
                     "job_id": &job_id,
-                    "status": int(v.get("Status")),
-                    "ts": int(v.get("StartTime")),
-                    "task": to_doc(&v),
+                    "status": task.get_i32("status").unwrap_or(0),
+                    "ts": i64::from(task.get_i32("starttime").unwrap_or(0)),
+                    "task": task,
                 })
             })
         }
@@ -534,18 +356,17 @@ pub fn unmap(
             _ => None,
         },
         Service::Activity if is("subscriptions") => match parts.as_slice() {
-            [ot, oid, user] => Some((vec![b(ot), b(oid), b("subscriptions")], b(user))),
+            [ot, oid, "subscriptions", user] => Some((vec![b(ot), b(oid), b("subscriptions")], b(user))),
             _ => None,
         },
         Service::Activity if is("markers") => match parts.as_slice() {
-            [ot, user, box_] => Some((vec![b(ot), b(user), b(box_)], b("last"))),
+            [ot, user, box_, key] => Some((vec![b(ot), b(user), b(box_)], b(key))),
             _ => None,
         },
-        Service::Chat if is("rooms") => {
-            let rt = doc.get_str("type").ok()?;
-            let obj = doc.get_str("roomtypeobject").ok()?;
-            Some((vec![b("messages"), b(rt), b(obj)], b(id)))
-        }
+        Service::Chat if is("rooms") => match parts.as_slice() {
+            [rt, obj, room] => Some((vec![b("messages"), b(rt), b(obj)], b(room))),
+            _ => None,
+        },
         Service::Chat if is("messages") => {
             let (room, n) = id.rsplit_once('/')?;
             Some((vec![b("messages"), b(room)], num(n)?))
@@ -567,222 +388,4 @@ pub fn unmap(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn be(n: u64) -> Vec<u8> {
-        n.to_be_bytes().to_vec()
-    }
-
-    fn m(s: Service, buckets: &[&[u8]], key: &[u8], value: Option<&[u8]>) -> Option<Mapped> {
-        let b: Vec<Vec<u8>> = buckets.iter().map(|b| b.to_vec()).collect();
-        map(s, &MapOptions::default(), &b, key, value).unwrap()
-    }
-
-    #[test]
-    fn docstore_documents_keep_data_parsed_and_raw() {
-        let v = br#"{"ID":"d1","Owner":"alice","Data":"{\"Path\":\"/p\",\"Size\":3}"}"#;
-        let got = m(Service::Docstore, &[b"store-share"], b"d1", Some(v)).unwrap();
-        assert_eq!(got.collection, "docstore_documents");
-        assert_eq!(got.id, "share/d1");
-        let d = got.doc.unwrap();
-        assert_eq!(d.get_str("owner").unwrap(), "alice");
-        assert_eq!(
-            d.get_document("data").unwrap().get_str("Path").unwrap(),
-            "/p"
-        );
-        assert_eq!(d.get_str("raw").unwrap(), r#"{"Path":"/p","Size":3}"#);
-        // A delete needs no value and names the same document.
-        let del = m(Service::Docstore, &[b"store-share"], b"d1", None).unwrap();
-        assert_eq!((del.id.as_str(), del.doc), ("share/d1", None));
-        // The top-level buckets themselves map to nothing.
-        assert!(m(Service::Docstore, &[b"other"], b"x", Some(b"{}")).is_none());
-    }
-
-    #[test]
-    fn activities_subscriptions_and_markers() {
-        let v = br#"{"Id":"/activity-7","type":"Create","updated":"2024-05-01T10:00:00Z"}"#;
-        let a = m(
-            Service::Activity,
-            &[b"USER", b"alice", b"inbox"],
-            &be(7),
-            Some(v),
-        )
-        .unwrap();
-        assert_eq!(
-            (a.collection.as_str(), a.id.as_str()),
-            ("activities", "USER/alice/inbox/7")
-        );
-        let d = a.doc.unwrap();
-        assert_eq!(d.get_i32("owner_type").unwrap(), 1);
-        assert_eq!(d.get_str("ac_id").unwrap(), "/activity-7");
-        assert_eq!(d.get_i64("ts").unwrap(), 1_714_557_600_000_000_000);
-        let s = m(
-            Service::Activity,
-            &[b"NODE", b"n1", b"subscriptions"],
-            b"bob",
-            Some(br#"["read"]"#),
-        )
-        .unwrap();
-        let d = s.doc.unwrap();
-        assert_eq!(
-            (d.get_str("userid").unwrap(), d.get_str("objectid").unwrap()),
-            ("bob", "n1")
-        );
-        let k = m(
-            Service::Activity,
-            &[b"USER", b"bob", b"lastread"],
-            b"last",
-            Some(&be(12)),
-        )
-        .unwrap();
-        assert_eq!(k.collection, "markers");
-        assert_eq!(k.doc.unwrap().get_i64("timestamp").unwrap(), 12);
-    }
-
-    #[test]
-    fn versions_decode_the_changelog_and_keep_the_bytes() {
-        let mut p = vec![0x0a, 3];
-        p.extend(b"v-1");
-        p.extend([0x12, 2]);
-        p.extend(b"ok");
-        p.extend([0x28, 0x96, 0x01]); // field 5 (size) = 150
-        let got = m(
-            Service::Versions,
-            &[b"versions", b"node-1"],
-            &be(2),
-            Some(&p),
-        )
-        .unwrap();
-        assert_eq!(got.id, "node-1/2");
-        let d = got.doc.unwrap();
-        assert_eq!(d.get_str("version_id").unwrap(), "v-1");
-        assert_eq!(
-            d.get_document("changelog")
-                .unwrap()
-                .get_i64("size")
-                .unwrap(),
-            150
-        );
-        // Truncated protobuf: what parses is kept, no panic.
-        let short = m(
-            Service::Versions,
-            &[b"versions", b"n"],
-            &be(1),
-            Some(&p[..4]),
-        )
-        .unwrap();
-        assert!(short.doc.is_some());
-    }
-
-    #[test]
-    fn unmap_inverts_map() {
-        type Case<'a> = (Service, Vec<&'a [u8]>, Vec<u8>, Vec<u8>);
-        let cases: Vec<Case> = vec![
-            (
-                Service::Docstore,
-                vec![b"store-share"],
-                b"d/1".to_vec(),
-                br#"{"Data":"x"}"#.to_vec(),
-            ),
-            (
-                Service::Activity,
-                vec![b"USER", b"al", b"inbox"],
-                be(3),
-                br#"{"Id":"x"}"#.to_vec(),
-            ),
-            (
-                Service::Activity,
-                vec![b"NODE", b"n", b"subscriptions"],
-                b"bob".to_vec(),
-                b"[]".to_vec(),
-            ),
-            (
-                Service::Activity,
-                vec![b"USER", b"al", b"lastsent"],
-                b"last".to_vec(),
-                be(4),
-            ),
-            (
-                Service::Chat,
-                vec![b"messages", b"NODE", b"o-1"],
-                b"room-1".to_vec(),
-                br#"{"Type":"NODE","RoomTypeObject":"o-1"}"#.to_vec(),
-            ),
-            (
-                Service::Chat,
-                vec![b"messages", b"room-1"],
-                be(9),
-                br#"{"Message":"hi"}"#.to_vec(),
-            ),
-            (Service::Mailer, vec![b"MailerQueue"], be(5), b"{}".to_vec()),
-            (
-                Service::Versions,
-                vec![b"versions", b"node-1"],
-                be(2),
-                vec![0x0a, 1, b'v'],
-            ),
-            (
-                Service::Jobs,
-                vec![b"jobs"],
-                b"j-1".to_vec(),
-                b"{}".to_vec(),
-            ),
-            (
-                Service::Jobs,
-                vec![b"tasks-j-1"],
-                b"t-1".to_vec(),
-                b"{}".to_vec(),
-            ),
-        ];
-        for (s, buckets, key, value) in cases {
-            let bk: Vec<Vec<u8>> = buckets.iter().map(|b| b.to_vec()).collect();
-            let o = MapOptions::default();
-            let m = map(s, &o, &bk, &key, Some(&value)).unwrap().unwrap();
-            let back = unmap(s, &o, &m.collection, &m.id, m.doc.as_ref().unwrap());
-            assert_eq!(back, Some((bk, key)), "{s:?} {}", m.id);
-        }
-    }
-
-    #[test]
-    fn prefixes_are_an_option() {
-        let o = |p| MapOptions { prefixes: p };
-        assert_eq!(o(Prefixes::V4).collection(Service::Chat, "rooms"), "rooms");
-        assert_eq!(
-            o(Prefixes::All).collection(Service::Chat, "rooms"),
-            "chat_rooms"
-        );
-        assert_eq!(
-            o(Prefixes::None).collection(Service::Jobs, "tasks"),
-            "tasks"
-        );
-        assert_eq!(
-            o(Prefixes::V4).collection(Service::Jobs, "tasks"),
-            "jobs_tasks"
-        );
-    }
-
-    #[test]
-    fn a_value_that_is_not_json_is_named() {
-        let b = vec![b"jobs".to_vec()];
-        let e = map(
-            Service::Jobs,
-            &MapOptions::default(),
-            &b,
-            b"j1",
-            Some(b"{oops"),
-        )
-        .unwrap_err();
-        assert!(
-            e.to_string().contains("pydio.grpc.jobs entry jobs/j1"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn rfc3339_with_offsets() {
-        assert_eq!(rfc3339_ns("1970-01-01T00:00:01Z"), 1_000_000_000);
-        assert_eq!(rfc3339_ns("1970-01-01T01:00:01+01:00"), 1_000_000_000);
-        assert_eq!(rfc3339_ns("garbage"), 0);
-    }
-}
+mod tests;
