@@ -271,3 +271,55 @@ fn secantusdb_starts_stops_and_restarts_on_the_same_storage() {
     assert!(db.is_running());
     assert_hello_ok(&endpoint);
 }
+
+/// The real mongod (under wine): a one-member replica set whose writes
+/// survive a clean stop and a SIGKILL (journal recovery), on the same port.
+#[test]
+fn mongod_is_a_primary_and_keeps_its_data_over_stop_and_kill() {
+    use ferry_testkit::Mongod;
+    use mongodb::bson::{doc, Document};
+    let Some(mut db) = require(Mongod::start()) else {
+        return;
+    };
+    eprintln!("mongod ready in {:?}", db.started_in());
+    assert_eq!(db.uri(), format!("mongodb://127.0.0.1:{}", db.port()));
+    assert_eq!(db.admin_command("ping"), Ok(true));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let uri = db.uri();
+    let count = |n: i64| {
+        rt.block_on(async {
+            let c = mongodb::Client::with_uri_str(&uri).await.unwrap();
+            let coll = c.database("t").collection::<Document>("a");
+            if n > 0 {
+                coll.insert_one(doc! {"_id": n}).await.unwrap();
+            }
+            let hello = c
+                .database("admin")
+                .run_command(doc! {"hello": 1})
+                .await
+                .unwrap();
+            assert_eq!(
+                hello.get_str("setName"),
+                Ok(ferry_testkit::MONGOD_REPLICA_SET)
+            );
+            assert_eq!(hello.get_bool("isWritablePrimary"), Ok(true));
+            coll.count_documents(doc! {}).await.unwrap()
+        })
+    };
+    assert_eq!(count(1), 1);
+    let endpoint = db.endpoint();
+    db.stop();
+    assert_eq!(db.pid(), None);
+    assert!(refuses_connections(&endpoint), "still accepting after stop");
+    db.start_again().unwrap();
+    eprintln!("mongod restarted in {:?}", db.started_in());
+    assert_eq!(count(2), 2);
+    db.kill();
+    assert!(refuses_connections(&endpoint), "still accepting after kill");
+    db.start_again().unwrap();
+    eprintln!("mongod recovered from SIGKILL in {:?}", db.started_in());
+    assert_eq!(count(0), 2);
+    db.restart().unwrap();
+    assert!(db.is_running());
+    assert_eq!(count(3), 3);
+}

@@ -138,6 +138,8 @@ fn spec(program: PathBuf, dir: &Path, client: u16, peer: u16, extra: &[&str]) ->
         args,
         cwd: dir.to_path_buf(),
         scrub_env: &["ETCD_", "ETCDCTL_"],
+        env: Vec::new(),
+        start_timeout: None,
         log: dir.join("etcd.log"),
         ready: Box::new(move || {
             let r = http::get(&addr, "/health", &[]).map_err(|e| format!("GET /health: {e}"))?;

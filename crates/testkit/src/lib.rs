@@ -1,6 +1,8 @@
-//! Real servers for Ferry's tests: etcd, OpenBao (the Vault API) and
-//! SecantusDB (the MongoDB wire protocol), each started as a child process on
-//! free loopback ports with its own temporary data directory.
+//! Real servers for Ferry's tests: etcd, OpenBao (the Vault API), a real
+//! mongod 7.0 ([`Mongod`], under wine) and SecantusDB ([`MongoWire`], a
+//! second implementation of the MongoDB wire protocol), each started as a
+//! child process on free loopback ports with its own temporary data
+//! directory.
 //!
 //! Tests talk to the same server programs Ferry talks to in production, never
 //! to mocks: a mock agrees with our own reading of a protocol, a real server
@@ -20,7 +22,8 @@
 //!   restart on its ports.
 //! - "Ready" means ready for the test's first request: etcd's `/health` is
 //!   true, OpenBao is unsealed *and* its `secret/` KV v2 mount serves
-//!   requests, SecantusDB accepts connections.
+//!   requests, mongod is the writable primary of its one-member replica
+//!   set, SecantusDB accepts connections.
 //! - A missing program is [`TestkitError::Missing`]; [`require`] turns that
 //!   into a skip on a developer's machine and into a failure in CI.
 //!
@@ -44,18 +47,24 @@
 //! `etcd` is looked up through `FERRY_ETCD_BIN`, then `PATH` (Debian's
 //! `etcd-server`). `bao` and `secantusd-py` through `FERRY_BAO_BIN` /
 //! `FERRY_SECANTUSD_BIN`, then `${FERRY_TOOLS_DIR:-/var/tmp/ferry-tools}/bin`,
-//! then `PATH`. `deploy/local/install.sh` installs all three.
+//! then `PATH`. mongod is `${FERRY_TOOLS_DIR}/bin/mongod.exe` (or
+//! `FERRY_MONGOD_EXE`) run by `/usr/lib/wine/wine64` (or `FERRY_WINE_BIN`) in
+//! the prefix `${FERRY_TOOLS_DIR}/wineprefix` (or `FERRY_WINEPREFIX`).
+//! `deploy/local/install.sh` installs all of them.
 //!
 //! The start-up deadline is 30 s per server (SecantusDB can need seconds on a
-//! cold Python cache); `FERRY_TESTKIT_START_TIMEOUT_SECS` overrides it.
+//! cold Python cache), 120 s for mongod; `FERRY_TESTKIT_START_TIMEOUT_SECS`
+//! overrides it (for mongod only upwards).
 
 mod base64;
 mod etcd;
 pub mod http;
 mod mongo;
+mod mongod;
 mod openbao;
 mod ports;
 mod process;
+mod wire;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -64,6 +73,7 @@ use std::time::Duration;
 pub use base64::{decode as base64_decode, encode as base64_encode};
 pub use etcd::Etcd;
 pub use mongo::MongoWire;
+pub use mongod::{Mongod, REPLICA_SET as MONGOD_REPLICA_SET};
 pub use openbao::OpenBao;
 
 /// A free loopback port for a test's own listener (an agent's API, say),

@@ -102,6 +102,8 @@ fn spec(program: PathBuf, dir: &Path, config: &Path, port: u16) -> Spec {
         args,
         cwd: dir.to_path_buf(),
         scrub_env: &["SECANTUS"],
+        env: Vec::new(),
+        start_timeout: None,
         log: dir.join("secantusd.log"),
         ready: Box::new(move || {
             // The server binds only after opening its storage, so an accepted

@@ -105,6 +105,8 @@ fn spec(program: PathBuf, dir: &Path, port: u16) -> Spec {
         cwd: dir.to_path_buf(),
         // The server reads BAO_*/VAULT_* (API address, dev token, ...).
         scrub_env: &["BAO_", "VAULT_"],
+        env: Vec::new(),
+        start_timeout: None,
         log: dir.join("bao.log"),
         ready: Box::new(move || {
             // 200 = initialized, unsealed and active; anything else is not yet.

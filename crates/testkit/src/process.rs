@@ -29,6 +29,11 @@ pub(crate) struct Spec {
     /// servers read them as configuration (`ETCD_*`, `BAO_*`, `VAULT_*`) and
     /// a developer's shell must not change what a test starts.
     pub scrub_env: &'static [&'static str],
+    /// Environment variables set for the server (after the scrub).
+    pub env: Vec<(OsString, OsString)>,
+    /// The start-up deadline, when the server needs its own; otherwise
+    /// [`start_timeout`].
+    pub start_timeout: Option<Duration>,
     pub log: PathBuf,
     /// `Ok(())` when ready, `Err(why not yet)` otherwise.
     pub ready: Box<dyn Fn() -> Result<(), String> + Send + Sync>,
@@ -96,6 +101,32 @@ impl Proc {
         );
     }
 
+    /// Waits up to `limit` for the process to exit on its own (after a
+    /// shutdown request); true when it did (it is reaped, `pid` is `None`).
+    pub fn wait_exit(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            if self.exit_status().is_some() || self.child.is_none() {
+                self.child = None;
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts the process again after it exited or was stopped (same
+    /// arguments); a no-op while it runs.
+    pub fn relaunch(&mut self) -> Result<(), TestkitError> {
+        if self.is_running() {
+            return Ok(());
+        }
+        self.child = None;
+        self.launch()
+    }
+
     /// Stops (if running) and starts again with the same arguments, hence
     /// the same ports and data directory.
     pub fn restart(&mut self) -> Result<(), TestkitError> {
@@ -146,13 +177,14 @@ impl Proc {
                 cmd.env_remove(&key);
             }
         }
+        cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
         let began = Instant::now();
         let child = cmd
             .spawn()
             .map_err(io_err(format!("spawn {}", spec.program.display())))?;
         self.child = Some(child);
 
-        let timeout = start_timeout();
+        let timeout = self.spec.start_timeout.unwrap_or_else(start_timeout);
         let deadline = began + timeout;
         let mut delay = Duration::from_millis(10);
         let mut last;
@@ -207,7 +239,7 @@ impl Drop for Proc {
     }
 }
 
-fn start_timeout() -> Duration {
+pub(crate) fn start_timeout() -> Duration {
     std::env::var("FERRY_TESTKIT_START_TIMEOUT_SECS")
         .ok()
         .and_then(|s| s.parse::<u64>().ok())
