@@ -34,7 +34,7 @@ DEB_PACKAGES=(
     etcd-server etcd-client
     libclang-dev protobuf-compiler libprotobuf-dev
     librocksdb-dev libsnappy-dev liblz4-dev libzstd-dev zlib1g-dev libbz2-dev
-    golang-go golang-github-coreos-bbolt-dev
+    golang-go golang-github-coreos-bbolt-dev golang-google-protobuf-dev
     wine64
 )
 

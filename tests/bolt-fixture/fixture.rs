@@ -16,6 +16,9 @@ use std::sync::OnceLock;
 
 const GOPATH: &str = "/usr/share/gocode";
 const BBOLT: &str = "/usr/share/gocode/src/go.etcd.io/bbolt";
+/// Protobuf's wire encoder (Debian golang-google-protobuf-dev): the
+/// fixture writes Cells' ChangeLogs with it.
+const PROTOWIRE: &str = "/usr/share/gocode/src/google.golang.org/protobuf/encoding/protowire";
 
 fn source_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -27,7 +30,7 @@ fn source_dir() -> PathBuf {
 
 fn build() -> Result<PathBuf, ferry_testkit::TestkitError> {
     let missing = |hint: &str| ferry_testkit::TestkitError::Missing {
-        server: "go with bbolt (golang-go, golang-github-coreos-bbolt-dev)",
+        server: "go with bbolt and protobuf (golang-go, golang-github-coreos-bbolt-dev, golang-google-protobuf-dev)",
         hint: hint.to_string(),
     };
     let go_ok = Command::new("go")
@@ -39,6 +42,9 @@ fn build() -> Result<PathBuf, ferry_testkit::TestkitError> {
     }
     if !Path::new(BBOLT).join("db.go").exists() {
         return Err(missing(&format!("{BBOLT} is missing")));
+    }
+    if !Path::new(PROTOWIRE).join("wire.go").exists() {
+        return Err(missing(&format!("{PROTOWIRE} is missing")));
     }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)

@@ -23,7 +23,12 @@
 //	                          nested buckets included) and prints the time.
 //	dump FILE                 writes FILE.dump.
 //	cells-home DIR            a Cells v4 home's Bolt files in their places
-//	                          (DIR/services/<service>/<file>.db), no dumps.
+//	                          (DIR/services/<service>/<file>.db), no dumps;
+//	                          DIR.versions.json lists the ChangeLogs written.
+//	cells-bad DIR             adds to a Cells home one entry of each kind
+//	                          Cells itself cannot read: a versions value that
+//	                          is no ChangeLog, an activity that is not JSON,
+//	                          a chat room of an unknown type.
 //	cells-live DIR -for D     keeps the Cells home's Bolt files open (their
 //	                          locks held, as a running Cells does) and
 //	                          commits changes in the services' own shapes
@@ -54,6 +59,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	"google.golang.org/protobuf/encoding/protowire"
 )
 
 func main() {
@@ -95,6 +101,8 @@ func main() {
 		err = cellsHome(path)
 	case "cells-live":
 		err = cellsLive(path, *forDur, *seed)
+	case "cells-bad":
+		err = cellsBad(path)
 	default:
 		err = fmt.Errorf("unknown mode %q", mode)
 	}
@@ -295,22 +303,24 @@ func cells(dir string) error {
 			for _, ot := range []string{"USER", "NODE"} {
 				top, _ := tx.CreateBucket([]byte(ot))
 				for _, u := range users {
+					var inboxLen uint64
 					owner, _ := top.CreateBucket([]byte(u))
 					for _, box := range []string{"inbox", "outbox"} {
 						bx, _ := owner.CreateBucket([]byte(box))
+						// Every box numbers from 1: the same sequences in every box.
 						for j := 0; j < 5+r.Intn(30); j++ {
 							seq, _ := bx.NextSequence()
-							bx.Put(be8(seq), mustJSON(map[string]interface{}{
-								"Id": fmt.Sprintf("/activity-%d", seq), "type": "Create",
-								"actor": map[string]string{"id": u}, "updated": "2024-05-01T10:00:00Z",
-							}))
+							if box == "inbox" {
+								inboxLen = seq
+							}
+							bx.Put(be8(seq), activityJSON(seq, u, int64(1714557600+int(seq)*60+r.Intn(60)), int32(r.Intn(1000)*1000)))
 						}
 					}
 					subs, _ := owner.CreateBucket([]byte("subscriptions"))
 					subs.Put([]byte("bob"), mustJSON([]string{"read", "change"}))
 					for _, box := range []string{"lastread", "lastsent"} {
 						bx, _ := owner.CreateBucket([]byte(box))
-						bx.Put([]byte("last"), be8(uint64(r.Intn(40))))
+						bx.Put([]byte("last"), be8(uint64(1+r.Intn(int(inboxLen)))))
 					}
 				}
 			}
@@ -319,12 +329,18 @@ func cells(dir string) error {
 		"chat.db": func(tx *bolt.Tx) error {
 			tx.CreateBucket([]byte("rooms"))
 			msgs, _ := tx.CreateBucket([]byte("messages"))
-			for _, rt := range []string{"WORKSPACE", "NODE", "USER"} {
+			// chat.RoomType: GLOBAL 0 (omitted from JSON), WORKSPACE 1, USER 2, NODE 3.
+			roomTypes := map[string]int{"GLOBAL": 0, "WORKSPACE": 1, "USER": 2, "NODE": 3}
+			for _, rt := range []string{"GLOBAL", "WORKSPACE", "NODE", "USER"} {
 				t, _ := msgs.CreateBucket([]byte(rt))
 				for o := 0; o < 2; o++ {
 					obj, _ := t.CreateBucket([]byte(fmt.Sprintf("%s-object-%d", strings.ToLower(rt), o)))
 					room := fmt.Sprintf("room-%s-%d", strings.ToLower(rt), o)
-					obj.Put([]byte(room), mustJSON(map[string]interface{}{"Uuid": room, "Type": rt, "RoomTypeObject": fmt.Sprintf("%s-object-%d", strings.ToLower(rt), o)}))
+					v := map[string]interface{}{"Uuid": room, "RoomTypeObject": fmt.Sprintf("%s-object-%d", strings.ToLower(rt), o), "Users": users[:2]}
+					if n := roomTypes[rt]; n != 0 {
+						v["Type"] = n
+					}
+					obj.Put([]byte(room), mustJSON(v))
 					m, _ := msgs.CreateBucket([]byte(room))
 					for j := 0; j < 20; j++ {
 						seq, _ := m.NextSequence()
@@ -348,12 +364,21 @@ func cells(dir string) error {
 				node, _ := v.CreateBucket([]byte(fmt.Sprintf("node-uuid-%04d", n)))
 				for j := 0; j < 1+r.Intn(6); j++ {
 					seq, _ := node.NextSequence()
-					// A protobuf-like binary payload: field 1 (string uuid), field 2 (string description).
-					uuid := fmt.Sprintf("version-%d-%d", n, seq)
-					payload := append([]byte{0x0a, byte(len(uuid))}, uuid...)
-					payload = append(payload, 0x12, 7)
-					payload = append(payload, "Updated"...)
-					node.Put(be8(seq), payload)
+					cl := changeLog{
+						Uuid:        fmt.Sprintf("version-%d-%d", n, seq),
+						Description: "Updated",
+						MTime:       int64(1714557600 + n*3600 + int(seq)*60),
+						Size:        int64(100 + r.Intn(1<<20)),
+						Data:        []byte(fmt.Sprintf("blob-%d-%d", n, seq)),
+						OwnerUuid:   users[n%len(users)],
+						EventType:   3, // UPDATE_CONTENT
+						NodeUuid:    fmt.Sprintf("node-uuid-%04d", n),
+						NodePath:    fmt.Sprintf("pydiods1/folder/file-%04d.txt", n),
+						Node:        fmt.Sprintf("node-uuid-%04d", n),
+						Seq:         seq,
+					}
+					writtenVersions = append(writtenVersions, cl)
+					node.Put(be8(seq), cl.marshal())
 				}
 			}
 			return nil
@@ -637,6 +662,124 @@ var cellsServices = map[string]string{
 	"jobs.db":       "pydio.grpc.jobs",
 }
 
+// activityJSON is an activity.Object as Cells' jsonx (jsoniter, standard
+// library compatible) writes it in Bolt: lower-camel keys, enums as numbers,
+// Timestamps as {"seconds","nanos"}, zero values omitted.
+func activityJSON(seq uint64, user string, secs int64, nanos int32) []byte {
+	updated := map[string]interface{}{"seconds": secs}
+	if nanos != 0 {
+		updated["nanos"] = nanos
+	}
+	return mustJSON(map[string]interface{}{
+		"jsonLdContext": "https://www.w3.org/ns/activitystreams",
+		"type":          3, // Update
+		"id":            fmt.Sprintf("/activity-%d", seq),
+		"actor":         map[string]interface{}{"type": 23, "id": user, "name": user},
+		"object":        map[string]interface{}{"type": 19, "id": fmt.Sprintf("node-%d", seq), "name": "file.txt"},
+		"updated":       updated,
+	})
+}
+
+// changeLog is the part of a tree.ChangeLog the fixture sets, with where it
+// goes; marshal writes it as proto.Marshal does (field numbers of Cells'
+// tree proto: ChangeLog 1 Uuid, 2 Description, 3 MTime, 4 Size, 5 Data,
+// 6 OwnerUuid, 7 Event, 8 Location; NodeChangeEvent 1 Type, 3 Target;
+// Node 1 Uuid, 2 Path, 3 Type, 4 Size, 5 MTime, 8 MetaStore).
+type changeLog struct {
+	Uuid, Description, OwnerUuid string
+	MTime, Size                  int64
+	Data                         []byte
+	EventType                    int32
+	NodeUuid, NodePath           string
+	Node                         string
+	Seq                          uint64
+}
+
+func (c changeLog) node() []byte {
+	var n []byte
+	n = protowire.AppendTag(n, 1, protowire.BytesType)
+	n = protowire.AppendString(n, c.NodeUuid)
+	n = protowire.AppendTag(n, 2, protowire.BytesType)
+	n = protowire.AppendString(n, c.NodePath)
+	n = protowire.AppendTag(n, 3, protowire.VarintType)
+	n = protowire.AppendVarint(n, 1) // LEAF
+	n = protowire.AppendTag(n, 4, protowire.VarintType)
+	n = protowire.AppendVarint(n, uint64(c.Size))
+	n = protowire.AppendTag(n, 5, protowire.VarintType)
+	n = protowire.AppendVarint(n, uint64(c.MTime))
+	var entry []byte
+	entry = protowire.AppendTag(entry, 1, protowire.BytesType)
+	entry = protowire.AppendString(entry, "name")
+	entry = protowire.AppendTag(entry, 2, protowire.BytesType)
+	entry = protowire.AppendString(entry, `"file.txt"`)
+	n = protowire.AppendTag(n, 8, protowire.BytesType)
+	n = protowire.AppendBytes(n, entry)
+	return n
+}
+
+func (c changeLog) marshal() []byte {
+	var b []byte
+	b = protowire.AppendTag(b, 1, protowire.BytesType)
+	b = protowire.AppendString(b, c.Uuid)
+	b = protowire.AppendTag(b, 2, protowire.BytesType)
+	b = protowire.AppendString(b, c.Description)
+	b = protowire.AppendTag(b, 3, protowire.VarintType)
+	b = protowire.AppendVarint(b, uint64(c.MTime))
+	b = protowire.AppendTag(b, 4, protowire.VarintType)
+	b = protowire.AppendVarint(b, uint64(c.Size))
+	b = protowire.AppendTag(b, 5, protowire.BytesType)
+	b = protowire.AppendBytes(b, c.Data)
+	b = protowire.AppendTag(b, 6, protowire.BytesType)
+	b = protowire.AppendString(b, c.OwnerUuid)
+	var ev []byte
+	ev = protowire.AppendTag(ev, 1, protowire.VarintType)
+	ev = protowire.AppendVarint(ev, uint64(c.EventType))
+	ev = protowire.AppendTag(ev, 3, protowire.BytesType)
+	ev = protowire.AppendBytes(ev, c.node())
+	b = protowire.AppendTag(b, 7, protowire.BytesType)
+	b = protowire.AppendBytes(b, ev)
+	b = protowire.AppendTag(b, 8, protowire.BytesType)
+	b = protowire.AppendBytes(b, c.node())
+	return b
+}
+
+// writtenVersions collects the ChangeLogs cells() wrote (cells-home lists them).
+var writtenVersions []changeLog
+
+// cellsBad adds entries Cells cannot read to a Cells home (see the usage).
+func cellsBad(home string) error {
+	put := func(svc, file string, path []string, key, value []byte) error {
+		db, err := open(filepath.Join(home, "services", svc, file), true)
+		if err != nil {
+			return err
+		}
+		defer db.Close()
+		return db.Update(func(tx *bolt.Tx) error {
+			b, err := tx.CreateBucketIfNotExists([]byte(path[0]))
+			if err != nil {
+				return err
+			}
+			for _, p := range path[1:] {
+				if b, err = b.CreateBucketIfNotExists([]byte(p)); err != nil {
+					return err
+				}
+			}
+			return b.Put(key, value)
+		})
+	}
+	if err := put("pydio.grpc.versions", "versions.db", []string{"versions", "node-uuid-bad"}, be8(1), []byte{0x0a, 100, 'x'}); err != nil {
+		return err
+	}
+	if err := put("pydio.grpc.activity", "activities.db", []string{"USER", "alice", "outbox"}, be8(9999), []byte("{not json")); err != nil {
+		return err
+	}
+	if err := put("pydio.grpc.chat", "chat.db", []string{"messages", "PARTY", "party-object"}, []byte("room-party"), mustJSON(map[string]interface{}{"Uuid": "room-party"})); err != nil {
+		return err
+	}
+	report(map[string]interface{}{"home": home, "bad": 3})
+	return nil
+}
+
 func cellsHome(home string) error {
 	tmp, err := os.MkdirTemp("", "cells-bolt-")
 	if err != nil {
@@ -666,6 +809,13 @@ func cellsHome(home string) error {
 		return err
 	}
 	sort.Strings(files)
+	versions, err := json.Marshal(writtenVersions)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(strings.TrimRight(home, "/")+".versions.json", versions, 0o644); err != nil {
+		return err
+	}
 	report(map[string]interface{}{"home": home, "files": files})
 	return nil
 }
@@ -712,7 +862,8 @@ func cellsLive(home string, d time.Duration, seed int64) error {
 				bx := tx.Bucket([]byte("USER")).Bucket([]byte(users[r.Intn(4)])).Bucket([]byte("inbox"))
 				seq, _ := bx.NextSequence()
 				counts["activities"]++
-				return bx.Put(be8(seq), mustJSON(map[string]interface{}{"Id": fmt.Sprintf("/activity-%d", seq), "type": "Update", "updated": time.Now().UTC().Format(time.RFC3339)}))
+				now := time.Now()
+				return bx.Put(be8(seq), activityJSON(seq, "live", now.Unix(), int32(now.Nanosecond())))
 			})
 		case 2: // chat: a message in a room
 			err = dbs["chat.db"].Update(func(tx *bolt.Tx) error {
