@@ -140,7 +140,9 @@ pub(crate) fn error_code(e: &Error) -> Option<i32> {
 }
 
 /// True for a code that a later attempt may not meet (elections, restarts,
-/// time limits, conflicts with another transaction).
+/// time limits, conflicts with another transaction, a write that lost the
+/// race to create its collection: NamespaceExists, where a `create` itself
+/// takes that code as success).
 pub(crate) fn is_transient_code(c: i32) -> bool {
     matches!(
         c,
@@ -149,6 +151,7 @@ pub(crate) fn is_transient_code(c: i32) -> bool {
             | code::NETWORK_TIMEOUT
             | code::SHUTDOWN_IN_PROGRESS
             | code::WRITE_CONFLICT
+            | code::NAMESPACE_EXISTS
             | code::NO_SUCH_TRANSACTION
             | code::EXCEEDED_TIME_LIMIT
             | code::INTERRUPTED_AT_SHUTDOWN

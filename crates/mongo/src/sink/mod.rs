@@ -25,6 +25,16 @@
 //! re-applies the batch, which replace-by-`_id` and delete-by-`_id` make
 //! harmless.
 //!
+//! Collections are created before anything writes to them, once, outside
+//! any transaction: `__ferry.checkpoints` and the catalog's collections at
+//! [`startup`](Sink::startup), any other collection a batch puts into
+//! before that batch's transaction starts, one creation at a time per sink
+//! (see [`MongoSink::ensure_collections`]). Implicit creation by concurrent
+//! writers is a race real mongod answers with a retryable conflict, and
+//! that mongod under wine (the tests' server) answers by crashing; a write
+//! inside a transaction into a collection created after the transaction's
+//! snapshot fails too.
+//!
 //! Snapshot sweep: if the target already held documents of the source's
 //! namespaces when a snapshot began (a restart mid-copy, a lost resume
 //! token, `--force`), documents copied earlier may no longer exist at the
@@ -45,7 +55,7 @@ use ferry_replay::{Sink, SinkError};
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document, RawDocumentBuf};
 use mongodb::ClientSession;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 use writes::Writes;
 
@@ -103,6 +113,9 @@ pub struct MongoSink {
     /// Per snapshot (position of its `SnapshotBegin`): whether the target
     /// held documents of the selected namespaces when the first shard began.
     held_at_begin: tokio::sync::Mutex<HashMap<u64, bool>>,
+    /// Collections known to exist on the target; the lock also makes
+    /// creations one at a time.
+    created: tokio::sync::Mutex<BTreeSet<Namespace>>,
 }
 
 impl MongoSink {
@@ -115,6 +128,7 @@ impl MongoSink {
             checkpoints: Mutex::new(HashMap::new()),
             no_inserts: Mutex::new(HashSet::new()),
             held_at_begin: tokio::sync::Mutex::new(HashMap::new()),
+            created: tokio::sync::Mutex::new(BTreeSet::new()),
         }
     }
 
@@ -149,6 +163,39 @@ impl MongoSink {
             .client()
             .database(META_DB)
             .collection(CHECKPOINTS)
+    }
+
+    /// Creates each collection of `namespaces` not known to exist yet, one
+    /// at a time and outside any transaction (see the module doc); an
+    /// existing one is fine. Collections the catalog describes were made
+    /// with their options at startup; any other gets default options.
+    async fn ensure_collections<'a>(
+        &self,
+        namespaces: impl Iterator<Item = &'a Namespace>,
+    ) -> Result<(), SinkError> {
+        let mut created = self.created.lock().await;
+        for ns in namespaces {
+            if created.contains(ns) {
+                continue;
+            }
+            let r = self
+                .store
+                .client()
+                .database(&ns.db)
+                .run_command(doc! {"create": &ns.coll})
+                .await;
+            match r {
+                Ok(_) => {}
+                Err(e) if crate::error::error_code(&e) == Some(crate::error::code::NAMESPACE_EXISTS) => {}
+                Err(e) => return Err(self.driver_err(&format!("creating collection {ns}"), &e)),
+            }
+            created.insert(ns.clone());
+        }
+        Ok(())
+    }
+
+    fn checkpoints_namespace() -> Namespace {
+        Namespace::new(META_DB, CHECKPOINTS)
     }
 
     /// Builds the unique and TTL indexes of the catalog; call once the
@@ -215,6 +262,10 @@ impl MongoSink {
         writes: &Writes,
         next: ShardCheckpoint,
     ) -> Result<bool, SinkError> {
+        // Before the transaction: see the module doc.
+        let meta = Self::checkpoints_namespace();
+        self.ensure_collections(std::iter::once(&meta).chain(writes.put_namespaces()))
+            .await?;
         let mut conflicts = 0u32;
         let mut as_inserts =
             !writes.is_empty() && writes.all_snapshot_puts() && self.inserts_allowed(shard);
@@ -594,11 +645,17 @@ impl Sink for MongoSink {
         &self.name
     }
 
+    /// Creates `__ferry.checkpoints` and the catalog's collections (with
+    /// their options) and plain indexes, before any worker writes.
     async fn startup(&self) -> Result<(), SinkError> {
+        let meta = Self::checkpoints_namespace();
+        self.ensure_collections(std::iter::once(&meta)).await?;
         if let Some(c) = &self.opts.catalog {
+            let mut created = self.created.lock().await;
             c.create_on(&self.store, IndexStage::BeforeData)
                 .await
                 .map_err(|e| self.err(e))?;
+            created.extend(c.namespaces());
         }
         Ok(())
     }

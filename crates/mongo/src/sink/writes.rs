@@ -49,6 +49,15 @@ impl Writes {
         self.count == 0
     }
 
+    /// The namespaces with at least one put: the collections these writes
+    /// may create (a delete never creates one).
+    pub fn put_namespaces(&self) -> impl Iterator<Item = &Namespace> {
+        self.by_ns
+            .iter()
+            .filter(|(_, (_, m))| m.values().any(|(_, op)| matches!(op, DocOp::Put { .. })))
+            .map(|(ns, _)| ns)
+    }
+
     /// True when every write is a put from the copy (an insert may do).
     pub fn all_snapshot_puts(&self) -> bool {
         self.by_ns.values().all(|(_, m)| {

@@ -1,7 +1,8 @@
 //! Copy and change stream into a RocksDB journal, replay into a second
-//! SecantusDB, with inserts, updates and deletes going on during the copy
+//! server, with inserts, updates and deletes going on during the copy
 //! and during streaming; then the namespaces compare equal, indexes
-//! included.
+//! included. On real mongod, and once more (smaller) on SecantusDB, a
+//! second implementation of the wire protocol.
 
 use crate::common::*;
 use ferry_core::Op;
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 
 const COLLECTIONS: usize = 5;
 /// 200,000 by default (the acceptance figure); `FERRY_TEST_MONGO_DOCS`
-/// makes a quicker run while developing.
+/// makes a quicker run while developing. SecantusDB gets a tenth.
 fn docs() -> i64 {
     std::env::var("FERRY_TEST_MONGO_DOCS")
         .ok()
@@ -33,8 +34,7 @@ fn allow_dup(e: mongodb::error::Error) {
 
 /// Inserts, replaces, $set/$inc updates, deletes and unique-value swaps
 /// across the collections, deterministic; returns how many it made.
-async fn writer(c: mongodb::Client, round: u64) -> u64 {
-    let per = docs() / COLLECTIONS as i64;
+async fn writer(c: mongodb::Client, round: u64, per: i64) -> u64 {
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ round;
     for i in 0..WRITES {
         x ^= x << 13;
@@ -113,8 +113,19 @@ async fn copy_stream_replay_and_verify_equal() {
     let (Some(src), Some(dst)) = (mongo(), mongo()) else {
         return;
     };
-    let c = client(&src.uri()).await;
-    let docs_wanted = docs();
+    copy_stream_replay_and_verify(&src.uri(), &dst.uri(), docs()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_stream_replay_and_verify_equal_on_secantusdb() {
+    let (Some(src), Some(dst)) = (secantus(), secantus()) else {
+        return;
+    };
+    copy_stream_replay_and_verify(&src.uri(), &dst.uri(), docs() / 10).await;
+}
+
+async fn copy_stream_replay_and_verify(src_uri: &str, dst_uri: &str, docs_wanted: i64) {
+    let c = client(src_uri).await;
     let per = docs_wanted / COLLECTIONS as i64;
     let t0 = Instant::now();
     for k in 0..COLLECTIONS {
@@ -148,12 +159,12 @@ async fn copy_stream_replay_and_verify_equal() {
     let load_s = t0.elapsed().as_secs_f64();
     eprintln!("pipeline: loaded in {load_s:.1} s");
 
-    let source = store(&format!("{}/?include=app.*", src.uri())).await;
-    let target = store(&dst.uri()).await;
+    let source = store(&format!("{src_uri}/?include=app.*")).await;
+    let target = store(dst_uri).await;
     let shards = 4;
     let started = Instant::now();
     let p = Pipeline::start(source.clone(), target.clone(), shards).await;
-    let during_copy = tokio::spawn(writer(client(&patient(&src.uri())).await, 1));
+    let during_copy = tokio::spawn(writer(client(&patient(src_uri)).await, 1, per));
     until("copy journaled", Duration::from_secs(300), || async {
         let l = p.lag.snapshot();
         l.shards.len() == shards as usize && l.shards.iter().all(|s| s.phase == Phase::Streaming)
@@ -166,7 +177,7 @@ async fn copy_stream_replay_and_verify_equal() {
         "pipeline: changes during the copy done after {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    let during_stream = tokio::spawn(writer(client(&patient(&src.uri())).await, 2));
+    let during_stream = tokio::spawn(writer(client(&patient(src_uri)).await, 2, per));
     assert_eq!(during_stream.await.unwrap(), WRITES);
     p.drain(&source, Duration::from_secs(300)).await;
     let total_s = started.elapsed().as_secs_f64();
@@ -200,7 +211,7 @@ async fn copy_stream_replay_and_verify_equal() {
     for n in &report.namespaces {
         assert!(n.index_differences.is_empty(), "{:?}", n.index_differences);
     }
-    let tc = client(&dst.uri()).await;
+    let tc = client(dst_uri).await;
     let names = tc.list_database_names().await.unwrap();
     assert!(!names.contains(&"other".to_string()), "{names:?}");
     let idx = tc
