@@ -29,9 +29,11 @@ fn source_dir() -> PathBuf {
 }
 
 fn build() -> Result<PathBuf, ferry_testkit::TestkitError> {
-    let missing = |hint: &str| ferry_testkit::TestkitError::Missing {
+    let missing = |hint: &str| {
+        ferry_testkit::TestkitError::Missing {
         server: "go with bbolt and protobuf (golang-go, golang-github-coreos-bbolt-dev, golang-google-protobuf-dev)",
         hint: hint.to_string(),
+    }
     };
     let go_ok = Command::new("go")
         .arg("version")

@@ -98,6 +98,10 @@ pub struct CutoverProof {
     /// that points Cells at its new stores, the index rebuild).
     #[serde(default)]
     pub next_steps: Vec<String>,
+    /// Unmapped source entries the operator accepted by name
+    /// (`--cells.accept-unmapped`): not on the target.
+    #[serde(default)]
+    pub unmapped_accepted: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -112,6 +116,11 @@ pub struct StatusResponse {
     pub proof: Option<CutoverProof>,
     /// Set when the pipeline stopped on an error.
     pub error: Option<String>,
+    /// Source entries that could not be mapped (a Cells Bolt value Cells
+    /// itself could not read), one sentence each naming service, bucket
+    /// path and key. The cutover opens nothing while one is not accepted.
+    #[serde(default)]
+    pub unmapped: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +128,10 @@ pub struct StopRequest {
     /// Skip the waits and stop at once without opening the target.
     #[serde(default)]
     pub abort: bool,
+    /// Unmapped source entries this cutover may leave behind, by name (as
+    /// `status` lists them), besides those `start` accepted.
+    #[serde(default)]
+    pub accept_unmapped: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

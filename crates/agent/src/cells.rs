@@ -8,15 +8,59 @@
 //! `_id`s come from the Bolt location, so the mapping of a key is the same
 //! document every time: re-applying, resuming, or running the whole
 //! migration twice replaces documents and never duplicates them.
+//!
+//! An entry the mapping refuses (a value Cells could not read either) is
+//! not applied and not dropped in silence: it is recorded in [`Unmapped`]
+//! (shown by `status`, checked by the cutover, which opens nothing while an
+//! entry is unmapped unless the operator accepts it by name), and its event
+//! becomes a marker so the shard goes on.
+//!
+//! Markers (`lastread`, `lastsent`) take the `ts` of the inbox activity
+//! they point to. The activity service's route has one shard, so that
+//! activity was applied before the marker (or comes earlier in the same
+//! batch): the sink finds it in the batch or on the target.
 
 use ferry_bolt::{decode_key, encode_key, KeyRef};
-use ferry_cells::{map, unmap, MapOptions, Mapped, Service};
+use ferry_cells::{map, set_marker_ts, unmap, MapError, MapOptions, Mapped, Service};
 use ferry_core::{Event, Op, Seq, ShardId, ShardSpan, StoreMeta, Value};
 use ferry_mongo::{MongoSink, MongoStore, Namespace};
 use ferry_replay::{Sink, SinkError};
 use mongodb::bson::{doc, Bson, Document, RawDocumentBuf};
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// Bolt entries the Cells sinks could not map, by [`unmapped_name`].
+#[derive(Default, Debug)]
+pub struct Unmapped(Mutex<BTreeMap<String, MapError>>);
+
+impl Unmapped {
+    fn with<R>(&self, f: impl FnOnce(&mut BTreeMap<String, MapError>) -> R) -> R {
+        f(&mut self.0.lock().expect("unmapped lock poisoned"))
+    }
+
+    pub fn record(&self, e: &MapError) {
+        tracing::warn!(error = %e, "a Bolt entry could not be mapped; it is not applied");
+        self.with(|m| m.insert(unmapped_name(e), e.clone()));
+    }
+
+    /// The entry at `path` of `service` mapped (or was deleted) after all.
+    fn clear(&self, service: Service, path: &str) {
+        self.with(|m| m.remove(&format!("{}:{path}", service.name())));
+    }
+
+    pub fn list(&self) -> Vec<MapError> {
+        self.with(|m| m.values().cloned().collect())
+    }
+}
+
+/// How an unmapped entry is named to accept it (`--cells.accept-unmapped`).
+pub fn unmapped_name(e: &MapError) -> String {
+    format!("{}:{}", e.service, e.path)
+}
+
+/// A batch's activities so far (`_id` → `ts`; `None`: deleted), for markers.
+type BatchActivities = HashMap<String, Option<i64>>;
 
 pub struct CellsSink {
     inner: MongoSink,
@@ -26,6 +70,7 @@ pub struct CellsSink {
     /// The Bolt file and its shards, for the sweep (see [`Self::sweep`]).
     path: PathBuf,
     span: ShardSpan,
+    unmapped: Arc<Unmapped>,
 }
 
 impl CellsSink {
@@ -36,6 +81,7 @@ impl CellsSink {
         db: String,
         path: PathBuf,
         span: ShardSpan,
+        unmapped: Arc<Unmapped>,
     ) -> Self {
         CellsSink {
             inner,
@@ -44,7 +90,30 @@ impl CellsSink {
             db,
             path,
             span,
+            unmapped,
         }
+    }
+
+    /// The `ts` of the activity `id`: from this batch, else the target.
+    async fn activity_ts(
+        &self,
+        id: &str,
+        batch: &BatchActivities,
+    ) -> Result<Option<i64>, SinkError> {
+        if let Some(ts) = batch.get(id) {
+            return Ok(*ts);
+        }
+        let coll = self.opts.collection(Service::Activity, "activities");
+        let found = self
+            .inner_store()
+            .client()
+            .database(&self.db)
+            .collection::<Document>(&coll)
+            .find_one(doc! {"_id": id})
+            .projection(doc! {"ts": 1})
+            .await
+            .map_err(|e| SinkError::transient(format!("reading {}.{coll} {id}: {e}", self.db)))?;
+        Ok(found.and_then(|d| d.get_i64("ts").ok()))
     }
 
     /// Before a snapshot's end is applied in `shard`: deletes the service's
@@ -102,14 +171,66 @@ impl CellsSink {
                 deleted += r.deleted_count;
             }
         }
+        if self.service == Service::Activity {
+            self.fix_markers(&entries).await?;
+        }
         Ok(deleted)
+    }
+
+    /// Gives every marker of the file the `ts` of the activity it points to.
+    ///
+    /// A snapshot reads the file page by page, so a marker can reach the
+    /// sink before its activity does and be written with no `ts` to take;
+    /// at the snapshot's end every activity is on the target. Streamed
+    /// changes come in commit order (an activity before the marker that
+    /// points to it), so they need no such step.
+    async fn fix_markers(&self, entries: &[ferry_bolt::Entry]) -> Result<(), SinkError> {
+        let mut ts: HashMap<String, i64> = HashMap::new();
+        let mut markers: Vec<(String, String)> = Vec::new();
+        for e in entries {
+            let Some(v) = e.value.as_deref() else {
+                continue;
+            };
+            let Ok(Some(m)) = map(self.service, &self.opts, &e.buckets, &e.key, Some(v)) else {
+                continue;
+            };
+            match (m.ts_of, m.doc) {
+                (Some(of), _) => markers.push((m.id, of)),
+                (None, Some(d)) => {
+                    if let Ok(t) = d.get_i64("ts") {
+                        ts.insert(m.id, t);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let coll = self.opts.collection(Service::Activity, "markers");
+        let c = self
+            .inner_store()
+            .client()
+            .database(&self.db)
+            .collection::<Document>(&coll);
+        for (id, of) in markers {
+            let Some(t) = ts.get(&of) else { continue };
+            c.update_one(
+                doc! {"_id": &id, "timestamp": {"$ne": t}},
+                doc! {"$set": {"timestamp": t}},
+            )
+            .await
+            .map_err(|e| SinkError::transient(format!("setting {}.{coll} {id}: {e}", self.db)))?;
+        }
+        Ok(())
     }
 
     fn inner_store(&self) -> &MongoStore {
         self.inner.store()
     }
 
-    fn mapped_event(&self, e: &Event) -> Result<Event, SinkError> {
+    async fn mapped_event(
+        &self,
+        e: &Event,
+        batch: &mut BatchActivities,
+    ) -> Result<Event, SinkError> {
         let (value, is_put) = match &e.op {
             Op::Put { value, .. } => (Some(value), true),
             Op::Delete { .. } => (None, false),
@@ -133,15 +254,41 @@ impl CellsSink {
             }
             None => None,
         };
-        let m = map(self.service, &self.opts, &buckets, &key, bytes)
-            .map_err(|err| SinkError::permanent(err.to_string()))?;
+        let m = match map(self.service, &self.opts, &buckets, &key, bytes) {
+            Ok(m) => {
+                self.unmapped
+                    .clear(self.service, &ferry_cells::map::location(&buckets, &key));
+                m
+            }
+            Err(err) => {
+                self.unmapped.record(&err);
+                return Ok(marker());
+            }
+        };
         let Some(Mapped {
             collection,
             id,
             doc: body,
+            ts_of,
         }) = m
         else {
             return Ok(marker());
+        };
+        if self.service == Service::Activity
+            && collection == self.opts.collection(Service::Activity, "activities")
+        {
+            batch.insert(id.clone(), body.as_ref().and_then(|d| d.get_i64("ts").ok()));
+        }
+        let body = match (body, ts_of) {
+            (Some(mut d), Some(of)) => {
+                let ts = self.activity_ts(&of, batch).await?;
+                if ts.is_none() {
+                    tracing::warn!(marker = %id, activity = %of, "a marker points to an activity that does not exist; its timestamp is 0");
+                }
+                set_marker_ts(&mut d, ts);
+                Some(d)
+            }
+            (body, _) => body,
         };
         let ns = Namespace::new(self.db.clone(), collection.clone());
         let key = ferry_mongo::key::encode(&ns, mongodb::bson::RawBsonRef::String(&id));
@@ -190,10 +337,11 @@ impl Sink for CellsSink {
     }
 
     async fn apply(&self, shard: ShardId, events: &[Event]) -> Result<Seq, SinkError> {
-        let mapped = events
-            .iter()
-            .map(|e| self.mapped_event(e))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut batch = BatchActivities::new();
+        let mut mapped = Vec::with_capacity(events.len());
+        for e in events {
+            mapped.push(self.mapped_event(e, &mut batch).await?);
+        }
         // Up to each snapshot end, then the sweep, then the end itself: a
         // crash in between applies the end (and sweeps) again.
         let mut done = 0;
@@ -228,7 +376,9 @@ impl Sink for CellsSink {
 
 /// What the Bolt file maps to, compared with the target's collections:
 /// every expected document present and equal, no other document in the
-/// service's collections.
+/// service's collections, and each collection's indexes those Cells
+/// declares. Entries the mapping refuses are listed in
+/// [`crate::routes::Comparison::unmapped`], not counted as differences.
 pub async fn compare(
     path: &Path,
     service: Service,
@@ -244,25 +394,52 @@ pub async fn compare(
     .map_err(|e| e.to_string())?
     .map_err(|e| e.to_string())?
     .1;
+    let mut out = crate::routes::Comparison::default();
     let mut want: BTreeMap<String, BTreeMap<String, Document>> = BTreeMap::new();
+    let mut markers: Vec<(String, String, String)> = Vec::new();
     for e in entries {
         let Some(value) = e.value.as_deref() else {
             continue;
         };
-        if let Some(m) =
-            map(service, opts, &e.buckets, &e.key, Some(value)).map_err(|e| e.to_string())?
-        {
-            let body = m.doc.expect("a put maps to a document");
-            want.entry(m.collection)
-                .or_default()
-                .insert(m.id.clone(), with_id(&m.id, body));
+        match map(service, opts, &e.buckets, &e.key, Some(value)) {
+            Ok(Some(m)) => {
+                let body = m.doc.expect("a put maps to a document");
+                if let Some(of) = m.ts_of {
+                    markers.push((m.collection.clone(), m.id.clone(), of));
+                }
+                want.entry(m.collection)
+                    .or_default()
+                    .insert(m.id.clone(), with_id(&m.id, body));
+            }
+            Ok(None) => {}
+            Err(err) => out.unmapped.push(err),
+        }
+    }
+    // Markers take their activity's `ts`; one whose activity is gone from
+    // the file cannot be derived from it (the sink took it while the
+    // activity existed), so the target's value is taken and said.
+    let activities = opts.collection(Service::Activity, "activities");
+    let mut underived: BTreeSet<(String, String)> = BTreeSet::new();
+    for (coll, id, of) in markers {
+        let ts = want
+            .get(&activities)
+            .and_then(|a| a.get(&of))
+            .and_then(|d| d.get_i64("ts").ok());
+        match ts {
+            Some(ts) => {
+                if let Some(d) = want.get_mut(&coll).and_then(|c| c.get_mut(&id)) {
+                    set_marker_ts(d, Some(ts));
+                }
+            }
+            None => {
+                underived.insert((coll, id));
+            }
         }
     }
     // Every collection the service writes, so a leftover document in one
     // whose Bolt bucket is now empty is found too.
     let collections: BTreeSet<String> = service.collections(opts).into_iter().collect();
     let none = BTreeMap::new();
-    let mut out = crate::routes::Comparison::default();
     let client = target.client();
     for coll in &collections {
         let expected = want.get(coll).unwrap_or(&none);
@@ -284,8 +461,17 @@ pub async fn compare(
                 Some(Bson::String(s)) => s.clone(),
                 other => format!("{other:?}"),
             };
-            match expected.get(&id) {
-                Some(e) if *e == d => {}
+            let expected_doc = expected.get(&id).map(|e| {
+                let mut e = e.clone();
+                if underived.contains(&(coll.clone(), id.clone())) {
+                    if let Some(t) = d.get("timestamp") {
+                        e.insert("timestamp", t.clone());
+                    }
+                }
+                e
+            });
+            match expected_doc {
+                Some(e) if e == d => {}
                 Some(_) => out.note(format!("{db}.{coll} {id}: differs from the Bolt entry")),
                 None => out.note(format!("{db}.{coll} {id}: not in the Bolt file")),
             }
@@ -296,13 +482,57 @@ pub async fn compare(
         }
         out.compared += expected.len() as u64;
     }
+    for (coll, specs) in service.indexes(opts) {
+        let ns = Namespace::new(db.to_string(), coll.clone());
+        let have = ferry_mongo::catalog::read_indexes(target, &ns)
+            .await
+            .map_err(|e| e.to_string())?;
+        for spec in specs {
+            let key = spec.get_document("key").expect("index specs have keys");
+            if !have
+                .iter()
+                .any(|h| h.get_document("key").is_ok_and(|k| k == key))
+            {
+                out.note(format!(
+                    "{db}.{coll}: index {key} (declared by Cells) is missing"
+                ));
+            }
+        }
+    }
     out.summary = format!(
-        "compared {} documents mapped from {} ({}) with {} collections of {db}: {} differences",
+        "compared {} documents mapped from {} ({}) with {} collections of {db}, indexes included: {} differences{}{}",
         out.compared,
         path.display(),
         service.name(),
         collections.len(),
-        out.differences
+        out.differences,
+        if underived.is_empty() {
+            String::new()
+        } else {
+            format!("; {} markers point to activities no longer in the file (their target timestamp kept)", underived.len())
+        },
+        if out.unmapped.is_empty() {
+            String::new()
+        } else {
+            format!("; {} entries could not be mapped", out.unmapped.len())
+        }
     );
     Ok(out)
+}
+
+/// The collections and indexes Cells' models declare for `service`, as a
+/// catalog the MongoDB sink makes before the first document (Cells makes
+/// indexes only on collections it creates itself, and Ferry creates them).
+pub fn catalog(service: Service, opts: &MapOptions, db: &str) -> ferry_mongo::Catalog {
+    ferry_mongo::Catalog {
+        collections: service
+            .indexes(opts)
+            .into_iter()
+            .map(|(coll, indexes)| ferry_mongo::CollectionSpec {
+                namespace: Namespace::new(db.to_string(), coll),
+                options: Document::new(),
+                indexes,
+            })
+            .collect(),
+    }
 }

@@ -70,9 +70,13 @@ pub struct AgentConfig {
     pub resnapshot_on_compaction: bool,
     /// Run verification before opening the target.
     pub verify_on_cutover: bool,
-    /// Collection prefixes of the Cells mapping: v4, all or none.
+    /// Collection naming of the Cells mapping: v4, v4-early or none.
     #[serde(default)]
     pub cells_prefixes: Option<String>,
+    /// Unmapped Bolt entries the cutover may leave behind, each named
+    /// `<service>:<bucket path>/<key>` as `status` shows them.
+    #[serde(default)]
+    pub cells_accept_unmapped: Vec<String>,
     /// How often a Vault source is looked at for changes.
     #[serde(default = "default_vault_poll_ms")]
     pub vault_poll_ms: u64,
@@ -176,6 +180,7 @@ mod tests {
             verify_on_cutover: true,
             vault_poll_ms: DEFAULT_VAULT_POLL_MS,
             cells_prefixes: None,
+            cells_accept_unmapped: Vec::new(),
             cutover_max_lag_events: DEFAULT_CUTOVER_MAX_LAG_EVENTS,
             cutover_timeout_ms: DEFAULT_CUTOVER_TIMEOUT_MS,
         }

@@ -24,6 +24,7 @@ pub struct AgentControl {
     sources: Vec<String>,
     targets: Vec<String>,
     started_at_ms: u64,
+    unmapped: Arc<crate::cells::Unmapped>,
 }
 
 impl AgentControl {
@@ -31,6 +32,7 @@ impl AgentControl {
         lag: Arc<LagTracker>,
         sources: Vec<String>,
         targets: Vec<String>,
+        unmapped: Arc<crate::cells::Unmapped>,
     ) -> (Arc<AgentControl>, mpsc::Receiver<StopRequest>) {
         let (stop_tx, stop_rx) = mpsc::channel(8);
         let c = AgentControl {
@@ -45,12 +47,18 @@ impl AgentControl {
             sources,
             targets,
             started_at_ms: ferry_lag::now_ms(),
+            unmapped,
         };
         (Arc::new(c), stop_rx)
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
         f(&mut self.inner.lock().expect("agent state lock poisoned"))
+    }
+
+    /// Source entries the sinks could not map (see [`crate::cells::Unmapped`]).
+    pub fn unmapped(&self) -> Vec<ferry_cells::MapError> {
+        self.unmapped.list()
     }
 
     pub fn state(&self) -> AgentState {
@@ -94,6 +102,12 @@ impl crate::server::Control for AgentControl {
             cutover: i.cutover.clone(),
             proof: i.proof.clone(),
             error: i.error.clone(),
+            unmapped: self
+                .unmapped
+                .list()
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
         })
     }
 

@@ -48,6 +48,8 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
 
 pub struct Cutover<'a> {
     pub dir: &'a Path,
+    /// Unmapped source entries the operator accepted, by name.
+    pub accept_unmapped: Vec<String>,
     pub cfg: &'a AgentConfig,
     pub control: &'a AgentControl,
     pub lag: &'a LagTracker,
@@ -304,6 +306,12 @@ impl Cutover<'_> {
             }
         }
         let (mut verified, mut differences) = (0, 0);
+        let mut unmapped: BTreeMap<String, String> = self
+            .control
+            .unmapped()
+            .iter()
+            .map(|e| (crate::cells::unmapped_name(e), e.to_string()))
+            .collect();
         if self.cfg.verify_on_cutover {
             self.control
                 .set_cutover(CutoverPhase::Verifying, "comparing source and target");
@@ -321,6 +329,12 @@ impl Cutover<'_> {
                     .map_err(|e| failed(CutoverPhase::Verifying, e))?;
                     verified += report.compared;
                     differences += report.differences;
+                    unmapped.extend(
+                        report
+                            .unmapped
+                            .iter()
+                            .map(|e| (crate::cells::unmapped_name(e), e.to_string())),
+                    );
                     if !report.is_equal() {
                         return Err(failed(
                             CutoverPhase::Verifying,
@@ -335,6 +349,20 @@ impl Cutover<'_> {
                 }
             }
             self.check_no_writes_after_fence()?;
+        }
+        let refused: Vec<&String> = unmapped
+            .iter()
+            .filter(|(name, _)| !self.accept_unmapped.contains(name))
+            .map(|(_, sentence)| sentence)
+            .collect();
+        if let Some(first) = refused.first() {
+            return Err(failed(
+                CutoverPhase::Verifying,
+                format!(
+                    "{} source entries could not be mapped for the target and are not on it; the target was not opened (first: {first}); fix them at the source, or accept each by name with `ferry stop --accept-unmapped <service>:<path>`",
+                    refused.len()
+                ),
+            ));
         }
         let snap = self.lag.snapshot();
         let opened_at = now_ms();
@@ -364,6 +392,7 @@ impl Cutover<'_> {
             target_opened_at_ms: opened_at,
             read_only_window_ms: opened_at.saturating_sub(read_only_at),
             next_steps: crate::routes::next_steps(self.routes.iter().map(|r| &r.route)),
+            unmapped_accepted: unmapped.into_values().collect(),
         };
         let data = serde_json::to_vec_pretty(&proof).expect("proof serialises");
         write_private(&self.dir.join(PROOF_FILE), &data).map_err(|e| {

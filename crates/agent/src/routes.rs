@@ -152,8 +152,11 @@ pub fn plan_with(
                 ));
             }
         }
-        let count = match source.kind() {
-            StoreKind::File => 1,
+        let count = match (source.kind(), mapping) {
+            (StoreKind::File, _) => 1,
+            // Markers take the ts of the activity they point to: one shard
+            // keeps every activity before the markers that follow it.
+            (_, Some(Service::Activity)) => 1,
             _ => shards.max(1),
         };
         routes.push(Route {
@@ -214,7 +217,7 @@ fn expand_cells(home: &Path, targets: &[StoreUrl]) -> Result<Vec<Pair>, String> 
         one(StoreKind::Etcd)?,
         one(StoreKind::Vault)?,
     );
-    let (config_key, vault_key) = cells_etcd_keys(etcd);
+    let (config_key, vault_key) = cells_etcd_keys(etcd)?;
     let with_prefix = |prefix: String| match etcd.clone() {
         StoreUrl::Etcd {
             tls,
@@ -233,28 +236,7 @@ fn expand_cells(home: &Path, targets: &[StoreUrl]) -> Result<Vec<Pair>, String> 
         },
         other => other,
     };
-    let keyring = match vault.clone() {
-        StoreUrl::Vault {
-            tls,
-            endpoint,
-            mount,
-            path,
-            token,
-            params,
-        } => StoreUrl::Vault {
-            tls,
-            endpoint,
-            mount,
-            path: if path.is_empty() && !params.contains_key("key") {
-                "keyring".into()
-            } else {
-                path
-            },
-            token,
-            params,
-        },
-        other => other,
-    };
+    let keyring = cells_keyring_target(vault)?;
     let mut out = Vec::new();
     for (service, path) in &home.bolts {
         out.push((
@@ -313,20 +295,87 @@ fn expand_cells(home: &Path, targets: &[StoreUrl]) -> Result<Vec<Pair>, String> 
 }
 
 /// The etcd keys Cells reads its configuration and vault from, given the
-/// target URL: `etcd://h:2379` or `…/config` → `config` and `vault` (as
-/// Cells derives its vault URL from its config URL); `…/p` → `p/config`
-/// and `p/vault`.
-pub fn cells_etcd_keys(etcd: &StoreUrl) -> (String, String) {
+/// target URL: `etcd://h:2379` or `…/config` → `config` and `vault`. Cells
+/// reads its config vault from the key `vault` whatever the config URL's
+/// path (it forces that key for every non-file scheme), so a target with
+/// another prefix would put `pydio-vault.json` where Cells never looks: it
+/// is refused.
+pub fn cells_etcd_keys(etcd: &StoreUrl) -> Result<(String, String), String> {
     let prefix = match etcd {
         StoreUrl::Etcd { prefix, .. } => prefix.trim_matches('/').to_string(),
         _ => String::new(),
     };
-    if prefix.is_empty() {
-        return ("config".into(), "vault".into());
+    if prefix.is_empty() || prefix == "config" {
+        return Ok(("config".into(), "vault".into()));
     }
-    match prefix.strip_suffix("config") {
-        Some(base) => (prefix.clone(), format!("{base}vault")),
-        None => (format!("{prefix}/config"), format!("{prefix}/vault")),
+    Err(format!(
+        "{etcd}: Cells reads its config vault from the etcd key `vault` whatever the config key, so a cells:// migration to the prefix `{prefix}` would put pydio-vault.json where Cells does not read it; give the etcd target without a path (pydio.json goes to `config`, pydio-vault.json to `vault`)"
+    ))
+}
+
+/// The keyring's Vault target for a Cells migration: the KV v2 secret
+/// Cells reads for the `CELLS_KEYRING` Ferry prints ([`cells_keyring_url`]).
+///
+/// Cells' Vault store takes the secret in `?key=` and reads
+/// `<URL path>/data/<key>`, so the URL's path must be the mount alone:
+/// `vault://h/kv?key=keyring` is mount `kv`, secret `keyring`. Accepted:
+/// that form, `vault://h/<mount>` (secret `keyring`) and
+/// `vault://h/<mount>/<secret>` (Ferry's form; Cells is then pointed at
+/// `?key=<secret>`). Refused: a sub-path *and* a key, which Cells would
+/// resolve to another secret, then silently make a new master key and lose
+/// every value of pydio-vault.json.
+pub fn cells_keyring_target(vault: &StoreUrl) -> Result<StoreUrl, String> {
+    let StoreUrl::Vault {
+        tls,
+        endpoint,
+        mount,
+        path,
+        token,
+        params,
+    } = vault.clone()
+    else {
+        return Err(format!("{vault}: the keyring goes to a vault:// target"));
+    };
+    let key = params.get("key").map(|k| k.trim_matches('/').to_string());
+    let secret = match (path.is_empty(), key) {
+        (true, Some(k)) if !k.is_empty() => k,
+        (true, _) => "keyring".to_string(),
+        (false, None) => path,
+        (false, Some(k)) => {
+            return Err(format!(
+                "{vault}: Cells would read the keyring from `{mount}/{path}/data/{k}`, which is not the secret `{path}/{k}` of mount `{mount}`: write the keyring target as {}://{endpoint}/{mount}?key={path}/{k}",
+                if tls { "vaults" } else { "vault" }
+            ))
+        }
+    };
+    let mut params = params;
+    params.remove("key");
+    Ok(StoreUrl::Vault {
+        tls,
+        endpoint,
+        mount,
+        path: secret,
+        token,
+        params,
+    })
+}
+
+/// The `CELLS_KEYRING` URL that makes Cells read the secret of a keyring
+/// target (as [`cells_keyring_target`] made it): the mount in the path, the
+/// secret in `?key=`. No token: Cells takes it from `VAULT_TOKEN`.
+pub fn cells_keyring_url(target: &StoreUrl) -> String {
+    match target {
+        StoreUrl::Vault {
+            tls,
+            endpoint,
+            mount,
+            path,
+            ..
+        } => format!(
+            "{}://{endpoint}/{mount}?key={path}",
+            if *tls { "vaults" } else { "vault" }
+        ),
+        other => other.to_string(),
     }
 }
 
@@ -539,6 +588,8 @@ pub struct BuildOptions {
     pub vault_poll: std::time::Duration,
     /// For a MongoDB source: its collections' options and indexes.
     pub mongo_catalog: Option<ferry_mongo::Catalog>,
+    /// Where the Cells sinks record the Bolt entries they cannot map.
+    pub unmapped: Arc<crate::cells::Unmapped>,
 }
 
 /// The database a Mongo URL names (`cells` when it names none, as Cells'
@@ -685,13 +736,25 @@ pub fn build(
                                 route.source
                             ));
                         };
+                        let db = mongo_db(url);
+                        let sink = MongoSink::new(
+                            store.clone(),
+                            url.to_string(),
+                            ferry_mongo::SinkOptions {
+                                catalog: Some(crate::cells::catalog(service, &route.map_opts, &db)),
+                                span: Some(route.span),
+                                journal_id: Some(o.journal_id.clone()),
+                                ..Default::default()
+                            },
+                        );
                         SinkKind::Cells(CellsSink::new(
                             sink,
                             service,
                             route.map_opts,
-                            mongo_db(url),
+                            db,
                             path.clone(),
                             route.span,
+                            Arc::clone(&o.unmapped),
                         ))
                     }
                     None => SinkKind::Mongo(sink),
@@ -753,6 +816,10 @@ pub struct Comparison {
     pub details: Vec<String>,
     /// One line on what was compared and how.
     pub summary: String,
+    /// Source entries that have no counterpart the target's reader could
+    /// read (a Cells Bolt value Cells itself cannot decode).
+    #[serde(skip)]
+    pub unmapped: Vec<ferry_cells::MapError>,
 }
 
 impl Comparison {
@@ -829,6 +896,7 @@ pub async fn compare(
                     "compared {} source keys (revision {}) with {} target keys (revision {}) over {} ranges: {} equal, {} missing on the target, {} extra on the target, {} values differ, {} leases differ",
                     r.source_keys, r.source_revision, r.target_keys, r.target_revision, r.ranges.len(), r.equal_keys, r.missing_on_target, r.extra_on_target, r.value_differs, r.lease_differs
                 ),
+                ..Default::default()
             })
         }
         (SourceConn::File(path), t) => compare_document(path, target_url, t).await,
@@ -999,6 +1067,7 @@ async fn compare_document(
             },
             if json { "equal" } else { "DIFFERS" }
         ),
+        ..Default::default()
     })
 }
 
@@ -1030,10 +1099,16 @@ pub fn next_steps<'a>(routes: impl Iterator<Item = &'a Route>) -> Vec<String> {
         .find(|r| matches!(&r.source, StoreUrl::File { path } if path.file_name().is_some_and(|f| f == "certs")))
         .and_then(|r| r.targets.first())
         .map(ToString::to_string);
+    let keyring = routes
+        .iter()
+        .find(|r| matches!(&r.source, StoreUrl::File { path } if path.file_name().is_some_and(|f| f == "cells-vault-key")))
+        .and_then(|r| r.targets.first())
+        .map(cells_keyring_url)
+        .unwrap_or_default();
     let mut steps = vec![
         format!("export CELLS_CONFIG={}", file_target("pydio.json")),
         format!("export CELLS_VAULT={}", file_target("pydio-vault.json")),
-        format!("export CELLS_KEYRING={}", file_target("cells-vault-key")),
+        format!("export CELLS_KEYRING={keyring}"),
         format!(
             "point these services' storage at {mongo} (`cells admin config db add`; Ferry copied pydio.json unchanged): {}",
             services.join(", ")

@@ -109,6 +109,7 @@ impl AgentRun {
             })
         };
         let (source_limiter, limiter) = (make_limiter(), make_limiter());
+        let unmapped = Arc::new(crate::cells::Unmapped::default());
         let opts = routes::BuildOptions {
             resnapshot_on_compaction: self.cfg.resnapshot_on_compaction,
             source_limiter,
@@ -116,6 +117,7 @@ impl AgentRun {
             seal,
             vault_poll: Duration::from_millis(self.cfg.vault_poll_ms),
             mongo_catalog: None,
+            unmapped: Arc::clone(&unmapped),
         };
 
         let lag = Arc::new(LagTracker::new());
@@ -181,6 +183,7 @@ impl AgentRun {
             Arc::clone(&lag),
             self.sources.iter().map(ToString::to_string).collect(),
             self.targets.iter().map(ToString::to_string).collect(),
+            unmapped,
         );
 
         let (stop_pipeline, shutdown) = Shutdown::new();
@@ -267,10 +270,13 @@ impl AgentRun {
                         control.set_state(AgentState::Aborted);
                         break Outcome::Aborted("aborted by the operator".into());
                     }
-                    Some(_) => {
+                    Some(req) => {
                         control.set_state(AgentState::CuttingOver);
+                        let mut accept_unmapped = self.cfg.cells_accept_unmapped.clone();
+                        accept_unmapped.extend(req.accept_unmapped);
                         let c = Cutover {
                             dir,
+                            accept_unmapped,
                             cfg: &self.cfg,
                             control: &control,
                             lag: &lag,

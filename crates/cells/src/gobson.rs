@@ -32,8 +32,8 @@
 use base64::Engine as _;
 use mongodb::bson::{spec::BinarySubtype, Binary, Bson, Document};
 use prost_reflect::{
-    DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MapKey, MessageDescriptor, ReflectMessage,
-    Value,
+    DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MapKey, MessageDescriptor,
+    ReflectMessage, Value,
 };
 use serde_json::Value as Json;
 use std::sync::OnceLock;
@@ -48,15 +48,21 @@ pub mod pb {
 /// A message of `proto/cells.proto` by its name (`ChangeLog`, `ChatRoom`, …).
 pub fn message(name: &str) -> MessageDescriptor {
     static POOL: OnceLock<DescriptorPool> = OnceLock::new();
-    POOL.get_or_init(|| DescriptorPool::decode(DESCRIPTORS).expect("the compiled cells.proto decodes"))
-        .get_message_by_name(&format!("cells.{name}"))
-        .unwrap_or_else(|| panic!("cells.proto declares {name}"))
+    POOL.get_or_init(|| {
+        DescriptorPool::decode(DESCRIPTORS).expect("the compiled cells.proto decodes")
+    })
+    .get_message_by_name(&format!("cells.{name}"))
+    .unwrap_or_else(|| panic!("cells.proto declares {name}"))
 }
 
 /// The BSON name of a field: its Go name (protoc-gen-go camel-cases the
 /// proto name, dropping underscores) lower-cased.
 pub fn bson_name(proto_name: &str) -> String {
-    proto_name.chars().filter(|c| *c != '_').flat_map(char::to_lowercase).collect()
+    proto_name
+        .chars()
+        .filter(|c| *c != '_')
+        .flat_map(char::to_lowercase)
+        .collect()
 }
 
 /// Binary protobuf of `desc` as the Go codec writes the decoded struct.
@@ -68,7 +74,7 @@ pub fn from_proto(desc: &MessageDescriptor, bytes: &[u8]) -> Result<Document, St
 
 fn message_doc(msg: &DynamicMessage) -> Document {
     let mut d = Document::new();
-    for f in msg.descriptor().fields() {
+    for f in declared(&msg.descriptor()) {
         let v = if !msg.has_field(&f) && (f.is_list() || f.is_map() || is_nullable(&f)) {
             // Never set: a nil slice, map, byte slice or pointer.
             Bson::Null
@@ -78,6 +84,16 @@ fn message_doc(msg: &DynamicMessage) -> Document {
         d.insert(bson_name(f.name()), v);
     }
     d
+}
+
+/// A message's fields in declaration order, the Go struct's field order
+/// (prost-reflect's own iteration is by number).
+fn declared(desc: &MessageDescriptor) -> Vec<FieldDescriptor> {
+    desc.descriptor_proto()
+        .field
+        .iter()
+        .filter_map(|f| desc.get_field(u32::try_from(f.number()).ok()?))
+        .collect()
 }
 
 /// Kinds whose Go zero value is nil (written as null).
@@ -145,7 +161,7 @@ pub fn from_json(desc: &MessageDescriptor, json: &Json) -> Result<Document, Stri
     let mut used = vec![false; obj.len()];
     let keys: Vec<&String> = obj.keys().collect();
     let mut d = Document::new();
-    for f in desc.fields() {
+    for f in declared(desc) {
         // encoding/json: the exact key, else the first case-insensitive one.
         let at = keys
             .iter()
@@ -154,7 +170,8 @@ pub fn from_json(desc: &MessageDescriptor, json: &Json) -> Result<Document, Stri
         let v = match at {
             Some(i) => {
                 used[i] = true;
-                json_field(&f, &obj[keys[i]]).map_err(|e| format!("{}.{}: {e}", desc.name(), f.name()))?
+                json_field(&f, &obj[keys[i]])
+                    .map_err(|e| format!("{}.{}: {e}", desc.name(), f.name()))?
             }
             None => zero(&f),
         };
@@ -177,7 +194,13 @@ fn zero(f: &FieldDescriptor) -> Bson {
         Kind::Bool => Bson::Boolean(false),
         Kind::String => Bson::String(String::new()),
         Kind::Float | Kind::Double => Bson::Double(0.0),
-        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 | Kind::Uint32 | Kind::Fixed32 | Kind::Uint64 | Kind::Fixed64 => Bson::Int64(0),
+        Kind::Int64
+        | Kind::Sint64
+        | Kind::Sfixed64
+        | Kind::Uint32
+        | Kind::Fixed32
+        | Kind::Uint64
+        | Kind::Fixed64 => Bson::Int64(0),
         _ => Bson::Int32(0),
     }
 }
@@ -206,14 +229,21 @@ fn json_field(f: &FieldDescriptor, v: &Json) -> Result<Bson, String> {
         let Json::Array(items) = v else {
             return Err("is not a JSON array".into());
         };
-        return items.iter().map(|i| json_single(f, i)).collect::<Result<Vec<_>, _>>().map(Bson::Array);
+        return items
+            .iter()
+            .map(|i| json_single(f, i))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Bson::Array);
     }
     json_single(f, v)
 }
 
 /// One value of `f`'s kind (a list's item, a map's value, or the field).
 fn json_single(f: &FieldDescriptor, v: &Json) -> Result<Bson, String> {
-    let int = |v: &Json| v.as_i64().or_else(|| v.as_f64().filter(|x| x.fract() == 0.0).map(|x| x as i64));
+    let int = |v: &Json| {
+        v.as_i64()
+            .or_else(|| v.as_f64().filter(|x| x.fract() == 0.0).map(|x| x as i64))
+    };
     Ok(match f.kind() {
         Kind::Message(m) => match v {
             Json::Null => Bson::Null,
@@ -233,9 +263,13 @@ fn json_single(f: &FieldDescriptor, v: &Json) -> Result<Bson, String> {
             }
         }
         Kind::Float | Kind::Double => Bson::Double(v.as_f64().ok_or("is not a number")?),
-        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 | Kind::Uint32 | Kind::Fixed32 | Kind::Uint64 | Kind::Fixed64 => {
-            Bson::Int64(int(v).ok_or("is not an integer")?)
-        }
+        Kind::Int64
+        | Kind::Sint64
+        | Kind::Sfixed64
+        | Kind::Uint32
+        | Kind::Fixed32
+        | Kind::Uint64
+        | Kind::Fixed64 => Bson::Int64(int(v).ok_or("is not an integer")?),
         _ => {
             let n = int(v).ok_or("is not an integer")?;
             Bson::Int32(i32::try_from(n).map_err(|_| format!("{n} overflows int32"))?)
@@ -256,11 +290,21 @@ fn generic(v: &Json) -> Bson {
         Json::Array(items) => Bson::Array(items.iter().map(generic).collect()),
         Json::Object(o) => {
             if o.len() == 2 && o.contains_key("type_url") {
-                if let (Some(t), Some(val)) = (o["type_url"].as_str(), o.get("value").and_then(Json::as_str)) {
+                if let (Some(t), Some(val)) = (
+                    o["type_url"].as_str(),
+                    o.get("value").and_then(Json::as_str),
+                ) {
                     if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(val) {
                         let mut d = Document::new();
                         d.insert("typeurl", t);
-                        d.insert("value", if bytes.is_empty() { Bson::Null } else { binary(bytes) });
+                        d.insert(
+                            "value",
+                            if bytes.is_empty() {
+                                Bson::Null
+                            } else {
+                                binary(bytes)
+                            },
+                        );
                         return Bson::Document(d);
                     }
                 }
@@ -308,7 +352,16 @@ mod tests {
         let names: Vec<&str> = d.keys().map(String::as_str).collect();
         assert_eq!(
             names,
-            ["uuid", "description", "mtime", "size", "data", "owneruuid", "event", "location"]
+            [
+                "uuid",
+                "description",
+                "mtime",
+                "size",
+                "data",
+                "owneruuid",
+                "event",
+                "location"
+            ]
         );
         assert_eq!(d.get_i64("mtime").unwrap(), 1_714_557_600);
         assert_eq!(d.get_i64("size").unwrap(), 42);
@@ -317,7 +370,10 @@ mod tests {
         let ev = d.get_document("event").unwrap();
         assert_eq!(ev.get_i32("type").unwrap(), 3);
         assert_eq!(ev.get("source"), Some(&Bson::Null));
-        assert_eq!(ev.get_document("metadata").unwrap().get_str("k").unwrap(), "v");
+        assert_eq!(
+            ev.get_document("metadata").unwrap().get_str("k").unwrap(),
+            "v"
+        );
         let loc = d.get_document("location").unwrap();
         assert_eq!(loc.get_str("path").unwrap(), "pydiods1/a.txt");
         assert_eq!(loc.get("commits"), Some(&Bson::Null));
@@ -333,13 +389,30 @@ mod tests {
 
     #[test]
     fn json_fills_zero_values_and_keeps_unknown_keys() {
-        let v: Json = serde_json::from_str(r#"{"Uuid":"r1","roomtypeobject":"ws-1","Users":["a"],"Extra":{"InnerKey":1}}"#).unwrap();
+        let v: Json = serde_json::from_str(
+            r#"{"Uuid":"r1","roomtypeobject":"ws-1","Users":["a"],"Extra":{"InnerKey":1}}"#,
+        )
+        .unwrap();
         let d = from_json(&message("ChatRoom"), &v).unwrap();
-        assert_eq!(d.get_i32("type").unwrap(), 0, "GLOBAL is type 0, omitted in Bolt JSON");
-        assert_eq!(d.get_str("roomtypeobject").unwrap(), "ws-1", "case-insensitive match");
+        assert_eq!(
+            d.get_i32("type").unwrap(),
+            0,
+            "GLOBAL is type 0, omitted in Bolt JSON"
+        );
+        assert_eq!(
+            d.get_str("roomtypeobject").unwrap(),
+            "ws-1",
+            "case-insensitive match"
+        );
         assert_eq!(d.get_str("roomlabel").unwrap(), "");
         assert_eq!(d.get_i32("lastupdated").unwrap(), 0);
-        assert_eq!(d.get_document("extra").unwrap().get_i32("innerkey").unwrap(), 1);
+        assert_eq!(
+            d.get_document("extra")
+                .unwrap()
+                .get_i32("innerkey")
+                .unwrap(),
+            1
+        );
         let bad: Json = serde_json::from_str(r#"{"Type":"WORKSPACE"}"#).unwrap();
         let e = from_json(&message("ChatRoom"), &bad).unwrap_err();
         assert!(e.contains("ChatRoom.Type: is not an integer"), "{e}");
@@ -353,15 +426,33 @@ mod tests {
         .unwrap();
         let d = from_json(&message("ActivityObject"), &v).unwrap();
         let u = d.get_document("updated").unwrap();
-        assert_eq!((u.get_i64("seconds").unwrap(), u.get_i32("nanos").unwrap()), (1_714_557_600, 5));
+        assert_eq!(
+            (u.get_i64("seconds").unwrap(), u.get_i32("nanos").unwrap()),
+            (1_714_557_600, 5)
+        );
         assert_eq!(d.get_document("actor").unwrap().get_str("id").unwrap(), "u");
         assert_eq!(d.get("published"), Some(&Bson::Null));
         assert_eq!(d.get_f64("latitude").unwrap(), 0.0);
         let any = d.get_document("weird").unwrap();
         assert_eq!(any.get_binary_generic("value").unwrap(), &vec![1, 2]);
-        let mail: Json = serde_json::from_str(r#"{"TemplateData":{"KeepCase":"x"},"To":[{"Address":"b@x"}]}"#).unwrap();
+        let mail: Json =
+            serde_json::from_str(r#"{"TemplateData":{"KeepCase":"x"},"To":[{"Address":"b@x"}]}"#)
+                .unwrap();
         let m = from_json(&message("Mail"), &mail).unwrap();
-        assert_eq!(m.get_document("templatedata").unwrap().get_str("KeepCase").unwrap(), "x");
-        assert_eq!(m.get_array("to").unwrap()[0].as_document().unwrap().get_str("address").unwrap(), "b@x");
+        assert_eq!(
+            m.get_document("templatedata")
+                .unwrap()
+                .get_str("KeepCase")
+                .unwrap(),
+            "x"
+        );
+        assert_eq!(
+            m.get_array("to").unwrap()[0]
+                .as_document()
+                .unwrap()
+                .get_str("address")
+                .unwrap(),
+            "b@x"
+        );
     }
 }

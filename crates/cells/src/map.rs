@@ -135,7 +135,11 @@ fn interface_bson(v: &Json) -> Bson {
         Json::Number(n) => Bson::Double(n.as_f64().unwrap_or(0.0)),
         Json::String(s) => Bson::String(s.clone()),
         Json::Array(a) => Bson::Array(a.iter().map(interface_bson).collect()),
-        Json::Object(o) => Bson::Document(o.iter().map(|(k, v)| (k.clone(), interface_bson(v))).collect()),
+        Json::Object(o) => Bson::Document(
+            o.iter()
+                .map(|(k, v)| (k.clone(), interface_bson(v)))
+                .collect(),
+        ),
     }
 }
 
@@ -238,7 +242,10 @@ pub fn map(
             })?;
             if let (Some(m), Some(v)) = (m.as_mut(), value) {
                 let n = seq(v).ok_or_else(|| {
-                    err(format!("the value is {} bytes, not an 8-byte activity sequence", v.len()))
+                    err(format!(
+                        "the value is {} bytes, not an 8-byte activity sequence",
+                        v.len()
+                    ))
                 })?;
                 let inbox = [ot.to_vec(), owner.to_vec(), b"inbox".to_vec()];
                 m.ts_of = Some(location(&inbox, &n.to_be_bytes()));
@@ -253,22 +260,30 @@ pub fn map(
                     ROOM_TYPES.join(", ")
                 )));
             }
-            out(coll("rooms"), location(buckets, key).split_off("messages/".len()), &|| {
-                let d = typed("ChatRoom")?;
-                let t = d.get_i32("type").unwrap_or(-1);
-                if usize::try_from(t).map_or(true, |t| t >= ROOM_TYPES.len()) {
-                    return Err(err(format!("a chat room of unknown type {t}")));
-                }
-                Ok(d)
-            })
+            out(
+                coll("rooms"),
+                location(buckets, key).split_off("messages/".len()),
+                &|| {
+                    let d = typed("ChatRoom")?;
+                    let t = d.get_i32("type").unwrap_or(-1);
+                    if usize::try_from(t).map_or(true, |t| t >= ROOM_TYPES.len()) {
+                        return Err(err(format!("a chat room of unknown type {t}")));
+                    }
+                    Ok(d)
+                },
+            )
         }
         (Service::Chat, [b"messages", room]) => {
             let room = text(room);
-            out(coll("messages"), format!("{room}/{}", seq_text(key)), &|| {
-                let mut d = typed("ChatMessage")?;
-                d.insert("roomuuid", room.clone());
-                Ok(d)
-            })
+            out(
+                coll("messages"),
+                format!("{room}/{}", seq_text(key)),
+                &|| {
+                    let mut d = typed("ChatMessage")?;
+                    d.insert("roomuuid", room.clone());
+                    Ok(d)
+                },
+            )
         }
         (Service::Mailer, [b"MailerQueue"]) => {
             let n = seq_text(key);
@@ -282,22 +297,29 @@ pub fn map(
         }
         (Service::Versions, [b"versions", node]) => {
             let (node, n) = (text(node), seq(key).unwrap_or(0) as i64);
-            out(coll("versions"), format!("{node}/{}", seq_text(key)), &|| {
-                let cl = from_proto(&gobson::message("ChangeLog"), value.unwrap_or(&[])).map_err(err)?;
-                let version_id = cl.get_str("uuid").unwrap_or("").to_string();
-                let mtime = cl.get_i64("mtime").unwrap_or(0);
-                let ts = if mtime > 0 {
-                    mtime.saturating_mul(1_000_000_000).saturating_add(n % 1_000_000_000)
-                } else {
-                    n
-                };
-                Ok(doc! {
-                    "node_uuid": &node,
-                    "version_id": version_id,
-                    "ts": ts,
-                    "changelog": cl,
-                })
-            })
+            out(
+                coll("versions"),
+                format!("{node}/{}", seq_text(key)),
+                &|| {
+                    let cl = from_proto(&gobson::message("ChangeLog"), value.unwrap_or(&[]))
+                        .map_err(err)?;
+                    let version_id = cl.get_str("uuid").unwrap_or("").to_string();
+                    let mtime = cl.get_i64("mtime").unwrap_or(0);
+                    let ts = if mtime > 0 {
+                        mtime
+                            .saturating_mul(1_000_000_000)
+                            .saturating_add(n % 1_000_000_000)
+                    } else {
+                        n
+                    };
+                    Ok(doc! {
+                        "node_uuid": &node,
+                        "version_id": version_id,
+                        "ts": ts,
+                        "changelog": cl,
+                    })
+                },
+            )
         }
         (Service::Jobs, [b"jobs"]) => {
             let id = text(key);
@@ -356,7 +378,9 @@ pub fn unmap(
             _ => None,
         },
         Service::Activity if is("subscriptions") => match parts.as_slice() {
-            [ot, oid, "subscriptions", user] => Some((vec![b(ot), b(oid), b("subscriptions")], b(user))),
+            [ot, oid, "subscriptions", user] => {
+                Some((vec![b(ot), b(oid), b("subscriptions")], b(user)))
+            }
             _ => None,
         },
         Service::Activity if is("markers") => match parts.as_slice() {

@@ -114,7 +114,11 @@ impl Service {
                 ),
                 (
                     "messages",
-                    vec![doc! {"roomuuid": 1}, doc! {"author": 1}, doc! {"timestamp": -1}],
+                    vec![
+                        doc! {"roomuuid": 1},
+                        doc! {"author": 1},
+                        doc! {"timestamp": -1},
+                    ],
                 ),
             ],
             Service::Mailer => vec![("mailqueues", vec![doc! {"ts": 1}])],
@@ -129,9 +133,15 @@ impl Service {
             Service::Jobs => vec![
                 (
                     "jobs",
-                    vec![doc! {"id": 1}, doc! {"owner": 1, "has_events": 1, "has_schedule": 1}],
+                    vec![
+                        doc! {"id": 1},
+                        doc! {"owner": 1, "has_events": 1, "has_schedule": 1},
+                    ],
                 ),
-                ("tasks", vec![doc! {"id": 1, "job_id": 1, "status": 1, "ts": -1}]),
+                (
+                    "tasks",
+                    vec![doc! {"id": 1, "job_id": 1, "status": 1, "ts": -1}],
+                ),
             ],
         }
     }
@@ -250,14 +260,30 @@ mod tests {
     #[test]
     fn later_v4_prefixes_every_collection() {
         let o = |p| MapOptions { prefixes: p };
-        assert_eq!(o(Prefixes::V4).collection(Service::Chat, "rooms"), "chat_rooms");
+        assert_eq!(
+            o(Prefixes::V4).collection(Service::Chat, "rooms"),
+            "chat_rooms"
+        );
         assert_eq!(
             Service::Activity.collections(&o(Prefixes::V4)),
-            ["activity_activities", "activity_subscriptions", "activity_markers"]
+            [
+                "activity_activities",
+                "activity_subscriptions",
+                "activity_markers"
+            ]
         );
-        assert_eq!(o(Prefixes::V4Early).collection(Service::Versions, "versions"), "versions");
-        assert_eq!(o(Prefixes::V4Early).collection(Service::Jobs, "tasks"), "jobs_tasks");
-        assert_eq!(o(Prefixes::None).collection(Service::Jobs, "tasks"), "tasks");
+        assert_eq!(
+            o(Prefixes::V4Early).collection(Service::Versions, "versions"),
+            "versions"
+        );
+        assert_eq!(
+            o(Prefixes::V4Early).collection(Service::Jobs, "tasks"),
+            "jobs_tasks"
+        );
+        assert_eq!(
+            o(Prefixes::None).collection(Service::Jobs, "tasks"),
+            "tasks"
+        );
         assert_eq!("all".parse::<Prefixes>(), Ok(Prefixes::V4));
         assert!("v5".parse::<Prefixes>().unwrap_err().contains("v4-early"));
     }

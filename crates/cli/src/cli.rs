@@ -120,15 +120,26 @@ pub struct StartArgs {
     /// Skip verification before the target is opened at cutover.
     #[arg(long, env = "FERRY_NO_VERIFY")]
     pub no_verify: bool,
-    /// Collection names of a cells:// migration: `v4` (as the Cells v4 code
-    /// names them: docstore_, mailer_ and jobs_ prefixed, the rest bare),
-    /// `all` (every service's prefix) or `none`.
+    /// Collection names of a cells:// migration: `v4` (later Cells v4, the
+    /// code `cells admin config db add` goes with: every collection named
+    /// `<service>_<name>`, e.g. activity_activities), `v4-early` (earlier v4:
+    /// bare activity, chat and versions collections) or `none`.
     #[arg(
         long = "cells.prefixes",
         env = "FERRY_CELLS_PREFIXES",
         default_value = "v4"
     )]
     pub cells_prefixes: ferry_cells::Prefixes,
+    /// A Bolt entry of a cells:// migration that cannot be mapped (a value
+    /// Cells itself could not read) and that the cutover may leave behind,
+    /// named as `status` shows it: `<service>:<bucket path>/<key>`. Repeat
+    /// for each.
+    #[arg(
+        long = "cells.accept-unmapped",
+        env = "FERRY_CELLS_ACCEPT_UNMAPPED",
+        value_delimiter = ','
+    )]
+    pub cells_accept_unmapped: Vec<String>,
     /// How often a Vault source is looked at for changes, in milliseconds.
     #[arg(long = "vault.poll-ms", env = "FERRY_VAULT_POLL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
     pub vault_poll_ms: u64,
@@ -191,6 +202,11 @@ pub struct StopArgs {
     /// Give up waiting for the cutover after this long (e.g. 90s, 10m).
     #[arg(long, default_value = "15m")]
     pub timeout: String,
+    /// An unmapped source entry (as `status` names it,
+    /// `<service>:<bucket path>/<key>`) that this cutover may leave behind;
+    /// repeat or separate with commas.
+    #[arg(long = "accept-unmapped", value_delimiter = ',')]
+    pub accept_unmapped: Vec<String>,
 }
 
 #[derive(Args, Debug)]

@@ -195,11 +195,18 @@ impl AgentTarget {
         })
     }
 
-    pub async fn stop(&self, abort: bool) -> Result<StopResponse, CliError> {
+    pub async fn stop(
+        &self,
+        abort: bool,
+        accept_unmapped: &[String],
+    ) -> Result<StopResponse, CliError> {
         let c = self.client()?;
         let resp = self
             .authed(c.post(format!("{}/v1/stop", self.url)))
-            .json(&StopRequest { abort })
+            .json(&StopRequest {
+                abort,
+                accept_unmapped: accept_unmapped.to_vec(),
+            })
             .send()
             .await
             .map_err(|e| self.explain(e))?;

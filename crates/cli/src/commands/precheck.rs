@@ -428,6 +428,23 @@ pub async fn cells_route(
             .into_iter()
             .map(|c| ferry_mongo::Namespace::new(db.clone(), c))
             .collect();
+        // A database written for a Cells of the other naming: a Cells
+        // reads one set of names, so mixing them loses half the data.
+        for (naming, coll) in route.map_opts.other_namings(service) {
+            let ns = ferry_mongo::Namespace::new(db.clone(), coll);
+            let n = tgt.estimated_count(&ns).await.map_err(mongo_refused)?;
+            if n > 0 {
+                return Err(CliError::new(
+                    ExitCode::Refused,
+                    format!(
+                        "{t}: {ns} holds {n} documents named as --cells.prefixes {} writes them, and this migration writes {} (--cells.prefixes {}); a Cells release reads one naming only, so migrate into another database, or choose the naming of the Cells that will read it with --cells.prefixes",
+                        naming.as_str(),
+                        namespaces.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+                        route.map_opts.prefixes.as_str()
+                    ),
+                ));
+            }
+        }
         tgt.check_target_empty(&namespaces, force || resuming)
             .await
             .map_err(mongo_refused)?;
@@ -443,12 +460,18 @@ pub async fn cells_route(
         line(
             "target",
             format!(
-                "{t}: reachable; {} empty",
+                "{t}: reachable; {} empty; collection names as --cells.prefixes {} ({}), with the indexes Cells declares",
                 namespaces
                     .iter()
                     .map(ToString::to_string)
                     .collect::<Vec<_>>()
-                    .join(", ")
+                    .join(", "),
+                route.map_opts.prefixes.as_str(),
+                match route.map_opts.prefixes {
+                    ferry_cells::Prefixes::V4 => "later Cells v4; give --cells.prefixes v4-early for a release that names activity, chat and versions collections bare",
+                    ferry_cells::Prefixes::V4Early => "earlier Cells v4: activity, chat and versions bare",
+                    ferry_cells::Prefixes::None => "every collection bare",
+                }
             ),
         );
     }

@@ -53,6 +53,7 @@ fn config_for(args: &StartArgs, sources: &[StoreUrl], targets: &[StoreUrl]) -> A
         verify_on_cutover: !args.no_verify,
         vault_poll_ms: args.vault_poll_ms,
         cells_prefixes: Some(args.cells_prefixes.as_str().into()),
+        cells_accept_unmapped: args.cells_accept_unmapped.clone(),
         cutover_max_lag_events: DEFAULT_CUTOVER_MAX_LAG_EVENTS,
         cutover_timeout_ms: DEFAULT_CUTOVER_TIMEOUT_MS,
     }

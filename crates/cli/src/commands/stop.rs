@@ -34,7 +34,7 @@ pub fn run(a: StopArgs) -> Result<(), CliError> {
     let t = target(&a.conn)?;
     let rt = runtime()?;
     rt.block_on(async {
-        let resp = t.stop(a.abort).await?;
+        let resp = t.stop(a.abort, &a.accept_unmapped).await?;
         println!("{}", resp.message);
         // A cutover asked for earlier (by a `stop` that gave up waiting) is
         // still the one to follow, not a failure.

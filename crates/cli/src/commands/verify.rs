@@ -73,6 +73,9 @@ async fn one(a: &VerifyArgs, route: &routes::Route, tgt: &StoreUrl) -> Result<()
             println!("  {d}");
         }
     }
+    for u in &report.unmapped {
+        println!("  not mapped (not on the target): {u}");
+    }
     if !report.is_equal() {
         return Err(CliError::new(
             ExitCode::Runtime,
