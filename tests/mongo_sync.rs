@@ -1,8 +1,12 @@
-//! MongoDB to MongoDB through `ferry start` and `ferry stop`, with the agent
+//! MongoDB to MongoDB through `ferry start` and `ferry stop` against real
+//! mongod 7.0 servers (one-member replica sets, the testkit's): the agent
 //! SIGKILLed at random moments over copy and streaming while an
-//! application keeps writing, against real SecantusDB servers.
+//! application keeps writing; the read-only switch (`setUserWriteBlockMode`)
+//! at cutover, lifted by `set-server-mode --mode default` and by a cutover
+//! that fails; the oplog-window pre-check. SecantusDB, which has no write
+//! blocking, is refused in one sentence.
 
-use ferry_testkit::{require, MongoWire};
+use ferry_testkit::{require, MongoWire, Mongod};
 use ferry_tests::harness::*;
 use mongodb::bson::{doc, Document};
 use rand::{Rng, SeedableRng};
@@ -10,6 +14,35 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// `UserWritesBlocked`: what an application's write gets while the source
+/// is read-only.
+const USER_WRITES_BLOCKED: i32 = 371;
+
+/// The server's code of a failed write.
+fn code_of(e: &mongodb::error::Error) -> Option<i32> {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    match e.kind.as_ref() {
+        ErrorKind::Command(c) => Some(c.code),
+        ErrorKind::Write(WriteFailure::WriteError(w)) => Some(w.code),
+        _ => None,
+    }
+}
+
+/// One application insert into `app.orders`: `Ok` or the server's code.
+fn app_insert(rt: &tokio::runtime::Runtime, uri: &str, id: i64) -> Result<(), Option<i32>> {
+    rt.block_on(async {
+        let c = mongodb::Client::with_uri_str(uri).await.unwrap();
+        c.database("app")
+            .collection::<Document>("orders")
+            .insert_one(doc! {"_id": id, "name": "app"})
+            .await
+            .map(drop)
+            .map_err(|e| code_of(&e))
+    })
+}
+
+/// Creates the collections (one at a time: mongod under wine crashes when
+/// several connections create one collection at once) and fills them.
 async fn load(uri: &str, per_coll: u32) {
     let c = mongodb::Client::with_uri_str(uri).await.unwrap();
     let db = c.database("app");
@@ -92,7 +125,7 @@ fn writer(uri: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
 
 #[test]
 fn mongo_to_mongo_survives_twenty_sigkills_over_copy_and_streaming() {
-    let (Some(src), Some(dst)) = (require(MongoWire::start()), require(MongoWire::start())) else {
+    let (Some(src), Some(dst)) = (require(Mongod::start()), require(Mongod::start())) else {
         return;
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -101,7 +134,8 @@ fn mongo_to_mongo_survives_twenty_sigkills_over_copy_and_streaming() {
     let w = writer(src.uri(), Arc::clone(&stop));
     let f = Ferry::new();
     let (s, t) = (format!("{}/app", src.uri()), format!("{}/app", dst.uri()));
-    let args = ["--shards", "4", "--source.read-only=external"];
+    // The real read-only switch at the end: setUserWriteBlockMode.
+    let args = ["--shards", "4"];
     let mut rng = rand::thread_rng();
     let deadline = Instant::now() + Duration::from_secs(600);
     for round in 0..20 {
@@ -132,6 +166,11 @@ fn mongo_to_mongo_survives_twenty_sigkills_over_copy_and_streaming() {
     let out = f.run(&["verify", "--source", &s, "--target", &t]);
     ok(&out, "verify");
     assert!(stdout(&out).contains(": 0 differences"), "{}", stdout(&out));
+    // The source stays read-only after the cutover.
+    assert_eq!(
+        app_insert(&rt, &src.uri(), 900_000),
+        Err(Some(USER_WRITES_BLOCKED))
+    );
     // The unique index arrived, built after the fence.
     let has_unique = rt.block_on(async {
         let c = mongodb::Client::with_uri_str(dst.uri()).await.unwrap();
@@ -184,5 +223,148 @@ fn a_server_without_write_blocking_is_refused_in_one_sentence() {
         "{}",
         stderr(&out)
     );
+    assert!(!f.journal().exists());
+}
+
+/// The read-only switch on a real mongod: a cutover that fails (a stray
+/// write on the target makes its verification fail) lifts the write block
+/// again and the agent keeps syncing; the next cutover succeeds, and from
+/// then on an application's writes fail with 371 (during the cutover too:
+/// a writer running through it sees only successes, then 371s);
+/// `set-server-mode --mode default` lifts the block.
+#[test]
+fn the_read_only_switch_blocks_applications_and_a_failed_cutover_lifts_it() {
+    let (Some(src), Some(dst)) = (require(Mongod::start()), require(Mongod::start())) else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(load(&src.uri(), 2000));
+    let f = Ferry::new();
+    let (s, t) = (format!("{}/app", src.uri()), format!("{}/app", dst.uri()));
+    ok(&f.start(&s, &t, &["--shards", "2"]), "start");
+    f.wait_for("caught up", Duration::from_secs(120), |st| {
+        all_streaming(st) && max_lag(st) == 0
+    });
+
+    // A stray write on the target: the cutover's verification must refuse.
+    let stray = |insert: bool| {
+        rt.block_on(async {
+            let c = mongodb::Client::with_uri_str(dst.uri()).await.unwrap();
+            let coll = c.database("app").collection::<Document>("events");
+            if insert {
+                coll.insert_one(doc! {"_id": "stray"}).await.unwrap();
+            } else {
+                coll.delete_one(doc! {"_id": "stray"}).await.unwrap();
+            }
+        })
+    };
+    stray(true);
+    let out = f.run(&["stop", "--timeout", "120s"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        f.agent_pid().is_some(),
+        "the agent keeps syncing after a failed cutover"
+    );
+    assert_eq!(
+        app_insert(&rt, &src.uri(), 500_000),
+        Ok(()),
+        "a failed cutover lifts the block"
+    );
+    stray(false);
+    f.wait_for("caught up again", Duration::from_secs(120), |st| {
+        all_streaming(st) && max_lag(st) == 0
+    });
+
+    // An application writing through the cutover: successes, then only 371s.
+    let stop = Arc::new(AtomicBool::new(false));
+    let uri = src.uri();
+    let w = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            let mut seen = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(180);
+            let mut id = 600_000;
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline && id < 620_000 {
+                seen.push(app_insert(&rt, &uri, id));
+                id += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            seen
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    ok(&f.run(&["stop", "--timeout", "120s"]), "stop");
+    f.wait_agent_exit(Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let seen = w.join().unwrap();
+    let first_blocked = seen
+        .iter()
+        .position(|r| r.is_err())
+        .expect("writes were blocked");
+    assert!(first_blocked > 0, "writes passed before the cutover");
+    assert!(
+        seen[first_blocked..]
+            .iter()
+            .all(|r| *r == Err(Some(USER_WRITES_BLOCKED))),
+        "after the switch every write fails with 371: {:?}",
+        &seen[first_blocked..]
+    );
+    assert_eq!(
+        app_insert(&rt, &src.uri(), 700_000),
+        Err(Some(USER_WRITES_BLOCKED))
+    );
+    let out = f.run(&["verify", "--source", &s, "--target", &t]);
+    ok(&out, "verify");
+    assert!(stdout(&out).contains(": 0 differences"), "{}", stdout(&out));
+
+    let out = f.run(&["set-server-mode", "--source", &s, "--mode", "default"]);
+    ok(&out, "set-server-mode default");
+    assert_eq!(app_insert(&rt, &src.uri(), 700_001), Ok(()));
+}
+
+/// A source whose oplog is full and spans less than twice the copy's
+/// estimated time is refused by the pre-check, before anything is written.
+#[test]
+fn a_copy_longer_than_the_oplog_window_is_refused() {
+    // 1 MB of oplog: full as soon as the load is in.
+    let (Some(src), Some(dst)) = (
+        require(Mongod::start_with_args(&["--oplogSize", "1"])),
+        require(Mongod::start()),
+    ) else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // 3 x 40,000 documents: estimated at 25 s, loaded in a few.
+    rt.block_on(load(&src.uri(), 40_000));
+    let f = Ferry::new();
+    let out = f.run(&[
+        "start",
+        "--check-only",
+        "--source",
+        &format!("{}/app", src.uri()),
+        "--target",
+        &format!("{}/app", dst.uri()),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("oplog spans") && err.contains("replSetResizeOplog"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(!f.journal().exists());
 }

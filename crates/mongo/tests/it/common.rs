@@ -42,7 +42,7 @@ pub async fn store(uri: &str) -> MongoStore {
 /// take seconds to answer the driver's monitor; the test must not fail on
 /// that.
 pub fn patient(uri: &str) -> String {
-    format!("{uri}/?connectTimeoutMS=60000&serverSelectionTimeoutMS=120000")
+    format!("{uri}/?connectTimeoutMS=60000&serverSelectionTimeoutMS=120000&w=1")
 }
 
 pub async fn client(uri: &str) -> mongodb::Client {

@@ -25,7 +25,9 @@ fn code_of(e: &mongodb::error::Error) -> Option<i32> {
 }
 
 fn assert_blocked<T: std::fmt::Debug>(r: Result<T, mongodb::error::Error>, who: &str) {
-    let e = r.expect_err(&format!("{who}: a write passed while user writes are blocked"));
+    let e = r.expect_err(&format!(
+        "{who}: a write passed while user writes are blocked"
+    ));
     assert_eq!(code_of(&e), Some(USER_WRITES_BLOCKED), "{who}: {e}");
 }
 
@@ -94,7 +96,10 @@ async fn mongod_blocks_every_write_without_auth_and_lifts_it() {
     let sink = MongoSink::new(s.clone(), "target".into(), SinkOptions::default());
     sink.startup().await.unwrap();
     let ns = Namespace::new("app", "a");
-    assert_eq!(sink.apply(ShardId(0), &puts(&ns, 1..3, 1)).await.unwrap(), 2);
+    assert_eq!(
+        sink.apply(ShardId(0), &puts(&ns, 1..3, 1)).await.unwrap(),
+        2
+    );
 
     readonly::set_user_write_block(&s, true).await.unwrap();
     assert_blocked(coll.insert_one(doc! {"_id": 10}).await, "application");
@@ -125,7 +130,10 @@ async fn mongod_blocks_every_write_without_auth_and_lifts_it() {
     readonly::set_user_write_block(&s, false).await.unwrap();
     coll.insert_one(doc! {"_id": 12}).await.unwrap();
     let sink = MongoSink::new(s.clone(), "target".into(), SinkOptions::default());
-    assert_eq!(sink.apply(ShardId(0), &puts(&ns, 3..5, 3)).await.unwrap(), 4);
+    assert_eq!(
+        sink.apply(ShardId(0), &puts(&ns, 3..5, 3)).await.unwrap(),
+        4
+    );
     assert_eq!(coll.count_documents(doc! {}).await.unwrap(), 6);
 }
 
@@ -154,12 +162,17 @@ async fn the_bypass_privilege_lets_only_its_holder_write_with_auth() {
     let root = client(&uri("root")).await;
     let admin = root.database("admin");
     admin
-        .run_command(doc! {"createRole": "ferryBypass", "roles": [], "privileges": [
-            {"resource": {"cluster": true}, "actions": ["bypassWriteBlockingMode"]}]})
+        .run_command(
+            doc! {"createRole": "ferryBypass", "roles": [], "privileges": [
+            {"resource": {"cluster": true}, "actions": ["bypassWriteBlockingMode"]}]},
+        )
         .await
         .unwrap();
     for (user, roles) in [
-        ("app", vec![doc! {"role": "readWriteAnyDatabase", "db": "admin"}]),
+        (
+            "app",
+            vec![doc! {"role": "readWriteAnyDatabase", "db": "admin"}],
+        ),
         (
             "operator",
             vec![
@@ -180,10 +193,7 @@ async fn the_bypass_privilege_lets_only_its_holder_write_with_auth() {
             .await
             .unwrap();
     }
-    root.database("app")
-        .create_collection("a")
-        .await
-        .unwrap();
+    root.database("app").create_collection("a").await.unwrap();
     let s = store(&uri("root")).await;
     readonly::set_user_write_block(&s, true).await.unwrap();
 
