@@ -1,13 +1,13 @@
 //! The one-command Cells migration: a sample Cells home (real Bolt files
 //! written by the bbolt library, the JSON config, vault and keyring) moves
-//! live to SecantusDB, etcd and OpenBao while a writer keeps changing it;
+//! live to a real mongod, etcd and OpenBao while a writer keeps changing it;
 //! the cutover waits for the writer's locks; the target verifies equal and
 //! holds Cells' document shapes; a second run changes nothing.
 
 #[path = "bolt-fixture/fixture.rs"]
 mod fixture;
 
-use ferry_testkit::{http, require, Etcd, MongoWire, OpenBao};
+use ferry_testkit::{http, require, Etcd, Mongod, OpenBao};
 use ferry_tests::harness::*;
 use mongodb::bson::{doc, Document};
 use rand::Rng;
@@ -133,7 +133,7 @@ fn a_live_cells_home_migrates_with_one_command_and_cuts_over() {
         return;
     };
     let (Some(mongo), Some(etcd), Some(bao)) = (
-        require(MongoWire::start()),
+        require(Mongod::start()),
         require(Etcd::start()),
         require(OpenBao::start()),
     ) else {
@@ -221,7 +221,7 @@ fn a_live_cells_home_migrates_with_one_command_and_cuts_over() {
 
     let out = verify(&f, &source, &targets);
     ok(&out, "verify");
-    // Shapes Cells reads (shared/reference/cells-stores.md, section 1b).
+    // Where Cells reads them (the shapes: tests/cells_conformance.rs).
     let uri = mongo.uri();
     let d = find_one(
         &uri,
@@ -232,7 +232,7 @@ fn a_live_cells_home_migrates_with_one_command_and_cuts_over() {
     assert!(d.get_str("raw").unwrap().starts_with('{'));
     let a = find_one(
         &uri,
-        "activities",
+        "activity_activities",
         doc! {"owner_type": 1, "owner_id": "alice", "box_name": "outbox"},
     );
     assert!(
@@ -240,16 +240,16 @@ fn a_live_cells_home_migrates_with_one_command_and_cuts_over() {
         "{a}"
     );
     assert!(a.get_i64("ts").unwrap() > 1_700_000_000_000_000_000);
-    let s = find_one(&uri, "subscriptions", doc! {"userid": "bob"});
+    let s = find_one(&uri, "activity_subscriptions", doc! {"userid": "bob"});
     assert!(s.get_array("events").unwrap().len() == 2, "{s}");
     find_one(
         &uri,
-        "markers",
+        "activity_markers",
         doc! {"box_name": "lastread", "user_id": "carol"},
     );
-    find_one(&uri, "rooms", doc! {"uuid": "room-node-1"});
-    find_one(&uri, "messages", doc! {"roomuuid": "room-user-0"});
-    let v = find_one(&uri, "versions", doc! {"node_uuid": "node-uuid-0003"});
+    find_one(&uri, "chat_rooms", doc! {"uuid": "room-node-1"});
+    find_one(&uri, "chat_messages", doc! {"roomuuid": "room-user-0"});
+    let v = find_one(&uri, "versions_versions", doc! {"node_uuid": "node-uuid-0003"});
     assert!(
         v.get_str("version_id").unwrap().starts_with("version-3-"),
         "{v}"
@@ -325,7 +325,7 @@ fn bad_cells_homes_are_refused_in_one_sentence() {
         return;
     };
     let (Some(mongo), Some(etcd), Some(bao)) = (
-        require(MongoWire::start()),
+        require(Mongod::start()),
         require(Etcd::start()),
         require(OpenBao::start()),
     ) else {
