@@ -146,6 +146,32 @@ impl Pipeline {
             .unwrap();
         let catalog = Catalog::read(&source, &namespaces).await.unwrap();
         let (dir, journal) = journal();
+        Self::run(source, target, shards, catalog, dir, journal).await
+    }
+
+    /// Starts again on the journal a [`Pipeline::stop_keeping_journal`]
+    /// left, as a restarted agent does (no pre-check: the target is not
+    /// empty).
+    pub async fn resume(
+        source: MongoStore,
+        target: MongoStore,
+        shards: u32,
+        dir: tempfile::TempDir,
+    ) -> Pipeline {
+        let namespaces = source.selected_namespaces().await.unwrap();
+        let catalog = Catalog::read(&source, &namespaces).await.unwrap();
+        let j = RocksJournal::open(dir.path(), OpenMode::Existing, PersistPolicy::Never).unwrap();
+        Self::run(source, target, shards, catalog, dir, Arc::new(j)).await
+    }
+
+    async fn run(
+        source: MongoStore,
+        target: MongoStore,
+        shards: u32,
+        catalog: Catalog,
+        dir: tempfile::TempDir,
+        journal: Arc<RocksJournal>,
+    ) -> Pipeline {
         let lag = Arc::new(LagTracker::new());
         let (stop, shutdown) = Shutdown::new();
         // A span not starting at 0, as one source among several would get.
@@ -220,12 +246,21 @@ impl Pipeline {
     }
 
     pub async fn stop(self) -> Result<(), ferry_mongo::MongoError> {
+        self.stop_keeping_journal().await.0
+    }
+
+    /// Stops and gives back the journal directory (closed).
+    pub async fn stop_keeping_journal(
+        self,
+    ) -> (Result<(), ferry_mongo::MongoError>, tempfile::TempDir) {
         self.stop.send(true).unwrap();
         for w in self.workers {
             w.await.unwrap().unwrap();
         }
         self.sink.shutdown().await;
-        self.tailer.await.unwrap()
+        let r = self.tailer.await.unwrap();
+        drop(self.journal);
+        (r, self._dir)
     }
 }
 

@@ -8,6 +8,7 @@
 
 mod bad_input;
 mod common;
+mod history;
 mod outage;
 mod pipeline;
 mod readonly;
