@@ -283,7 +283,7 @@ impl AgentRun {
                             routes: &live,
                             ferry_user: ferry_user.clone(),
                         };
-                        match c.run(&mut stop_rx).await {
+                        match Box::pin(c.run(&mut stop_rx)).await {
                             Ok(proof) => {
                                 let window = proof.read_only_window_ms;
                                 control.set_proof(proof);
