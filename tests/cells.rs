@@ -249,7 +249,11 @@ fn a_live_cells_home_migrates_with_one_command_and_cuts_over() {
     );
     find_one(&uri, "chat_rooms", doc! {"uuid": "room-node-1"});
     find_one(&uri, "chat_messages", doc! {"roomuuid": "room-user-0"});
-    let v = find_one(&uri, "versions_versions", doc! {"node_uuid": "node-uuid-0003"});
+    let v = find_one(
+        &uri,
+        "versions_versions",
+        doc! {"node_uuid": "node-uuid-0003"},
+    );
     assert!(
         v.get_str("version_id").unwrap().starts_with("version-3-"),
         "{v}"
