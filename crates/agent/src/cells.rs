@@ -22,7 +22,7 @@
 
 use ferry_bolt::{decode_key, encode_key, KeyRef};
 use ferry_cells::{map, set_marker_ts, unmap, MapError, MapOptions, Mapped, Service};
-use ferry_core::{Event, Op, Seq, ShardId, ShardSpan, StoreMeta, Value};
+use ferry_core::{Event, Op, Seq, ShardId, ShardSpan, StoreMeta, StoreUrl, Value};
 use ferry_mongo::{MongoSink, MongoStore, Namespace};
 use ferry_replay::{Sink, SinkError};
 use mongodb::bson::{doc, Bson, Document, RawDocumentBuf};
@@ -534,5 +534,145 @@ pub fn catalog(service: Service, opts: &MapOptions, db: &str) -> ferry_mongo::Ca
                 indexes,
             })
             .collect(),
+    }
+}
+
+/// The etcd keys Cells reads its configuration and vault from, given the
+/// target URL: `etcd://h:2379` or `…/config` → `config` and `vault`. Cells
+/// reads its config vault from the key `vault` whatever the config URL's
+/// path (it forces that key for every non-file scheme), so a target with
+/// another prefix would put `pydio-vault.json` where Cells never looks: it
+/// is refused.
+pub fn cells_etcd_keys(etcd: &StoreUrl) -> Result<(String, String), String> {
+    let prefix = match etcd {
+        StoreUrl::Etcd { prefix, .. } => prefix.trim_matches('/').to_string(),
+        _ => String::new(),
+    };
+    if prefix.is_empty() || prefix == "config" {
+        return Ok(("config".into(), "vault".into()));
+    }
+    Err(format!(
+        "{etcd}: Cells reads its config vault from the etcd key `vault` whatever the config key, so a cells:// migration to the prefix `{prefix}` would put pydio-vault.json where Cells does not read it; give the etcd target without a path (pydio.json goes to `config`, pydio-vault.json to `vault`)"
+    ))
+}
+
+/// The keyring's Vault target for a Cells migration: the KV v2 secret
+/// Cells reads for the `CELLS_KEYRING` Ferry prints ([`cells_keyring_url`]).
+///
+/// Cells' Vault store takes the secret in `?key=` and reads
+/// `<URL path>/data/<key>`, so the URL's path must be the mount alone:
+/// `vault://h/kv?key=keyring` is mount `kv`, secret `keyring`. Accepted:
+/// that form, `vault://h/<mount>` (secret `keyring`) and
+/// `vault://h/<mount>/<secret>` (Ferry's form; Cells is then pointed at
+/// `?key=<secret>`). Refused: a sub-path *and* a key, which Cells would
+/// resolve to another secret, then silently make a new master key and lose
+/// every value of pydio-vault.json.
+pub fn cells_keyring_target(vault: &StoreUrl) -> Result<StoreUrl, String> {
+    let StoreUrl::Vault {
+        tls,
+        endpoint,
+        mount,
+        path,
+        token,
+        params,
+    } = vault.clone()
+    else {
+        return Err(format!("{vault}: the keyring goes to a vault:// target"));
+    };
+    let key = params.get("key").map(|k| k.trim_matches('/').to_string());
+    let secret = match (path.is_empty(), key) {
+        (true, Some(k)) if !k.is_empty() => k,
+        (true, _) => "keyring".to_string(),
+        (false, None) => path,
+        (false, Some(k)) => {
+            return Err(format!(
+                "{vault}: Cells would read the keyring from `{mount}/{path}/data/{k}`, which is not the secret `{path}/{k}` of mount `{mount}`: write the keyring target as {}://{endpoint}/{mount}?key={path}/{k}",
+                if tls { "vaults" } else { "vault" }
+            ))
+        }
+    };
+    let mut params = params;
+    params.remove("key");
+    Ok(StoreUrl::Vault {
+        tls,
+        endpoint,
+        mount,
+        path: secret,
+        token,
+        params,
+    })
+}
+
+/// The `CELLS_KEYRING` URL that makes Cells read the secret of a keyring
+/// target (as [`cells_keyring_target`] made it): the mount in the path, the
+/// secret in `?key=`. No token: Cells takes it from `VAULT_TOKEN`.
+pub fn cells_keyring_url(target: &StoreUrl) -> String {
+    match target {
+        StoreUrl::Vault {
+            tls,
+            endpoint,
+            mount,
+            path,
+            ..
+        } => format!(
+            "{}://{endpoint}/{mount}?key={path}",
+            if *tls { "vaults" } else { "vault" }
+        ),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(s: &str) -> StoreUrl {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn the_keyring_goes_where_cells_reads_it() {
+        for (given, secret) in [
+            ("vault://h:8200/kv/keyring", "keyring"),
+            ("vault://h:8200/kv?key=keyring", "keyring"),
+            ("vault://h:8200/kv", "keyring"),
+            ("vault://h:8200/secret/cells/keyring", "cells/keyring"),
+        ] {
+            let t = cells_keyring_target(&url(given)).unwrap();
+            let StoreUrl::Vault { path, params, .. } = &t else {
+                panic!()
+            };
+            assert_eq!(
+                (path.as_str(), params.get("key")),
+                (secret, None),
+                "{given}"
+            );
+            let mount = if given.contains("/secret") {
+                "secret"
+            } else {
+                "kv"
+            };
+            assert_eq!(
+                cells_keyring_url(&t),
+                format!("vault://h:8200/{mount}?key={secret}")
+            );
+        }
+        let e = cells_keyring_target(&url("vault://h:8200/kv/sub?key=k")).unwrap_err();
+        assert!(
+            e.contains("kv/sub/data/k") && e.contains("vault://h:8200/kv?key=sub/k"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_prefixed_etcd_target_is_refused() {
+        for ok in ["etcd://h:2379", "etcd://h:2379/config"] {
+            assert_eq!(
+                cells_etcd_keys(&url(ok)).unwrap(),
+                ("config".into(), "vault".into())
+            );
+        }
+        let e = cells_etcd_keys(&url("etcd://h:2379/team-a/config")).unwrap_err();
+        assert!(e.contains("`vault`"), "{e}");
     }
 }

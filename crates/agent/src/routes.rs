@@ -217,7 +217,7 @@ fn expand_cells(home: &Path, targets: &[StoreUrl]) -> Result<Vec<Pair>, String> 
         one(StoreKind::Etcd)?,
         one(StoreKind::Vault)?,
     );
-    let (config_key, vault_key) = cells_etcd_keys(etcd)?;
+    let (config_key, vault_key) = crate::cells::cells_etcd_keys(etcd)?;
     let with_prefix = |prefix: String| match etcd.clone() {
         StoreUrl::Etcd {
             tls,
@@ -236,7 +236,7 @@ fn expand_cells(home: &Path, targets: &[StoreUrl]) -> Result<Vec<Pair>, String> 
         },
         other => other,
     };
-    let keyring = cells_keyring_target(vault)?;
+    let keyring = crate::cells::cells_keyring_target(vault)?;
     let mut out = Vec::new();
     for (service, path) in &home.bolts {
         out.push((
@@ -292,91 +292,6 @@ fn expand_cells(home: &Path, targets: &[StoreUrl]) -> Result<Vec<Pair>, String> 
         ));
     }
     Ok(out)
-}
-
-/// The etcd keys Cells reads its configuration and vault from, given the
-/// target URL: `etcd://h:2379` or `…/config` → `config` and `vault`. Cells
-/// reads its config vault from the key `vault` whatever the config URL's
-/// path (it forces that key for every non-file scheme), so a target with
-/// another prefix would put `pydio-vault.json` where Cells never looks: it
-/// is refused.
-pub fn cells_etcd_keys(etcd: &StoreUrl) -> Result<(String, String), String> {
-    let prefix = match etcd {
-        StoreUrl::Etcd { prefix, .. } => prefix.trim_matches('/').to_string(),
-        _ => String::new(),
-    };
-    if prefix.is_empty() || prefix == "config" {
-        return Ok(("config".into(), "vault".into()));
-    }
-    Err(format!(
-        "{etcd}: Cells reads its config vault from the etcd key `vault` whatever the config key, so a cells:// migration to the prefix `{prefix}` would put pydio-vault.json where Cells does not read it; give the etcd target without a path (pydio.json goes to `config`, pydio-vault.json to `vault`)"
-    ))
-}
-
-/// The keyring's Vault target for a Cells migration: the KV v2 secret
-/// Cells reads for the `CELLS_KEYRING` Ferry prints ([`cells_keyring_url`]).
-///
-/// Cells' Vault store takes the secret in `?key=` and reads
-/// `<URL path>/data/<key>`, so the URL's path must be the mount alone:
-/// `vault://h/kv?key=keyring` is mount `kv`, secret `keyring`. Accepted:
-/// that form, `vault://h/<mount>` (secret `keyring`) and
-/// `vault://h/<mount>/<secret>` (Ferry's form; Cells is then pointed at
-/// `?key=<secret>`). Refused: a sub-path *and* a key, which Cells would
-/// resolve to another secret, then silently make a new master key and lose
-/// every value of pydio-vault.json.
-pub fn cells_keyring_target(vault: &StoreUrl) -> Result<StoreUrl, String> {
-    let StoreUrl::Vault {
-        tls,
-        endpoint,
-        mount,
-        path,
-        token,
-        params,
-    } = vault.clone()
-    else {
-        return Err(format!("{vault}: the keyring goes to a vault:// target"));
-    };
-    let key = params.get("key").map(|k| k.trim_matches('/').to_string());
-    let secret = match (path.is_empty(), key) {
-        (true, Some(k)) if !k.is_empty() => k,
-        (true, _) => "keyring".to_string(),
-        (false, None) => path,
-        (false, Some(k)) => {
-            return Err(format!(
-                "{vault}: Cells would read the keyring from `{mount}/{path}/data/{k}`, which is not the secret `{path}/{k}` of mount `{mount}`: write the keyring target as {}://{endpoint}/{mount}?key={path}/{k}",
-                if tls { "vaults" } else { "vault" }
-            ))
-        }
-    };
-    let mut params = params;
-    params.remove("key");
-    Ok(StoreUrl::Vault {
-        tls,
-        endpoint,
-        mount,
-        path: secret,
-        token,
-        params,
-    })
-}
-
-/// The `CELLS_KEYRING` URL that makes Cells read the secret of a keyring
-/// target (as [`cells_keyring_target`] made it): the mount in the path, the
-/// secret in `?key=`. No token: Cells takes it from `VAULT_TOKEN`.
-pub fn cells_keyring_url(target: &StoreUrl) -> String {
-    match target {
-        StoreUrl::Vault {
-            tls,
-            endpoint,
-            mount,
-            path,
-            ..
-        } => format!(
-            "{}://{endpoint}/{mount}?key={path}",
-            if *tls { "vaults" } else { "vault" }
-        ),
-        other => other.to_string(),
-    }
 }
 
 /// The total shard count of a plan.
@@ -1103,7 +1018,7 @@ pub fn next_steps<'a>(routes: impl Iterator<Item = &'a Route>) -> Vec<String> {
         .iter()
         .find(|r| matches!(&r.source, StoreUrl::File { path } if path.file_name().is_some_and(|f| f == "cells-vault-key")))
         .and_then(|r| r.targets.first())
-        .map(cells_keyring_url)
+        .map(crate::cells::cells_keyring_url)
         .unwrap_or_default();
     let mut steps = vec![
         format!("export CELLS_CONFIG={}", file_target("pydio.json")),
