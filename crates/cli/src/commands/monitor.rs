@@ -63,6 +63,12 @@ pub fn summary(s: &StatusResponse) -> String {
     if let Some(e) = &s.error {
         line.push_str(&format!(" | error: {e}"));
     }
+    if let Some(first) = s.unmapped.first() {
+        line.push_str(&format!(
+            " | {} source entries not mapped (first: {first})",
+            s.unmapped.len()
+        ));
+    }
     line
 }
 
@@ -104,6 +110,11 @@ pub fn table(s: &StatusResponse) -> String {
             ));
         }
     }
+    for u in &s.unmapped {
+        out.push_str(&format!(
+            "not mapped (the cutover refuses until accepted): {u}\n"
+        ));
+    }
     if let Some(p) = &s.proof {
         out.push_str(&proof_text(p));
     }
@@ -115,6 +126,9 @@ pub fn proof_text(p: &ferry_agent::api::CutoverProof) -> String {
         "cutover proof: source read-only ({}) at fence position {}; {} keys verified, {} differences; read-only window {} ms\n",
         p.read_only_mode, p.fence_position, p.verified_keys, p.differences, p.read_only_window_ms
     );
+    for u in &p.unmapped_accepted {
+        out.push_str(&format!("  accepted, not on the target: {u}\n"));
+    }
     for sh in &p.shards {
         let applied: Vec<String> = sh.applied.iter().map(|(t, a)| format!("{t}={a}")).collect();
         out.push_str(&format!(
