@@ -186,7 +186,9 @@ impl MongoSink {
                 .await;
             match r {
                 Ok(_) => {}
-                Err(e) if crate::error::error_code(&e) == Some(crate::error::code::NAMESPACE_EXISTS) => {}
+                Err(e)
+                    if crate::error::error_code(&e)
+                        == Some(crate::error::code::NAMESPACE_EXISTS) => {}
                 Err(e) => return Err(self.driver_err(&format!("creating collection {ns}"), &e)),
             }
             created.insert(ns.clone());
