@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs the servers Ferry talks to on this machine, for a person trying Ferry
 # by hand: one etcd, one OpenBao dev server (Vault API, root token `root`)
-# and one SecantusDB (MongoDB wire protocol), all on 127.0.0.1.
+# and one real mongod 7.0 (a one-member replica set `rs0`, under wine; or
+# SecantusDB, a MongoDB-wire server, with FERRY_LOCAL_MONGO=secantusdb), all
+# on 127.0.0.1.
 #
 #   deploy/local/servers.sh start    start what is not running, wait until it answers
 #   deploy/local/servers.sh stop     stop what start recorded (TERM, then KILL after 10 s)
@@ -10,10 +12,11 @@
 # Environment:
 #   ETCD_PORT (2379, and 2380 for peers)  BAO_PORT (8200, and 8201 for its cluster listener)
 #   MONGO_PORT (27017)
+#   FERRY_LOCAL_MONGO (mongod): mongod or secantusdb
 #   FERRY_LOCAL_DIR (/var/tmp/ferry-local): data, logs and PID files
 #   FERRY_TOOLS_DIR, FERRY_BAO_BIN, FERRY_SECANTUSD_BIN: as in install.sh
 #
-# etcd and SecantusDB keep their data in FERRY_LOCAL_DIR across stop/start;
+# etcd, mongod and SecantusDB keep their data in FERRY_LOCAL_DIR across stop/start;
 # OpenBao in dev mode keeps secrets in memory only, so stop forgets them.
 # Tests do not use this script: ferry-testkit starts its own servers on free
 # ports, so both can run at the same time.
@@ -25,7 +28,15 @@ BAO_PORT="${BAO_PORT:-8200}"
 MONGO_PORT="${MONGO_PORT:-27017}"
 LOCAL_DIR="${FERRY_LOCAL_DIR:-/var/tmp/ferry-local}"
 TOOLS_DIR="${FERRY_TOOLS_DIR:-/var/tmp/ferry-tools}"
-SERVERS=(etcd bao secantus)
+case "${FERRY_LOCAL_MONGO:-mongod}" in
+mongod) SERVERS=(etcd bao mongod) ;;
+secantusdb) SERVERS=(etcd bao secantus) ;;
+*)
+    echo "servers.sh: FERRY_LOCAL_MONGO=${FERRY_LOCAL_MONGO} is neither mongod nor secantusdb." >&2
+    exit 2
+    ;;
+esac
+PYTHON_BIN="$TOOLS_DIR/venv/bin/python"
 
 for v in ETCD_PORT BAO_PORT MONGO_PORT; do
     # Each server also uses the next port up (etcd peers, OpenBao cluster).
@@ -58,11 +69,12 @@ resolve_bins() {
     ETCD_BIN=$(command -v etcd || true)
     BAO_BIN=$(find_bin bao "${FERRY_BAO_BIN:-}")
     SECANTUSD_BIN=$(find_bin secantusd-py "${FERRY_SECANTUSD_BIN:-}")
+    MONGOD_BIN=$(find_bin mongod "")
 }
 
 ensure_bins() {
     resolve_bins
-    if [[ -z $ETCD_BIN || -z $BAO_BIN || -z $SECANTUSD_BIN ]]; then
+    if [[ -z $ETCD_BIN || -z $BAO_BIN || -z $SECANTUSD_BIN || ! -x $TOOLS_DIR/bin/mongod || ! -x $PYTHON_BIN ]]; then
         echo "a server program is missing; running install.sh"
         bash "$HERE/install.sh" || die "install.sh failed; see its message above."
         resolve_bins
@@ -70,6 +82,29 @@ ensure_bins() {
     [[ -n $ETCD_BIN ]] || die "etcd is still not on PATH after install.sh."
     [[ -n $BAO_BIN ]] || die "bao is still missing after install.sh (FERRY_BAO_BIN=${FERRY_BAO_BIN:-unset})."
     [[ -n $SECANTUSD_BIN ]] || die "secantusd-py is still missing after install.sh (FERRY_SECANTUSD_BIN=${FERRY_SECANTUSD_BIN:-unset})."
+    [[ -x $TOOLS_DIR/bin/mongod ]] || die "$TOOLS_DIR/bin/mongod is still missing after install.sh."
+    MONGOD_BIN=$TOOLS_DIR/bin/mongod
+}
+
+# mongod's admin commands, through pymongo (install.sh puts it in the venv).
+mongo_admin() { # port initiate|primary|shutdown -> success when done / true
+    "$PYTHON_BIN" - "$@" <<'PY' 2>/dev/null
+import sys, pymongo
+port, what = int(sys.argv[1]), sys.argv[2]
+c = pymongo.MongoClient(f"mongodb://127.0.0.1:{port}/?directConnection=true",
+                        serverSelectionTimeoutMS=2000)
+if what == "initiate":
+    hello = c.admin.command("hello")
+    if "setName" not in hello:
+        c.admin.command("replSetInitiate", {"_id": "rs0", "members": [{"_id": 0, "host": f"127.0.0.1:{port}"}]})
+elif what == "primary":
+    sys.exit(0 if c.admin.command("hello").get("isWritablePrimary") else 1)
+elif what == "shutdown":
+    try:
+        c.admin.command("shutdown", force=True)
+    except pymongo.errors.AutoReconnect:
+        pass  # the expected answer: the server hung up as it went down
+PY
 }
 
 # --- probes (bash's /dev/tcp, so curl is not required) ---------------------
@@ -96,6 +131,9 @@ answers() { # server -> success when it serves requests
     bao) [[ $(http_status "$BAO_PORT" /v1/sys/health) == 200 &&
         $(http_status "$BAO_PORT" /v1/secret/config "X-Vault-Token: root") == 200 ]] ;;
     secantus) port_open "$MONGO_PORT" ;;
+    # A new data directory needs its replica set initiated once; after that
+    # (and after a restart) mongod elects itself within seconds.
+    mongod) port_open "$MONGO_PORT" && { mongo_admin "$MONGO_PORT" primary || { mongo_admin "$MONGO_PORT" initiate; false; }; } ;;
     esac
 }
 
@@ -163,6 +201,15 @@ launch() { # server -> starts it in its own session, records its PID
             --host 127.0.0.1 --port "$MONGO_PORT" --storage-path "$LOCAL_DIR/secantus" \
             </dev/null >>"$log" 2>&1 &
         ;;
+    mongod)
+        # The real mongod 7.0 (Windows build) under wine: it takes Windows
+        # paths (Z:\dir is /dir). FTDC off: under wine it crashes mongod.
+        mkdir -p "$LOCAL_DIR/mongod"
+        setsid "$MONGOD_BIN" --replSet rs0 --bind_ip 127.0.0.1 --port "$MONGO_PORT" \
+            --dbpath "Z:${LOCAL_DIR//\//\\}\\mongod" --wiredTigerCacheSizeGB 1 \
+            --setParameter diagnosticDataCollectionEnabled=false \
+            </dev/null >>"$log" 2>&1 &
+        ;;
     esac
     echo $! >"$(pid_file "$s")"
 }
@@ -194,7 +241,7 @@ ports_of() {
     case $1 in
     etcd) echo "$ETCD_PORT $((ETCD_PORT + 1))" ;;
     bao) echo "$BAO_PORT $((BAO_PORT + 1))" ;;
-    secantus) echo "$MONGO_PORT" ;;
+    secantus | mongod) echo "$MONGO_PORT" ;;
     esac
 }
 
@@ -222,7 +269,7 @@ start() {
     done
     # All were launched before the first wait, so they start in parallel.
     for s in "${todo[@]}"; do
-        if wait_ready "$s" 30; then
+        if wait_ready "$s" 90; then
             ms=$(((${EPOCHREALTIME/./} - t0) / 1000))
             echo "$s: started (pid $(<"$(pid_file "$s")"), answering after ${ms} ms)"
         else
@@ -239,7 +286,7 @@ urls() {
 Ferry URLs (logs in $LOCAL_DIR/logs):
   etcd://127.0.0.1:$ETCD_PORT/<prefix>
   vault://127.0.0.1:$BAO_PORT/secret/<path>    token: root (export VAULT_ADDR=http://127.0.0.1:$BAO_PORT VAULT_TOKEN=root)
-  mongodb://127.0.0.1:$MONGO_PORT
+  mongodb://127.0.0.1:$MONGO_PORT$([[ ${SERVERS[2]} == mongod ]] && echo "   (mongod 7.0, replica set rs0)")
 EOF
 }
 
@@ -248,7 +295,13 @@ stop() {
     local s pid i pids=() names=()
     for s in "${SERVERS[@]}"; do
         if pid=$(running_pid "$s"); then
-            kill -TERM "$pid" 2>/dev/null || true
+            # SIGTERM would end wine's process without mongod's clean
+            # shutdown (journal recovery copes, but a clean stop is faster).
+            if [[ $s == mongod ]]; then
+                mongo_admin "$MONGO_PORT" shutdown || kill -TERM "$pid" 2>/dev/null || true
+            else
+                kill -TERM "$pid" 2>/dev/null || true
+            fi
             pids+=("$pid")
             names+=("$s")
         else
