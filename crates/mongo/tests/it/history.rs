@@ -218,3 +218,111 @@ async fn a_unique_index_the_target_violates_fails_in_one_sentence() {
     let names = coll.list_index_names().await.unwrap();
     assert!(!names.contains(&"email_1".to_string()), "{names:?}");
 }
+
+/// A drop and a rename of selected collections during streaming: the
+/// tailer takes a new snapshot; the target ends with the source's documents
+/// (the renamed collection under its new name) and none left in the
+/// collections gone at the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drop_and_a_rename_at_the_source_take_a_new_snapshot() {
+    let (Some(src), Some(dst)) = (mongo(), mongo()) else {
+        return;
+    };
+    let c = client(&src.uri()).await;
+    let db = c.database("app");
+    for name in ["keep", "gone", "old"] {
+        fill(&db.collection::<Document>(name), 0, 1_000).await;
+    }
+    let source = store(&format!("{}/?include=app.*", src.uri())).await;
+    let target = store(&dst.uri()).await;
+    let p = Pipeline::start(source.clone(), target.clone(), 2).await;
+    p.drain(&source, Duration::from_secs(120)).await;
+    assert_eq!(snapshots(&p), 1);
+
+    db.collection::<Document>("gone").drop().await.unwrap();
+    c.database("admin")
+        .run_command(doc! {"renameCollection": "app.old", "to": "app.new"})
+        .await
+        .unwrap();
+    db.collection::<Document>("keep")
+        .delete_many(doc! {"_id": {"$lt": 10}})
+        .await
+        .unwrap();
+    until("a new snapshot", Duration::from_secs(60), || async {
+        snapshots(&p) >= 2
+    })
+    .await;
+    p.drain(&source, Duration::from_secs(120)).await;
+
+    let namespaces = vec![Namespace::new("app", "keep"), Namespace::new("app", "new")];
+    let report = verify::compare(&source, &target, &namespaces)
+        .await
+        .unwrap();
+    assert!(report.is_equal(), "{report:#?}");
+    assert_eq!(report.source_documents(), 1_990);
+    let tdb = client(&dst.uri()).await.database("app");
+    for gone in ["gone", "old"] {
+        assert_eq!(
+            tdb.collection::<Document>(gone)
+                .count_documents(doc! {})
+                .await
+                .unwrap(),
+            0,
+            "app.{gone} on the target"
+        );
+    }
+    p.stop().await.unwrap();
+}
+
+/// The source mongod SIGKILLed in the middle of the copy and restarted
+/// (journal recovery) a few seconds later: the tailer retries, copies
+/// again, and the stores end equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_killed_mid_copy_is_ridden_out() {
+    let (Some(mut src), Some(dst)) = (mongo(), mongo()) else {
+        return;
+    };
+    let c = client(&src.uri()).await;
+    for k in 0..4 {
+        fill(
+            &c.database("app").collection::<Document>(&format!("c{k}")),
+            0,
+            50_000,
+        )
+        .await;
+    }
+    drop(c);
+    let source = store(&format!("{}/?include=app.*", src.uri())).await;
+    let target = store(&dst.uri()).await;
+    let p = Pipeline::start(source.clone(), target.clone(), 4).await;
+    until("the copy under way", Duration::from_secs(60), || async {
+        p.span
+            .iter()
+            .any(|s| p.journal.bounds(s).unwrap().is_some_and(|b| b.last > 1_000))
+    })
+    .await;
+    let copying = p
+        .lag
+        .snapshot()
+        .shards
+        .iter()
+        .any(|s| s.phase != ferry_lag::Phase::Streaming);
+    src.kill();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    src.start_again().unwrap();
+    eprintln!(
+        "history: source killed {} the copy, back in {:?}",
+        if copying { "during" } else { "after" },
+        src.started_in()
+    );
+    p.drain(&source, Duration::from_secs(300)).await;
+    let namespaces: Vec<Namespace> = (0..4)
+        .map(|k| Namespace::new("app", format!("c{k}")))
+        .collect();
+    let report = verify::compare(&source, &target, &namespaces)
+        .await
+        .unwrap();
+    assert!(report.is_equal(), "{report:#?}");
+    assert_eq!(report.source_documents(), 200_000);
+    p.stop().await.unwrap();
+}
