@@ -69,3 +69,74 @@ pub async fn set_user_write_block(store: &MongoStore, block: bool) -> Result<(),
         Err(e) => Err(store.err("switching setUserWriteBlockMode", &e)),
     }
 }
+
+/// Whether a MongoDB target can be kept read-only while Ferry fills it.
+///
+/// A write block is deployment-wide and only users holding
+/// `bypassWriteBlockingMode` write through it. Without authentication
+/// nobody holds it (measured on mongod 7.0: every connection gets code 371),
+/// so Ferry's own sink could not write either.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetProtection {
+    /// Ferry's user holds the bypass: user writes can be blocked until the
+    /// cutover while the sink still writes.
+    Blockable,
+    /// The server runs without authentication.
+    NoAuthentication,
+    /// Ferry's user is authenticated without `bypassWriteBlockingMode`.
+    NoBypass,
+    /// The server has no `setUserWriteBlockMode` (before 6.0, SecantusDB).
+    Unsupported,
+}
+
+impl TargetProtection {
+    /// One line for the pre-check.
+    pub fn describe(self) -> &'static str {
+        match self {
+            TargetProtection::Blockable => "read-only during the sync: user writes blocked on the whole deployment (setUserWriteBlockMode) from start to the cutover, which opens it; Ferry's user holds bypassWriteBlockingMode",
+            TargetProtection::NoAuthentication => "not write-protected during the sync: without authentication MongoDB lets no user bypass setUserWriteBlockMode, so Ferry could not write a blocked target; the cutover's verification finds stray writes",
+            TargetProtection::NoBypass => "not write-protected during the sync: Ferry's user lacks bypassWriteBlockingMode (grant a role with that cluster action to block the target's user writes until the cutover); the cutover's verification finds stray writes",
+            TargetProtection::Unsupported => "not write-protected during the sync: the server has no setUserWriteBlockMode; the cutover's verification finds stray writes",
+        }
+    }
+}
+
+/// What [`TargetProtection`] `store` allows, from `connectionStatus`.
+pub async fn target_protection(store: &MongoStore) -> Result<TargetProtection, MongoError> {
+    match check_write_block(store).await {
+        Ok(()) => {}
+        Err(MongoError::WriteBlockUnsupported { .. }) => return Ok(TargetProtection::Unsupported),
+        Err(MongoError::PermissionDenied { .. }) => return Ok(TargetProtection::NoBypass),
+        Err(e) => return Err(e),
+    }
+    let r = store
+        .client()
+        .database("admin")
+        .run_command(doc! {"connectionStatus": 1, "showPrivileges": true})
+        .await
+        .map_err(|e| store.err("reading connectionStatus", &e))?;
+    let auth = r.get_document("authInfo").ok();
+    let users = auth
+        .and_then(|a| a.get_array("authenticatedUsers").ok())
+        .map_or(0, Vec::len);
+    if users == 0 {
+        return Ok(TargetProtection::NoAuthentication);
+    }
+    let bypass = auth
+        .and_then(|a| a.get_array("authenticatedUserPrivileges").ok())
+        .is_some_and(|privs| {
+            privs.iter().filter_map(|p| p.as_document()).any(|p| {
+                p.get_document("resource")
+                    .is_ok_and(|r| r.get_bool("cluster").unwrap_or(false))
+                    && p.get_array("actions").is_ok_and(|a| {
+                        a.iter()
+                            .any(|x| x.as_str() == Some("bypassWriteBlockingMode"))
+                    })
+            })
+        });
+    Ok(if bypass {
+        TargetProtection::Blockable
+    } else {
+        TargetProtection::NoBypass
+    })
+}
