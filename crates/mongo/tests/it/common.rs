@@ -361,3 +361,32 @@ impl Drop for Secantus {
         self.kill();
     }
 }
+
+/// Change events putting `_id`s `ids` of `ns`, shard 0, sequences from `first`.
+pub fn puts(
+    ns: &ferry_mongo::Namespace,
+    ids: std::ops::Range<i64>,
+    first: u64,
+) -> Vec<ferry_core::Event> {
+    ids.enumerate()
+        .map(|(n, i)| ferry_core::Event {
+            shard: ShardId(0),
+            seq: first + n as u64,
+            position: ferry_core::Position::with_token(1, vec![1]),
+            key: ferry_mongo::key::encode(ns, mongodb::bson::RawBsonRef::Int64(i)),
+            op: ferry_core::Op::Put {
+                value: ferry_core::Value::Plain(
+                    mongodb::bson::RawDocumentBuf::from_document(&doc! {"_id": i, "v": "x"})
+                        .unwrap()
+                        .into_bytes(),
+                ),
+                meta: ferry_core::StoreMeta::Mongo {
+                    db: ns.db.clone(),
+                    collection: ns.coll.clone(),
+                },
+            },
+            source_ts_ms: 0,
+            capture_ts_ms: 0,
+        })
+        .collect()
+}

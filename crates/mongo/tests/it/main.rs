@@ -12,3 +12,4 @@ mod history;
 mod outage;
 mod pipeline;
 mod readonly;
+mod sink;

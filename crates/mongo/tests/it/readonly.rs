@@ -5,11 +5,11 @@
 //! external mode.
 
 use crate::common::*;
-use ferry_core::{Event, Op, Position, ShardId, StoreMeta, Value};
-use ferry_mongo::{key, readonly, MongoError, MongoSink, Namespace, SinkOptions};
+use ferry_core::ShardId;
+use ferry_mongo::{readonly, MongoError, MongoSink, Namespace, SinkOptions};
 use ferry_replay::Sink;
 use ferry_testkit::{require, Mongod};
-use mongodb::bson::{doc, Document, RawBsonRef, RawDocumentBuf};
+use mongodb::bson::{doc, Document};
 
 /// `UserWritesBlocked`.
 const USER_WRITES_BLOCKED: i32 = 371;
@@ -29,31 +29,6 @@ fn assert_blocked<T: std::fmt::Debug>(r: Result<T, mongodb::error::Error>, who: 
         "{who}: a write passed while user writes are blocked"
     ));
     assert_eq!(code_of(&e), Some(USER_WRITES_BLOCKED), "{who}: {e}");
-}
-
-/// Copy events for `_id`s `ids` of `ns`, shard 0, sequences from `first`.
-fn puts(ns: &Namespace, ids: std::ops::Range<i64>, first: u64) -> Vec<Event> {
-    ids.enumerate()
-        .map(|(n, i)| Event {
-            shard: ShardId(0),
-            seq: first + n as u64,
-            position: Position::with_token(1, vec![1]),
-            key: key::encode(ns, RawBsonRef::Int64(i)),
-            op: Op::Put {
-                value: Value::Plain(
-                    RawDocumentBuf::from_document(&doc! {"_id": i, "v": "x"})
-                        .unwrap()
-                        .into_bytes(),
-                ),
-                meta: StoreMeta::Mongo {
-                    db: ns.db.clone(),
-                    collection: ns.coll.clone(),
-                },
-            },
-            source_ts_ms: 0,
-            capture_ts_ms: 0,
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
