@@ -48,6 +48,8 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
 
 pub struct Cutover<'a> {
     pub dir: &'a Path,
+    /// MongoDB targets kept write-blocked during the sync; opened last.
+    pub blocked_targets: &'a [(String, ferry_mongo::MongoStore)],
     /// Unmapped source entries the operator accepted, by name.
     pub accept_unmapped: Vec<String>,
     pub cfg: &'a AgentConfig,
@@ -363,6 +365,17 @@ impl Cutover<'_> {
                     refused.len()
                 ),
             ));
+        }
+        // 6. The targets open: lift the write block kept since start.
+        for (name, store) in self.blocked_targets {
+            ferry_mongo::readonly::set_user_write_block(store, false)
+                .await
+                .map_err(|e| {
+                    failed(
+                        CutoverPhase::Failed,
+                        format!("{name}: the target could not be opened ({e}); run `ferry set-server-mode --source {name} --mode default`"),
+                    )
+                })?;
         }
         let snap = self.lag.snapshot();
         let opened_at = now_ms();

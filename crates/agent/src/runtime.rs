@@ -179,6 +179,7 @@ impl AgentRun {
                 sinks: built.sinks,
             });
         }
+        let blocked_targets = block_targets(&live).await?;
         let (control, mut stop_rx) = AgentControl::new(
             Arc::clone(&lag),
             self.sources.iter().map(ToString::to_string).collect(),
@@ -276,6 +277,7 @@ impl AgentRun {
                         accept_unmapped.extend(req.accept_unmapped);
                         let c = Cutover {
                             dir,
+                            blocked_targets: &blocked_targets,
                             accept_unmapped,
                             cfg: &self.cfg,
                             control: &control,
@@ -349,6 +351,48 @@ async fn termination() {
         _ = tokio::signal::ctrl_c() => {}
         () = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
     }
+}
+
+/// Blocks user writes on every MongoDB target that allows it while Ferry's
+/// user still writes (see [`ferry_mongo::readonly::TargetProtection`]),
+/// until the cutover opens it. A target on the deployment of a MongoDB
+/// source is left alone: the block is deployment-wide and would stop the
+/// source's own applications. Returns the blocked targets, by name.
+async fn block_targets(
+    live: &[LiveRoute],
+) -> Result<Vec<(String, ferry_mongo::MongoStore)>, String> {
+    let hosts = |u: &ferry_core::StoreUrl| match u {
+        ferry_core::StoreUrl::Mongo { hosts, .. } => Some(hosts.clone()),
+        _ => None,
+    };
+    let source_hosts: Vec<_> = live.iter().filter_map(|r| hosts(&r.route.source)).collect();
+    let mut blocked: Vec<(String, ferry_mongo::MongoStore)> = Vec::new();
+    for r in live {
+        for (url, conn) in r.route.targets.iter().zip(&r.targets) {
+            let routes::TargetConn::Mongo(store) = conn else {
+                continue;
+            };
+            let name = url.to_string();
+            if blocked.iter().any(|(n, _)| *n == name)
+                || hosts(url).is_some_and(|h| source_hosts.contains(&h))
+            {
+                continue;
+            }
+            let p = ferry_mongo::readonly::target_protection(store)
+                .await
+                .map_err(|e| e.to_string())?;
+            if p != ferry_mongo::readonly::TargetProtection::Blockable {
+                tracing::info!(target = %name, "{}", p.describe());
+                continue;
+            }
+            ferry_mongo::readonly::set_user_write_block(store, true)
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::info!(target = %name, "user writes blocked on the target until the cutover opens it");
+            blocked.push((name, store.clone()));
+        }
+    }
+    Ok(blocked)
 }
 
 /// A previous agent died with a MongoDB source write-blocked: lift it.

@@ -397,7 +397,30 @@ pub async fn mongo_route(
             "target",
             format!("{t}: reachable; documents fit its size limit"),
         );
+        protection(Some(&route.source), t, &tgt).await?;
     }
+    Ok(())
+}
+
+/// The pre-check's line on whether a MongoDB target stays write-blocked
+/// during the sync (the agent decides the same way at start).
+async fn protection(
+    source: Option<&StoreUrl>,
+    t: &StoreUrl,
+    tgt: &ferry_mongo::MongoStore,
+) -> Result<(), CliError> {
+    let hosts = |u: &StoreUrl| match u {
+        StoreUrl::Mongo { hosts, .. } => Some(hosts.clone()),
+        _ => None,
+    };
+    if source.and_then(hosts).is_some_and(|h| hosts(t) == Some(h)) {
+        line("target", format!("{t}: not write-protected during the sync: it shares the source's deployment, which a deployment-wide write block would stop; the cutover's verification finds stray writes"));
+        return Ok(());
+    }
+    let p = ferry_mongo::readonly::target_protection(tgt)
+        .await
+        .map_err(mongo_refused)?;
+    line("target", format!("{t}: {}", p.describe()));
     Ok(())
 }
 
@@ -474,6 +497,7 @@ pub async fn cells_route(
                 }
             ),
         );
+        protection(None, t, &tgt).await?;
     }
     Ok(())
 }
