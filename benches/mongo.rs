@@ -19,14 +19,18 @@
 //!
 //! Run: `cargo bench -p ferry-benches --bench mongo`
 //! Env: `FERRY_BENCH_MONGO_DOCS` (100000, parts 1-2), `FERRY_BENCH_MONGO_COPY_DOCS`
-//!      (1000000, part 3), `FERRY_BENCH_MONGO_SHARDS` (4).
+//!      (1000000, part 3), `FERRY_BENCH_MONGO_SHARDS` (4), `FERRY_BENCH_MONGO_ROUNDS`
+//!      (3), `FERRY_BENCH_MONGO_TRANSACTIONS` (`off`: the sink without transactions),
+//!      `FERRY_BENCH_MONGO_SERVER` (`secantusdb`).
 
 use ferry_benches::{mib, peak_rss_bytes, rate};
 use ferry_core::{Event, Op, Position, ShardId, ShardSpan, StoreMeta, StoreUrl, Value};
 use ferry_journal::{Journal, PersistPolicy};
 use ferry_journal_rocks::{OpenMode, RocksJournal};
 use ferry_lag::LagTracker;
-use ferry_mongo::{key, MongoSink, MongoStore, MongoTailer, Namespace, SinkOptions, TailerOptions};
+use ferry_mongo::{
+    key, MongoSink, MongoStore, MongoTailer, Namespace, SinkOptions, TailerOptions, TransactionMode,
+};
 use ferry_replay::worker::{self, Shutdown, WorkerConfig};
 use ferry_replay::Sink;
 use ferry_testkit::{MongoWire, Mongod};
@@ -202,8 +206,16 @@ async fn through_sink(uri: &str, db: &str, n: i64, shards: u32) -> (Duration, Du
     let store = MongoStore::connect(&StoreUrl::parse(uri).unwrap())
         .await
         .expect("connect");
+    // FERRY_BENCH_MONGO_TRANSACTIONS=off: the sink's mode without
+    // transactions (writes, then the checkpoint with a version filter).
+    let transactions = if std::env::var("FERRY_BENCH_MONGO_TRANSACTIONS").as_deref() == Ok("off") {
+        TransactionMode::Off
+    } else {
+        TransactionMode::Auto
+    };
     let opts = SinkOptions {
         journal_id: Some(db.to_string()),
+        transactions,
         ..SinkOptions::default()
     };
     let sink = Arc::new(MongoSink::new(store, format!("bench-{db}"), opts));
