@@ -112,19 +112,37 @@ impl crate::server::Control for AgentControl {
     }
 
     fn stop(&self, req: StopRequest) -> StopResponse {
-        let state = self.state();
-        let ok = match (state, req.abort) {
-            (AgentState::Syncing, _) | (AgentState::CuttingOver, true) => {
-                self.stop_tx.try_send(req.clone()).is_ok()
-            }
-            _ => false,
-        };
+        // Decided and marked under the lock, before the request is sent: the
+        // runtime may take it and fail the cutover at once (a Bolt lock
+        // held), and its outcome must not be overwritten by this mark.
+        let (state, ok) = self.with(|i| {
+            let state = i.state;
+            let ok = match (state, req.abort) {
+                (AgentState::Syncing, _) | (AgentState::CuttingOver, true) => {
+                    let before = (i.state, i.cutover.clone());
+                    if !req.abort {
+                        // Set now, not when the agent picks the request up, so
+                        // a caller polling right after this answer never sees
+                        // an earlier attempt's outcome as this one's.
+                        i.state = AgentState::CuttingOver;
+                        i.cutover = CutoverStatus {
+                            phase: CutoverPhase::WaitingForLag,
+                            message: "cutover requested".into(),
+                        };
+                    }
+                    let sent = self.stop_tx.try_send(req.clone()).is_ok();
+                    if !sent {
+                        (i.state, i.cutover) = before;
+                    }
+                    sent
+                }
+                _ => false,
+            };
+            (state, ok)
+        });
         if ok && !req.abort {
-            // Set now, not when the agent picks the request up, so a caller
-            // polling right after this answer never sees an earlier attempt's
-            // outcome as this one's.
-            self.set_state(AgentState::CuttingOver);
-            self.set_cutover(CutoverPhase::WaitingForLag, "cutover requested");
+            tracing::info!("cutover: cutover requested");
+            metrics::gauge!(m::CUTOVER_PHASE).set(CutoverPhase::WaitingForLag.gauge());
         }
         let message = match (ok, state, req.abort) {
             (true, _, true) => "aborting: the target will not be opened".to_string(),
