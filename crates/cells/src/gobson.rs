@@ -36,6 +36,7 @@ use prost_reflect::{
     ReflectMessage, Value,
 };
 use serde_json::Value as Json;
+use std::collections::HashMap;
 use std::sync::OnceLock;
 
 static DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/cells.bin"));
@@ -45,14 +46,60 @@ pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/cells.rs"));
 }
 
+/// The schemas, and each message's fields as the rule walks them, worked
+/// out once: declaration order, BSON names, kinds.
+struct Schemas {
+    pool: DescriptorPool,
+    plans: HashMap<String, Vec<Field>>,
+}
+
+/// One field of a message, with what the rule needs of it precomputed.
+struct Field {
+    desc: FieldDescriptor,
+    /// The proto name, also the JSON key jsoniter writes.
+    name: String,
+    /// The Go field name lower-cased.
+    bson: String,
+    /// Go's zero value is nil (a list, map, message or byte slice).
+    nullable: bool,
+}
+
+fn schemas() -> &'static Schemas {
+    static SCHEMAS: OnceLock<Schemas> = OnceLock::new();
+    SCHEMAS.get_or_init(|| {
+        let pool = DescriptorPool::decode(DESCRIPTORS).expect("the compiled cells.proto decodes");
+        let plans = pool
+            .all_messages()
+            .map(|m| {
+                let fields = declared(&m)
+                    .into_iter()
+                    .map(|f| Field {
+                        name: f.name().to_string(),
+                        bson: bson_name(f.name()),
+                        nullable: f.is_list() || f.is_map() || is_nullable(&f),
+                        desc: f,
+                    })
+                    .collect();
+                (m.full_name().to_string(), fields)
+            })
+            .collect();
+        Schemas { pool, plans }
+    })
+}
+
+fn plan(desc: &MessageDescriptor) -> &'static [Field] {
+    schemas()
+        .plans
+        .get(desc.full_name())
+        .map_or(&[], Vec::as_slice)
+}
+
 /// A message of `proto/cells.proto` by its name (`ChangeLog`, `ChatRoom`, …).
 pub fn message(name: &str) -> MessageDescriptor {
-    static POOL: OnceLock<DescriptorPool> = OnceLock::new();
-    POOL.get_or_init(|| {
-        DescriptorPool::decode(DESCRIPTORS).expect("the compiled cells.proto decodes")
-    })
-    .get_message_by_name(&format!("cells.{name}"))
-    .unwrap_or_else(|| panic!("cells.proto declares {name}"))
+    schemas()
+        .pool
+        .get_message_by_name(&format!("cells.{name}"))
+        .unwrap_or_else(|| panic!("cells.proto declares {name}"))
 }
 
 /// The BSON name of a field: its Go name (protoc-gen-go camel-cases the
@@ -74,14 +121,14 @@ pub fn from_proto(desc: &MessageDescriptor, bytes: &[u8]) -> Result<Document, St
 
 fn message_doc(msg: &DynamicMessage) -> Document {
     let mut d = Document::new();
-    for f in declared(&msg.descriptor()) {
-        let v = if !msg.has_field(&f) && (f.is_list() || f.is_map() || is_nullable(&f)) {
+    for f in plan(&msg.descriptor()) {
+        let v = if f.nullable && !msg.has_field(&f.desc) {
             // Never set: a nil slice, map, byte slice or pointer.
             Bson::Null
         } else {
-            field_value(&msg.get_field(&f))
+            field_value(&msg.get_field(&f.desc))
         };
-        d.insert(bson_name(f.name()), v);
+        d.insert(f.bson.clone(), v);
     }
     d
 }
@@ -158,28 +205,35 @@ pub fn from_json(desc: &MessageDescriptor, json: &Json) -> Result<Document, Stri
     let Json::Object(obj) = json else {
         return Err(format!("the value is not a JSON object of {}", desc.name()));
     };
-    let mut used = vec![false; obj.len()];
-    let keys: Vec<&String> = obj.keys().collect();
+    let mut used = 0usize;
     let mut d = Document::new();
-    for f in declared(desc) {
-        // encoding/json: the exact key, else the first case-insensitive one.
-        let at = keys
-            .iter()
-            .position(|k| k.as_str() == f.name())
-            .or_else(|| keys.iter().position(|k| k.eq_ignore_ascii_case(f.name())));
-        let v = match at {
-            Some(i) => {
-                used[i] = true;
-                json_field(&f, &obj[keys[i]])
-                    .map_err(|e| format!("{}.{}: {e}", desc.name(), f.name()))?
+    for f in plan(desc) {
+        // encoding/json: the exact key, else the first case-insensitive one
+        // (looked for only while some key is still unmatched).
+        let found = obj.get(&f.name).or_else(|| {
+            (used < obj.len())
+                .then(|| {
+                    obj.iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case(&f.name))
+                        .map(|(_, v)| v)
+                })
+                .flatten()
+        });
+        let v = match found {
+            Some(v) => {
+                used += 1;
+                json_field(&f.desc, v).map_err(|e| format!("{}.{}: {e}", desc.name(), f.name))?
             }
-            None => zero(&f),
+            None => zero(&f.desc),
         };
-        d.insert(bson_name(f.name()), v);
+        d.insert(f.bson.clone(), v);
     }
-    for (i, k) in keys.iter().enumerate() {
-        if !used[i] {
-            d.insert(bson_name(k), generic(&obj[*k]));
+    if used < obj.len() {
+        for (k, v) in obj {
+            let declared = plan(desc).iter().any(|f| f.name.eq_ignore_ascii_case(k));
+            if !declared {
+                d.insert(bson_name(k), generic(v));
+            }
         }
     }
     Ok(d)
