@@ -121,9 +121,18 @@ impl AgentTarget {
                 ),
             );
         }
+        // With TLS 1.3 the agent's refusal of a missing client certificate
+        // comes after the client's handshake is done: when the request was
+        // already on its way, the client sees only the connection closing,
+        // without the alert.
+        let closed_unseen = self.client_cert.is_none()
+            && (text.contains("connection was not ready")
+                || text.contains("IncompleteMessage")
+                || text.contains("connection closed before message completed"));
         if text.contains("CertificateRequired")
             || text.contains("HandshakeFailure")
             || text.contains("alert")
+            || closed_unseen
         {
             return CliError::new(
                 ExitCode::Usage,
