@@ -409,6 +409,15 @@ async fn protection(
     t: &StoreUrl,
     tgt: &ferry_mongo::MongoStore,
 ) -> Result<(), CliError> {
+    // Cells routes share one target: say it once.
+    static SAID: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    {
+        let mut said = SAID.lock().expect("pre-check lock poisoned");
+        if said.contains(&t.to_string()) {
+            return Ok(());
+        }
+        said.push(t.to_string());
+    }
     let hosts = |u: &StoreUrl| match u {
         StoreUrl::Mongo { hosts, .. } => Some(hosts.clone()),
         _ => None,
