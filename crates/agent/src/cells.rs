@@ -44,9 +44,16 @@ impl Unmapped {
         self.with(|m| m.insert(unmapped_name(e), e.clone()));
     }
 
-    /// The entry at `path` of `service` mapped (or was deleted) after all.
-    fn clear(&self, service: Service, path: &str) {
-        self.with(|m| m.remove(&format!("{}:{path}", service.name())));
+    /// The entry at `buckets`/`key` of `service` mapped (or was deleted)
+    /// after all. Called for every event: names nothing while none is
+    /// recorded.
+    fn clear(&self, service: Service, buckets: &[Vec<u8>], key: &[u8]) {
+        self.with(|m| {
+            if !m.is_empty() {
+                let path = ferry_cells::map::location(buckets, key);
+                m.remove(&format!("{}:{path}", service.name()));
+            }
+        });
     }
 
     pub fn list(&self) -> Vec<MapError> {
@@ -71,6 +78,9 @@ pub struct CellsSink {
     path: PathBuf,
     span: ShardSpan,
     unmapped: Arc<Unmapped>,
+    /// The activity service's activities collection (markers take their
+    /// `ts`); `None` for the other services.
+    activities: Option<String>,
 }
 
 impl CellsSink {
@@ -91,6 +101,8 @@ impl CellsSink {
             path,
             span,
             unmapped,
+            activities: (service == Service::Activity)
+                .then(|| opts.collection(Service::Activity, "activities")),
         }
     }
 
@@ -256,8 +268,7 @@ impl CellsSink {
         };
         let m = match map(self.service, &self.opts, &buckets, &key, bytes) {
             Ok(m) => {
-                self.unmapped
-                    .clear(self.service, &ferry_cells::map::location(&buckets, &key));
+                self.unmapped.clear(self.service, &buckets, &key);
                 m
             }
             Err(err) => {
@@ -274,9 +285,7 @@ impl CellsSink {
         else {
             return Ok(marker());
         };
-        if self.service == Service::Activity
-            && collection == self.opts.collection(Service::Activity, "activities")
-        {
+        if self.activities.as_deref() == Some(collection.as_str()) {
             batch.insert(id.clone(), body.as_ref().and_then(|d| d.get_i64("ts").ok()));
         }
         let body = match (body, ts_of) {

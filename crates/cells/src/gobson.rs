@@ -173,11 +173,24 @@ fn map_key(k: &MapKey) -> String {
     }
 }
 
+/// A Go `[]byte`: binary (subtype 0), or null when empty (a nil slice:
+/// protobuf and JSON decoding leave an absent or empty one nil).
 fn binary(bytes: Vec<u8>) -> Bson {
+    if bytes.is_empty() {
+        return Bson::Null;
+    }
     Bson::Binary(Binary {
         subtype: BinarySubtype::Generic,
         bytes,
     })
+}
+
+/// A base64 JSON string (how jsoniter writes `[]byte`) as [`binary`].
+fn base64_binary(s: &str) -> Result<Bson, String> {
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .map(binary)
+        .map_err(|e| format!("is not base64 ({e})"))
 }
 
 fn scalar(v: &Value) -> Bson {
@@ -191,7 +204,6 @@ fn scalar(v: &Value) -> Bson {
         Value::F32(x) => Bson::Double(f64::from(*x)),
         Value::F64(x) => Bson::Double(*x),
         Value::String(s) => Bson::String(s.clone()),
-        Value::Bytes(b) if b.is_empty() => Bson::Null,
         Value::Bytes(b) => binary(b.to_vec()),
         Value::Message(m) => Bson::Document(message_doc(m)),
         Value::List(items) => Bson::Array(items.iter().map(scalar).collect()),
@@ -305,17 +317,7 @@ fn json_single(f: &FieldDescriptor, v: &Json) -> Result<Bson, String> {
         },
         Kind::String => Bson::String(v.as_str().ok_or("is not a string")?.to_string()),
         Kind::Bool => Bson::Boolean(v.as_bool().ok_or("is not a boolean")?),
-        Kind::Bytes => {
-            let s = v.as_str().ok_or("is not a base64 string")?;
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(s)
-                .map_err(|e| format!("is not base64 ({e})"))?;
-            if bytes.is_empty() {
-                Bson::Null
-            } else {
-                binary(bytes)
-            }
-        }
+        Kind::Bytes => base64_binary(v.as_str().ok_or("is not a base64 string")?)?,
         Kind::Float | Kind::Double => Bson::Double(v.as_f64().ok_or("is not a number")?),
         Kind::Int64
         | Kind::Sint64
@@ -348,17 +350,10 @@ fn generic(v: &Json) -> Bson {
                     o["type_url"].as_str(),
                     o.get("value").and_then(Json::as_str),
                 ) {
-                    if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(val) {
+                    if let Ok(value) = base64_binary(val) {
                         let mut d = Document::new();
                         d.insert("typeurl", t);
-                        d.insert(
-                            "value",
-                            if bytes.is_empty() {
-                                Bson::Null
-                            } else {
-                                binary(bytes)
-                            },
-                        );
+                        d.insert("value", value);
                         return Bson::Document(d);
                     }
                 }
