@@ -18,7 +18,7 @@
 //! Env: `FERRY_BENCH_VAULT_SECRETS` (400), `FERRY_BENCH_VAULT_VERSIONS` (5),
 //!      `FERRY_BENCH_VAULT_SHARDS` (4).
 
-use ferry_agent::sinks::{SinkKind, TargetSink};
+use ferry_agent::sinks::TargetSink;
 use ferry_core::{ShardSpan, StoreUrl};
 use ferry_journal::seal::SealKey;
 use ferry_journal::{Journal, PersistPolicy};
@@ -123,7 +123,7 @@ async fn ferry(
     };
     let name = format!("vault://{}/secret/{root}", dst.endpoint());
     let sink = Arc::new(TargetSink::new(
-        SinkKind::Vault(VaultSink::new(store(dst, root).await, name.clone())),
+        ferry_replay::SharedSink::new(VaultSink::new(store(dst, root).await, name.clone())),
         Arc::clone(&seal),
     ));
     ferry_replay::Sink::startup(sink.as_ref()).await.unwrap();

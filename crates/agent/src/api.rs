@@ -102,6 +102,10 @@ pub struct CutoverProof {
     /// (`--cells.accept-unmapped`): not on the target.
     #[serde(default)]
     pub unmapped_accepted: Vec<String>,
+    /// Where each event-stream target ends after the fence (Kafka:
+    /// partition → end offset), by target.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub target_positions: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -77,6 +77,9 @@ pub struct AgentConfig {
     /// `<service>:<bucket path>/<key>` as `status` shows them.
     #[serde(default)]
     pub cells_accept_unmapped: Vec<String>,
+    /// Publish values of secret sources to a Kafka target as plain text.
+    #[serde(default)]
+    pub kafka_publish_secrets: bool,
     /// How often a Vault source is looked at for changes.
     #[serde(default = "default_vault_poll_ms")]
     pub vault_poll_ms: u64,
@@ -90,7 +93,15 @@ impl AgentConfig {
         if self.sources.is_empty() || self.targets.is_empty() {
             return Err("give at least one --source and one --target".into());
         }
-        self.map_options()?;
+        if let Some(p) = &self.cells_prefixes {
+            let values = crate::routes::cells_prefix_values();
+            if !values.contains(&p.as_str()) {
+                return Err(format!(
+                    "--cells.prefixes: `{p}` is not one of {}",
+                    values.join(", ")
+                ));
+            }
+        }
         if self.vault_poll_ms == 0 {
             return Err("--vault.poll must be at least 1 ms".into());
         }
@@ -107,14 +118,17 @@ impl AgentConfig {
         Ok(())
     }
 
-    /// The Cells mapping's options.
-    pub fn map_options(&self) -> Result<ferry_cells::MapOptions, String> {
-        Ok(ferry_cells::MapOptions {
-            prefixes: match &self.cells_prefixes {
-                Some(p) => p.parse().map_err(|e| format!("--cells.prefixes: {e}"))?,
-                None => ferry_cells::Prefixes::default(),
-            },
-        })
+    /// What the connectors read of this configuration.
+    pub fn connector_options(&self) -> ferry_connect::Options {
+        ferry_connect::Options {
+            resnapshot_on_compaction: self.resnapshot_on_compaction,
+            source_limiter: None,
+            poll_interval: Some(std::time::Duration::from_millis(self.vault_poll_ms)),
+            params: crate::routes::connector_params(
+                self.cells_prefixes.as_deref(),
+                self.kafka_publish_secrets,
+            ),
+        }
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr, String> {
@@ -181,6 +195,7 @@ mod tests {
             vault_poll_ms: DEFAULT_VAULT_POLL_MS,
             cells_prefixes: None,
             cells_accept_unmapped: Vec::new(),
+            kafka_publish_secrets: false,
             cutover_max_lag_events: DEFAULT_CUTOVER_MAX_LAG_EVENTS,
             cutover_timeout_ms: DEFAULT_CUTOVER_TIMEOUT_MS,
         }

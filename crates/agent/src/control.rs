@@ -24,7 +24,7 @@ pub struct AgentControl {
     sources: Vec<String>,
     targets: Vec<String>,
     started_at_ms: u64,
-    unmapped: Arc<crate::cells::Unmapped>,
+    unmapped: Arc<ferry_connect::Unmapped>,
 }
 
 impl AgentControl {
@@ -32,7 +32,7 @@ impl AgentControl {
         lag: Arc<LagTracker>,
         sources: Vec<String>,
         targets: Vec<String>,
-        unmapped: Arc<crate::cells::Unmapped>,
+        unmapped: Arc<ferry_connect::Unmapped>,
     ) -> (Arc<AgentControl>, mpsc::Receiver<StopRequest>) {
         let (stop_tx, stop_rx) = mpsc::channel(8);
         let c = AgentControl {
@@ -56,8 +56,8 @@ impl AgentControl {
         f(&mut self.inner.lock().expect("agent state lock poisoned"))
     }
 
-    /// Source entries the sinks could not map (see [`crate::cells::Unmapped`]).
-    pub fn unmapped(&self) -> Vec<ferry_cells::MapError> {
+    /// Source entries the sinks could not map (see [`ferry_connect::Unmapped`]).
+    pub fn unmapped(&self) -> Vec<ferry_connect::UnmappedEntry> {
         self.unmapped.list()
     }
 
@@ -105,8 +105,8 @@ impl crate::server::Control for AgentControl {
             unmapped: self
                 .unmapped
                 .list()
-                .iter()
-                .map(ToString::to_string)
+                .into_iter()
+                .map(|e| e.sentence)
                 .collect(),
         })
     }

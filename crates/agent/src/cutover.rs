@@ -21,43 +21,31 @@ use crate::config::{AgentConfig, ReadOnlyMode};
 use crate::control::AgentControl;
 use crate::runtime::LiveRoute;
 use crate::security::write_private;
-use ferry_etcd::readonly::SavedPermissions;
-use ferry_etcd::EtcdStore;
+use ferry_connect::{Opener, ReadOnlyContext, ReadOnlyGuard, StateDir};
 use ferry_lag::{now_ms, LagTracker};
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 pub const PROOF_FILE: &str = "cutover-proof.json";
 
-/// Saved while a cutover has an etcd source read-only; the next agent
-/// start restores it if the cutover never finished. One file per source.
-pub fn readonly_file(source: &str) -> String {
-    let digest = fnv1a64(source.as_bytes());
-    format!("cutover-readonly-{digest:016x}.json")
-}
-
-/// FNV-1a, 64 bits: a stable file name from a source URL (not security).
-fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
+/// Saved while a cutover has a source read-only; the next agent start
+/// restores it if the cutover never finished. One file per source.
+pub use ferry_connect::state::readonly_file;
 
 pub struct Cutover<'a> {
-    pub dir: &'a Path,
-    /// MongoDB targets kept write-blocked during the sync; opened last.
-    pub blocked_targets: &'a [(String, ferry_mongo::MongoStore)],
+    pub state: &'a StateDir,
+    /// Targets kept closed to users during the sync, by name; opened last.
+    pub blocked_targets: &'a [(String, Box<dyn Opener>)],
+    /// What the operator does after the cutover (a composite source's).
+    pub next_steps: &'a [String],
     /// Unmapped source entries the operator accepted, by name.
     pub accept_unmapped: Vec<String>,
     pub cfg: &'a AgentConfig,
     pub control: &'a AgentControl,
     pub lag: &'a LagTracker,
     pub routes: &'a [LiveRoute],
-    /// The source user Ferry itself writes as (keeps its permissions).
-    pub ferry_user: Option<String>,
 }
 
 /// Why the cutover did not finish.
@@ -122,74 +110,24 @@ impl Cutover<'_> {
         )
         .await?;
 
-        // 2. Sources read-only.
-        let mut saved: Vec<(String, EtcdStore, SavedPermissions)> = Vec::new();
-        if self.cfg.source_read_only == ReadOnlyMode::Auth {
-            for r in self.routes {
-                let Some(store) = r.source.etcd() else {
-                    continue;
-                };
-                let name = r.route.source.to_string();
-                let user = self.ferry_user.clone().unwrap_or_else(|| "root".into());
-                let result = match ferry_etcd::readonly::make_read_only(store, &user).await {
-                    Ok(perms) => {
-                        let data = serde_json::to_vec(&perms).expect("permissions serialise");
-                        match write_private(&self.dir.join(readonly_file(&name)), &data) {
-                            Ok(()) => Ok(perms),
-                            Err(e) => {
-                                let _ = ferry_etcd::readonly::restore(store, &perms).await;
-                                Err(e.to_string())
-                            }
-                        }
-                    }
-                    Err(e) => Err(e.to_string()),
-                };
-                match result {
-                    Ok(perms) => saved.push((name, store.clone(), perms)),
-                    Err(e) => {
-                        self.restore(&saved).await;
-                        return Err(failed(CutoverPhase::SourceReadOnly, e));
-                    }
-                }
-            }
-        }
-        // MongoDB sources: setUserWriteBlockMode (Ferry's user bypasses it).
-        let mut blocked: Vec<(String, ferry_mongo::MongoStore)> = Vec::new();
-        if self.cfg.source_read_only == ReadOnlyMode::Auth {
-            for r in self.routes {
-                let crate::routes::SourceConn::Mongo(store) = &r.source else {
-                    continue;
-                };
-                let marker = self.dir.join(readonly_file(&r.route.source.to_string()));
-                let result = match write_private(&marker, br#"{"mongo_write_block":true}"#) {
-                    Ok(()) => ferry_mongo::readonly::set_user_write_block(store, true)
-                        .await
-                        .map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
-                };
-                if let Err(e) = result {
-                    let _ = std::fs::remove_file(&marker);
-                    self.unblock(&blocked).await;
-                    self.restore(&saved).await;
-                    return Err(failed(CutoverPhase::SourceReadOnly, e));
-                }
-                blocked.push((r.route.source.to_string(), store.clone()));
-            }
-        }
-        // Bolt files: read-only once Ferry holds their locks, which it can
-        // only take once Cells has stopped writing them.
-        let mut locked = Vec::new();
+        // 2. Sources read-only, each as its connector does it; what was
+        // changed is recorded in the state directory first.
+        let mut guards: Vec<Box<dyn ReadOnlyGuard>> = Vec::new();
+        let ctx = ReadOnlyContext {
+            external: self.cfg.source_read_only == ReadOnlyMode::External,
+            state: self.state,
+        };
         for r in self.routes {
-            if let crate::routes::Fence::Bolt(h) = &r.fence {
-                if let Err(e) = h.make_read_only() {
-                    for h in &locked {
-                        ferry_bolt::FenceHandle::release(h);
-                    }
-                    self.unblock(&blocked).await;
-                    self.restore(&saved).await;
-                    return Err(failed(CutoverPhase::SourceReadOnly, e.to_string()));
+            match r.fence.make_read_only(&ctx).await {
+                Ok(Some(g)) => guards.push(g),
+                Ok(None) => {}
+                Err(e) => {
+                    undo(&guards).await;
+                    return Err(failed(
+                        CutoverPhase::SourceReadOnly,
+                        format!("{}: {e}", r.route.source.url()),
+                    ));
                 }
-                locked.push(h.clone());
             }
         }
         let read_only_at = now_ms();
@@ -202,57 +140,13 @@ impl Cutover<'_> {
             .await;
         match &result {
             // Put the sources back; the targets stay as they are, not opened.
-            Err(_) => {
-                for h in &locked {
-                    h.release();
-                }
-                self.unblock(&blocked).await;
-                self.restore(&saved).await
-            }
+            Err(_) => undo(&guards).await,
             // The sources stay read-only: the service now runs on the
             // targets. The record on each source itself serves
             // `set-server-mode --mode default`.
-            Ok(_) => {
-                for (name, _, _) in &saved {
-                    let _ = std::fs::remove_file(self.dir.join(readonly_file(name)));
-                }
-                for r in self.routes {
-                    if matches!(r.source, crate::routes::SourceConn::Mongo(_)) {
-                        let _ = std::fs::remove_file(
-                            self.dir.join(readonly_file(&r.route.source.to_string())),
-                        );
-                    }
-                }
-            }
+            Ok(_) => guards.iter().for_each(|g| g.keep()),
         }
         result
-    }
-
-    /// Gives MongoDB sources their writes back (a failed cutover).
-    async fn unblock(&self, blocked: &[(String, ferry_mongo::MongoStore)]) {
-        for (name, store) in blocked {
-            match ferry_mongo::readonly::set_user_write_block(store, false).await {
-                Ok(()) => {
-                    let _ = std::fs::remove_file(self.dir.join(readonly_file(name)));
-                }
-                Err(e) => {
-                    tracing::error!(source = %name, error = %e, "could not unblock writes on the source; run `ferry set-server-mode --mode default`")
-                }
-            }
-        }
-    }
-
-    async fn restore(&self, saved: &[(String, EtcdStore, SavedPermissions)]) {
-        for (name, store, perms) in saved {
-            match ferry_etcd::readonly::restore(store, perms).await {
-                Ok(()) => {
-                    let _ = std::fs::remove_file(self.dir.join(readonly_file(name)));
-                }
-                Err(e) => {
-                    tracing::error!(source = %name, error = %e, "could not give the source its write permissions back; run `ferry set-server-mode --mode default`")
-                }
-            }
-        }
     }
 
     async fn drain_verify_record(
@@ -269,10 +163,10 @@ impl Cutover<'_> {
             let f = r.fence.fence().await.map_err(|e| {
                 failed(
                     CutoverPhase::DrainingToFence,
-                    format!("{}: {e}", r.route.source),
+                    format!("{}: {e}", r.route.source.url()),
                 )
             })?;
-            Ok::<_, Failed>((r.route.source.to_string(), f))
+            Ok::<_, Failed>((r.route.source.url().to_string(), f))
         }));
         let fences: BTreeMap<String, u64> = tokio::select! {
             r = fences => r?.into_iter().collect(),
@@ -302,40 +196,42 @@ impl Cutover<'_> {
         self.check_no_writes_after_fence()?;
         for r in self.routes {
             for sink in &r.sinks {
-                sink.after_fence()
+                ferry_replay::Sink::after_fence(sink.as_ref())
                     .await
-                    .map_err(|e| failed(CutoverPhase::DrainingToFence, e))?;
+                    .map_err(|e| failed(CutoverPhase::DrainingToFence, e.message))?;
             }
         }
         let (mut verified, mut differences) = (0, 0);
         let mut unmapped: BTreeMap<String, String> = self
             .control
             .unmapped()
-            .iter()
-            .map(|e| (crate::cells::unmapped_name(e), e.to_string()))
+            .into_iter()
+            .map(|e| (e.name, e.sentence))
             .collect();
+        let mut target_positions = BTreeMap::new();
         if self.cfg.verify_on_cutover {
             self.control
                 .set_cutover(CutoverPhase::Verifying, "comparing source and target");
             for r in self.routes {
-                for (turl, t) in r.route.targets.iter().zip(&r.targets) {
+                for t in &r.route.targets {
+                    let turl = t.url();
                     let report = crate::routes::compare(
-                        &r.route.source,
-                        &r.source,
-                        turl,
-                        t,
-                        r.route.mapping.map(|s| (s, r.route.map_opts)),
+                        r.route.source.as_ref(),
+                        t.as_ref(),
                         crate::config::DEFAULT_VERIFY_TTL_TOLERANCE_S,
                     )
                     .await
                     .map_err(|e| failed(CutoverPhase::Verifying, e))?;
                     verified += report.compared;
+                    if !report.positions.is_empty() {
+                        target_positions.insert(turl.to_string(), report.positions.clone());
+                    }
                     differences += report.differences;
                     unmapped.extend(
                         report
                             .unmapped
                             .iter()
-                            .map(|e| (crate::cells::unmapped_name(e), e.to_string())),
+                            .map(|e| (e.name.clone(), e.sentence.clone())),
                     );
                     if !report.is_equal() {
                         return Err(failed(
@@ -343,7 +239,7 @@ impl Cutover<'_> {
                             format!(
                                 "verification found {} differences between {} and {turl}; the target was not opened (first: {})",
                                 report.differences,
-                                r.route.source,
+                                r.route.source.url(),
                                 report.details.first().cloned().unwrap_or_default()
                             ),
                         ));
@@ -366,11 +262,9 @@ impl Cutover<'_> {
                 ),
             ));
         }
-        // 6. The targets open: lift the write block kept since start.
-        for (name, store) in self.blocked_targets {
-            ferry_mongo::readonly::set_user_write_block(store, false)
-                .await
-                .map_err(|e| {
+        // 6. The targets open: lift the protection kept since start.
+        for (name, opener) in self.blocked_targets {
+            opener.open().await.map_err(|e| {
                     failed(
                         CutoverPhase::Failed,
                         format!("{name}: the target could not be opened ({e}); run `ferry set-server-mode --source {name} --mode default`"),
@@ -404,11 +298,12 @@ impl Cutover<'_> {
             source_read_only_at_ms: read_only_at,
             target_opened_at_ms: opened_at,
             read_only_window_ms: opened_at.saturating_sub(read_only_at),
-            next_steps: crate::routes::next_steps(self.routes.iter().map(|r| &r.route)),
+            next_steps: self.next_steps.to_vec(),
             unmapped_accepted: unmapped.into_values().collect(),
+            target_positions,
         };
         let data = serde_json::to_vec_pretty(&proof).expect("proof serialises");
-        write_private(&self.dir.join(PROOF_FILE), &data).map_err(|e| {
+        write_private(&self.state.path().join(PROOF_FILE), &data).map_err(|e| {
             failed(
                 CutoverPhase::Verifying,
                 format!("recording the proof failed: {e}"),
@@ -424,12 +319,19 @@ impl Cutover<'_> {
                     CutoverPhase::Failed,
                     format!(
                         "{} was written after the fence (key `{}` at position {pos}); stop every writer and run `ferry stop` again",
-                        r.route.source,
+                        r.route.source.url(),
                         String::from_utf8_lossy(key)
                     ),
                 ));
             }
         }
         Ok(())
+    }
+}
+
+/// Gives every switched source its writes back (a failed cutover).
+async fn undo(guards: &[Box<dyn ReadOnlyGuard>]) {
+    for g in guards.iter().rev() {
+        g.undo().await;
     }
 }

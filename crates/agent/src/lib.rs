@@ -6,7 +6,6 @@
 //! carries out the cutover when asked.
 
 pub mod api;
-pub mod cells;
 pub mod config;
 mod control;
 pub mod cutover;

@@ -4,16 +4,16 @@ use crate::api::{AgentState, CutoverPhase};
 use crate::config::AgentConfig;
 use crate::control::AgentControl;
 use crate::cutover::Cutover;
-use crate::routes::{self, Fence, Route, SourceConn, TargetConn};
+use crate::routes::{self, Route};
 use crate::sinks::TargetSink;
 use crate::{security, server};
+use ferry_connect::{Fence, Opener, SinkContext, StateDir, TailContext, Tailer, Unmapped};
 use ferry_core::StoreUrl;
-use ferry_etcd::EtcdStore;
-use ferry_journal::{Journal, PersistPolicy};
+use ferry_journal::{Journal, PersistPolicy, SharedJournal};
 use ferry_journal_rocks::{OpenMode, RocksJournal};
 use ferry_lag::LagTracker;
 use ferry_replay::{worker, Shutdown, WorkerConfig};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinSet;
@@ -51,32 +51,20 @@ fn install_metrics() -> Result<metrics_exporter_prometheus::PrometheusHandle, St
     Ok(handle)
 }
 
-/// Source-side user Ferry writes as, from the URL (keeps its permissions).
-fn source_user(url: &StoreUrl) -> Option<String> {
-    match url {
-        StoreUrl::Etcd { user, .. } => user.clone(),
-        _ => None,
-    }
-}
-
 /// A route with its stores connected and its pipeline built.
 pub struct LiveRoute {
     pub route: Route,
-    pub source: SourceConn,
-    pub targets: Vec<TargetConn>,
-    pub fence: Fence,
+    pub fence: Arc<dyn Fence>,
     pub sinks: Vec<Arc<TargetSink>>,
 }
 
 impl AgentRun {
     pub async fn run(self) -> Result<Outcome, String> {
         let dir = self.dir.as_path();
-        let plan = routes::plan_with(
-            &self.sources,
-            &self.targets,
-            self.cfg.shards,
-            self.cfg.map_options()?,
-        )?;
+        let unmapped = Arc::new(Unmapped::default());
+        let registry = routes::registry(self.cfg.connector_options());
+        let plan = routes::plan(&registry, &self.sources, &self.targets, self.cfg.shards)?;
+        let next_steps = plan.next_steps;
         let journal = Arc::new(
             RocksJournal::open(dir, OpenMode::Create, PersistPolicy::EveryBatch)
                 .map_err(|e| e.to_string())?,
@@ -109,34 +97,21 @@ impl AgentRun {
             })
         };
         let (source_limiter, limiter) = (make_limiter(), make_limiter());
-        let unmapped = Arc::new(crate::cells::Unmapped::default());
-        let opts = routes::BuildOptions {
-            resnapshot_on_compaction: self.cfg.resnapshot_on_compaction,
-            source_limiter,
-            journal_id,
-            seal,
-            vault_poll: Duration::from_millis(self.cfg.vault_poll_ms),
-            mongo_catalog: None,
-            unmapped: Arc::clone(&unmapped),
-        };
+        let mut options = registry.options().clone();
+        options.source_limiter = source_limiter;
+        let state = StateDir::new(dir);
 
         let lag = Arc::new(LagTracker::new());
         let mut live = Vec::new();
-        let mut tailers = Vec::new();
-        for route in plan {
-            let source = SourceConn::connect(&route.source).await?;
-            match &source {
-                SourceConn::Etcd(s) => recover_read_only(dir, &route.source.to_string(), s).await,
-                SourceConn::Mongo(s) => {
-                    recover_write_block(dir, &route.source.to_string(), s).await
-                }
-                _ => {}
-            }
-            let mut targets = Vec::new();
+        let mut tailers: Vec<Box<dyn Tailer>> = Vec::new();
+        for route in plan.routes {
+            let source = &route.source;
+            source.connect().await?;
+            source.recover(&state).await;
             for t in &route.targets {
-                targets.push(TargetConn::connect(t).await?);
+                t.connect().await?;
             }
-            let names: Vec<String> = route.targets.iter().map(ToString::to_string).collect();
+            let names: Vec<String> = route.targets.iter().map(|t| t.url().to_string()).collect();
             for shard in route.span.iter() {
                 let journaled = journal
                     .bounds(shard)
@@ -149,34 +124,33 @@ impl AgentRun {
                     .map_err(|e| e.to_string())?;
                 lag.register(shard, journaled, &applied);
             }
-            let catalog = match &source {
-                SourceConn::Mongo(s) => {
-                    let namespaces = s.selected_namespaces().await.map_err(|e| e.to_string())?;
-                    Some(
-                        ferry_mongo::Catalog::read(s, &namespaces)
-                            .await
-                            .map_err(|e| e.to_string())?,
-                    )
-                }
-                _ => None,
-            };
-            let route_opts = routes::BuildOptions {
-                mongo_catalog: catalog,
-                ..opts.clone()
-            };
-            let built = routes::build(&route, &source, &targets, &route_opts)?;
-            for sink in &built.sinks {
+            source.prepare().await?;
+            let tailing = source.tail(&TailContext {
+                span: route.span,
+                options: options.clone(),
+                seal: Arc::clone(&seal),
+                with_keys: route.targets.iter().any(|t| t.wants_leaves()),
+            })?;
+            let mut sinks = Vec::new();
+            for t in &route.targets {
+                let sink = t.sink(&SinkContext {
+                    source,
+                    shared: tailing.shared.as_ref(),
+                    span: route.span,
+                    journal_id: &journal_id,
+                    unmapped: &unmapped,
+                })?;
+                let sink = Arc::new(TargetSink::new(sink, Arc::clone(&seal)));
                 ferry_replay::Sink::startup(sink.as_ref())
                     .await
                     .map_err(|e| e.to_string())?;
+                sinks.push(sink);
             }
-            tailers.push(built.tailer);
+            tailers.push(tailing.tailer);
             live.push(LiveRoute {
                 route,
-                source,
-                targets,
-                fence: built.fence,
-                sinks: built.sinks,
+                fence: tailing.fence,
+                sinks,
             });
         }
         let blocked_targets = block_targets(&live).await?;
@@ -210,8 +184,9 @@ impl AgentRun {
         );
 
         let mut tasks: JoinSet<Result<(), String>> = JoinSet::new();
+        let shared = Arc::new(SharedJournal::new(Arc::clone(&journal)));
         for tailer in tailers {
-            let (j, l, s) = (Arc::clone(&journal), Arc::clone(&lag), shutdown.clone());
+            let (j, l, s) = (Arc::clone(&shared), Arc::clone(&lag), shutdown.clone());
             tasks.spawn(async move { tailer.run(j, l, s).await });
         }
         for r in &live {
@@ -239,7 +214,11 @@ impl AgentRun {
                 .map(|r| {
                     (
                         r.route.span,
-                        r.route.targets.iter().map(ToString::to_string).collect(),
+                        r.route
+                            .targets
+                            .iter()
+                            .map(|t| t.url().to_string())
+                            .collect(),
                     )
                 })
                 .collect();
@@ -262,7 +241,6 @@ impl AgentRun {
             });
         }
 
-        let ferry_user = self.sources.first().and_then(source_user);
         let outcome = loop {
             tokio::select! {
                 req = stop_rx.recv() => match req {
@@ -276,14 +254,14 @@ impl AgentRun {
                         let mut accept_unmapped = self.cfg.cells_accept_unmapped.clone();
                         accept_unmapped.extend(req.accept_unmapped);
                         let c = Cutover {
-                            dir,
+                            state: &state,
                             blocked_targets: &blocked_targets,
+                            next_steps: &next_steps,
                             accept_unmapped,
                             cfg: &self.cfg,
                             control: &control,
                             lag: &lag,
                             routes: &live,
-                            ferry_user: ferry_user.clone(),
                         };
                         match Box::pin(c.run(&mut stop_rx)).await {
                             Ok(proof) => {
@@ -353,81 +331,34 @@ async fn termination() {
     }
 }
 
-/// Blocks user writes on every MongoDB target that allows it while Ferry's
-/// user still writes (see [`ferry_mongo::readonly::TargetProtection`]),
-/// until the cutover opens it. A target on the deployment of a MongoDB
-/// source is left alone: the block is deployment-wide and would stop the
-/// source's own applications. Returns the blocked targets, by name.
-async fn block_targets(
-    live: &[LiveRoute],
-) -> Result<Vec<(String, ferry_mongo::MongoStore)>, String> {
-    let hosts = |u: &ferry_core::StoreUrl| match u {
-        ferry_core::StoreUrl::Mongo { hosts, .. } => Some(hosts.clone()),
-        _ => None,
-    };
-    let source_hosts: Vec<_> = live.iter().filter_map(|r| hosts(&r.route.source)).collect();
-    let mut blocked: Vec<(String, ferry_mongo::MongoStore)> = Vec::new();
+/// Keeps users' writes off every target that allows it while Ferry still
+/// writes ([`ferry_connect::Target::protect`]), until the cutover opens
+/// it. A target on the deployment of a source is left alone: the switch
+/// is deployment-wide and would stop the source's own applications.
+/// Returns the protected targets, by name, each once.
+async fn block_targets(live: &[LiveRoute]) -> Result<Vec<(String, Box<dyn Opener>)>, String> {
+    let source_deployments: Vec<String> = live
+        .iter()
+        .filter_map(|r| r.route.source.deployment())
+        .collect();
+    let mut blocked: Vec<(String, Box<dyn Opener>)> = Vec::new();
+    let mut seen: Vec<String> = Vec::new();
     for r in live {
-        for (url, conn) in r.route.targets.iter().zip(&r.targets) {
-            let routes::TargetConn::Mongo(store) = conn else {
+        for t in &r.route.targets {
+            let name = t.url().to_string();
+            if seen.contains(&name) {
                 continue;
-            };
-            let name = url.to_string();
-            if blocked.iter().any(|(n, _)| *n == name)
-                || hosts(url).is_some_and(|h| source_hosts.contains(&h))
+            }
+            seen.push(name.clone());
+            if t.deployment()
+                .is_some_and(|d| source_deployments.contains(&d))
             {
                 continue;
             }
-            let p = ferry_mongo::readonly::target_protection(store)
-                .await
-                .map_err(|e| e.to_string())?;
-            if p != ferry_mongo::readonly::TargetProtection::Blockable {
-                tracing::info!(target = %name, "{}", p.describe());
-                continue;
+            if let Some(opener) = t.protect().await? {
+                blocked.push((name, opener));
             }
-            ferry_mongo::readonly::set_user_write_block(store, true)
-                .await
-                .map_err(|e| e.to_string())?;
-            tracing::info!(target = %name, "user writes blocked on the target until the cutover opens it");
-            blocked.push((name, store.clone()));
         }
     }
     Ok(blocked)
-}
-
-/// A previous agent died with a MongoDB source write-blocked: lift it.
-async fn recover_write_block(dir: &Path, name: &str, source: &ferry_mongo::MongoStore) {
-    let path = dir.join(crate::cutover::readonly_file(name));
-    if !path.exists() {
-        return;
-    }
-    match ferry_mongo::readonly::set_user_write_block(source, false).await {
-        Ok(()) => {
-            tracing::warn!(source = name, "a previous cutover was interrupted with the source write-blocked; writes are allowed again");
-            let _ = std::fs::remove_file(&path);
-        }
-        Err(e) => {
-            tracing::error!(source = name, error = %e, "could not lift the write block an interrupted cutover left; run `ferry set-server-mode --mode default`")
-        }
-    }
-}
-
-/// A previous agent died with the source read-only: give the writes back.
-async fn recover_read_only(dir: &Path, name: &str, source: &EtcdStore) {
-    let path = dir.join(crate::cutover::readonly_file(name));
-    let Ok(data) = std::fs::read(&path) else {
-        return;
-    };
-    match serde_json::from_slice::<ferry_etcd::readonly::SavedPermissions>(&data) {
-        Ok(saved) => match ferry_etcd::readonly::restore(source, &saved).await {
-            Ok(()) => {
-                tracing::warn!(source = name, "a previous cutover was interrupted with the source read-only; its write permissions were restored");
-                let _ = std::fs::remove_file(&path);
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "could not restore the source's write permissions saved by an interrupted cutover")
-            }
-        },
-        Err(e) => tracing::error!(error = %e, "{} is damaged", path.display()),
-    }
 }

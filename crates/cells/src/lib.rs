@@ -10,10 +10,12 @@
 //!   BSON codec makes of Cells' structs), over the schemas in
 //!   `proto/cells.proto`.
 
+pub mod connector;
 pub mod gobson;
 pub mod home;
 pub mod map;
 pub mod service;
+pub mod sink;
 
 pub use home::{CellsHome, HomeError};
 pub use map::{map, set_marker_ts, unmap, MapError, Mapped};

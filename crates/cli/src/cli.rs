@@ -127,9 +127,10 @@ pub struct StartArgs {
     #[arg(
         long = "cells.prefixes",
         env = "FERRY_CELLS_PREFIXES",
-        default_value = "v4"
+        default_value = "v4",
+        value_parser = clap::builder::PossibleValuesParser::new(ferry_agent::routes::cells_prefix_values())
     )]
-    pub cells_prefixes: ferry_cells::Prefixes,
+    pub cells_prefixes: String,
     /// A Bolt entry of a cells:// migration that cannot be mapped (a value
     /// Cells itself could not read) and that the cutover may leave behind,
     /// named as `status` shows it: `<service>:<bucket path>/<key>`. Repeat
@@ -140,6 +141,11 @@ pub struct StartArgs {
         value_delimiter = ','
     )]
     pub cells_accept_unmapped: Vec<String>,
+    /// Publish the values of secret sources (Vault, a keyring, pydio.json)
+    /// to a Kafka target as plain text, readable by every consumer of the
+    /// topic. Refused without it.
+    #[arg(long = "kafka.publish-secrets", env = "FERRY_KAFKA_PUBLISH_SECRETS")]
+    pub kafka_publish_secrets: bool,
     /// How often a Vault source is looked at for changes, in milliseconds.
     #[arg(long = "vault.poll-ms", env = "FERRY_VAULT_POLL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
     pub vault_poll_ms: u64,
@@ -230,9 +236,10 @@ pub struct VerifyArgs {
     #[arg(
         long = "cells.prefixes",
         env = "FERRY_CELLS_PREFIXES",
-        default_value = "v4"
+        default_value = "v4",
+        value_parser = clap::builder::PossibleValuesParser::new(ferry_agent::routes::cells_prefix_values())
     )]
-    pub cells_prefixes: ferry_cells::Prefixes,
+    pub cells_prefixes: String,
     /// The copy to compare; a cells:// source takes its three targets.
     #[arg(
         long = "target",

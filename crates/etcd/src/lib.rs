@@ -25,6 +25,7 @@
 //! - Nothing here logs or formats a password; stores are named by their
 //!   redacted URL.
 
+pub mod connector;
 mod error;
 mod lease;
 pub mod readonly;

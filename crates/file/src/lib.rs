@@ -14,6 +14,7 @@
 //!   whole documents, so a copy must be byte for byte, and equality is
 //!   reported both ways ([`Document::same_bytes`], [`Document::same_json`]).
 
+pub mod connector;
 pub mod dir;
 pub mod pipeline;
 

@@ -26,8 +26,6 @@ use ferry_journal::seal::SealKey;
 use ferry_journal::Journal;
 use ferry_lag::{now_ms, LagTracker, Phase};
 use ferry_replay::{PollFence, Shutdown, Sink, SinkError, SpanAppender};
-use serde_json::Value as Json;
-use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -70,40 +68,7 @@ impl TailError {
     }
 }
 
-/// The leaves of `doc`: `/a/b/0` → JSON text of the leaf. Empty objects and
-/// arrays are leaves too, so the document's shape survives.
-pub fn leaves(doc: &Json) -> BTreeMap<String, Vec<u8>> {
-    fn walk(v: &Json, path: &mut String, out: &mut BTreeMap<String, Vec<u8>>) {
-        let len = path.len();
-        match v {
-            Json::Object(m) if !m.is_empty() => {
-                for (k, v) in m {
-                    path.push('/');
-                    path.push_str(k);
-                    walk(v, path, out);
-                    path.truncate(len);
-                }
-            }
-            Json::Array(a) if !a.is_empty() => {
-                for (i, v) in a.iter().enumerate() {
-                    path.push('/');
-                    path.push_str(&i.to_string());
-                    walk(v, path, out);
-                    path.truncate(len);
-                }
-            }
-            leaf => {
-                out.insert(
-                    path.clone(),
-                    serde_json::to_vec(leaf).expect("JSON serialises"),
-                );
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(doc, &mut String::new(), &mut out);
-    out
-}
+pub use ferry_connect::model::leaves;
 
 /// Size, modification time and inode: a look reads the file only when one moved.
 type Stamp = (u64, i64, i64, u64);
@@ -340,7 +305,7 @@ mod tests {
 
     #[test]
     fn leaves_cover_nesting_arrays_and_empty_containers() {
-        let doc: Json =
+        let doc: serde_json::Value =
             serde_json::from_str(r#"{"a":{"b":1,"c":[true,"x"]},"e":{},"f":[],"g":null}"#).unwrap();
         let l = leaves(&doc);
         let keys: Vec<&str> = l.keys().map(String::as_str).collect();

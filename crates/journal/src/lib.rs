@@ -30,9 +30,11 @@ pub mod frame;
 pub mod fuzzing;
 mod persist;
 pub mod seal;
+pub mod shared;
 
 pub use frame::{decode_frame, encode_frame, encode_frame_into, FrameError};
 pub use persist::PersistPolicy;
+pub use shared::SharedJournal;
 
 use ferry_core::{ErrorKind, Event, Position, Seq, ShardId};
 use std::future::Future;

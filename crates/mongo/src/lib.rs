@@ -31,6 +31,7 @@
 //!   redacted URL.
 
 pub mod catalog;
+pub mod connector;
 mod error;
 pub mod key;
 mod namespace;

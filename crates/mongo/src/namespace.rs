@@ -14,29 +14,10 @@
 //! URL's path and no `include` means `include=<db>.*`. These two parameters
 //! are Ferry's and are removed before the URI reaches the driver.
 
+/// One `database.collection` (the Documents data model's namespace).
+pub use ferry_connect::Namespace;
+
 use std::fmt;
-
-/// One `database.collection`.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Namespace {
-    pub db: String,
-    pub coll: String,
-}
-
-impl Namespace {
-    pub fn new(db: impl Into<String>, coll: impl Into<String>) -> Self {
-        Namespace {
-            db: db.into(),
-            coll: coll.into(),
-        }
-    }
-}
-
-impl fmt::Display for Namespace {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.db, self.coll)
-    }
-}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Pattern {

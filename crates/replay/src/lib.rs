@@ -20,7 +20,7 @@ pub mod worker;
 
 pub use appender::{AppendError, SpanAppender};
 pub use fence::PollFence;
-pub use sink::{Sink, SinkError};
+pub use sink::{SharedSink, Sink, SinkError};
 pub use worker::{Shutdown, WorkerConfig};
 
 /// Operations per second allowed against a store (`--rate-limit`).

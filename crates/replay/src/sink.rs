@@ -84,4 +84,80 @@ pub trait Sink: Send + Sync + 'static {
 
     /// Releases connections and background tasks.
     fn shutdown(&self) -> impl Future<Output = ()> + Send;
+
+    /// Called once by the cutover after every shard applied its fence and
+    /// before verification: what the target defers until then (MongoDB's
+    /// unique and TTL indexes, so a replay can never fail on them midway).
+    /// Nothing by default.
+    fn after_fence(&self) -> impl Future<Output = Result<(), SinkError>> + Send {
+        async { Ok(()) }
+    }
+}
+
+type Fut<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The object-safe twin of [`Sink`], implemented for every sink.
+trait ErasedSink: Send + Sync + 'static {
+    fn name(&self) -> &str;
+    fn startup(&self) -> Fut<'_, Result<(), SinkError>>;
+    fn durable_checkpoint(&self, shard: ShardId) -> Fut<'_, Result<Option<Seq>, SinkError>>;
+    fn apply<'a>(&'a self, shard: ShardId, events: &'a [Event]) -> Fut<'a, Result<Seq, SinkError>>;
+    fn shutdown(&self) -> Fut<'_, ()>;
+    fn after_fence(&self) -> Fut<'_, Result<(), SinkError>>;
+}
+
+impl<S: Sink> ErasedSink for S {
+    fn name(&self) -> &str {
+        Sink::name(self)
+    }
+    fn startup(&self) -> Fut<'_, Result<(), SinkError>> {
+        Box::pin(Sink::startup(self))
+    }
+    fn durable_checkpoint(&self, shard: ShardId) -> Fut<'_, Result<Option<Seq>, SinkError>> {
+        Box::pin(Sink::durable_checkpoint(self, shard))
+    }
+    fn apply<'a>(&'a self, shard: ShardId, events: &'a [Event]) -> Fut<'a, Result<Seq, SinkError>> {
+        Box::pin(Sink::apply(self, shard, events))
+    }
+    fn shutdown(&self) -> Fut<'_, ()> {
+        Box::pin(Sink::shutdown(self))
+    }
+    fn after_fence(&self) -> Fut<'_, Result<(), SinkError>> {
+        Box::pin(Sink::after_fence(self))
+    }
+}
+
+/// A sink of any type, behind one: what a connector hands the agent. The
+/// boxed futures cost one allocation per batch.
+#[derive(Clone)]
+pub struct SharedSink(std::sync::Arc<dyn ErasedSink>);
+
+impl SharedSink {
+    pub fn new<S: Sink>(sink: S) -> Self {
+        SharedSink(std::sync::Arc::new(sink))
+    }
+}
+
+impl Sink for SharedSink {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+    fn startup(&self) -> impl Future<Output = Result<(), SinkError>> + Send {
+        self.0.startup()
+    }
+    fn durable_checkpoint(
+        &self,
+        shard: ShardId,
+    ) -> impl Future<Output = Result<Option<Seq>, SinkError>> + Send {
+        self.0.durable_checkpoint(shard)
+    }
+    async fn apply(&self, shard: ShardId, events: &[Event]) -> Result<Seq, SinkError> {
+        self.0.apply(shard, events).await
+    }
+    fn shutdown(&self) -> impl Future<Output = ()> + Send {
+        self.0.shutdown()
+    }
+    fn after_fence(&self) -> impl Future<Output = Result<(), SinkError>> + Send {
+        self.0.after_fence()
+    }
 }

@@ -1,8 +1,9 @@
 //! Real servers for Ferry's tests: etcd, OpenBao (the Vault API), a real
-//! mongod 7.0 ([`Mongod`], under wine) and SecantusDB ([`MongoWire`], a
-//! second implementation of the MongoDB wire protocol), each started as a
-//! child process on free loopback ports with its own temporary data
-//! directory.
+//! mongod 7.0 ([`Mongod`], under wine), SecantusDB ([`MongoWire`], a
+//! second implementation of the MongoDB wire protocol) and a Kafka-protocol
+//! broker ([`Kafka`]: tansu, in memory or on S3 in a moto server), each
+//! started as a child process on free loopback ports with its own temporary
+//! data directory.
 //!
 //! Tests talk to the same server programs Ferry talks to in production, never
 //! to mocks: a mock agrees with our own reading of a protocol, a real server
@@ -23,7 +24,9 @@
 //! - "Ready" means ready for the test's first request: etcd's `/health` is
 //!   true, OpenBao is unsealed *and* its `secret/` KV v2 mount serves
 //!   requests, mongod is the writable primary of its one-member replica
-//!   set, SecantusDB accepts connections.
+//!   set, SecantusDB accepts connections, tansu answers a Kafka
+//!   `ApiVersions` request (and, for [`Kafka::start_durable`], moto answers
+//!   and holds the bucket `tansu`).
 //! - A missing program is [`TestkitError::Missing`]; [`require`] turns that
 //!   into a skip on a developer's machine and into a failure in CI.
 //!
@@ -40,13 +43,22 @@
 //! etcd.stop(); // an outage ...
 //! etcd.restart().unwrap(); // ... and recovery, same port and data
 //! # let _ = source;
+//!
+//! use ferry_testkit::Kafka;
+//!
+//! // tansu with S3 storage in moto: topics and records survive a restart.
+//! let Some(mut kafka) = require(Kafka::start_durable()) else { return };
+//! let sink = kafka.url("events"); // kafka://127.0.0.1:PORT/events
+//! kafka.restart().unwrap(); // same port, same storage
+//! # let _ = sink;
 //! ```
 //!
 //! # Finding the programs
 //!
 //! `etcd` is looked up through `FERRY_ETCD_BIN`, then `PATH` (Debian's
-//! `etcd-server`). `bao` and `secantusd-py` through `FERRY_BAO_BIN` /
-//! `FERRY_SECANTUSD_BIN`, then `${FERRY_TOOLS_DIR:-/var/tmp/ferry-tools}/bin`,
+//! `etcd-server`). `bao`, `secantusd-py`, `tansu` and `moto_server` through
+//! `FERRY_BAO_BIN` / `FERRY_SECANTUSD_BIN` / `FERRY_TANSU_BIN` /
+//! `FERRY_MOTO_SERVER_BIN`, then `${FERRY_TOOLS_DIR:-/var/tmp/ferry-tools}/bin`,
 //! then `PATH`. mongod is `${FERRY_TOOLS_DIR}/bin/mongod.exe` (or
 //! `FERRY_MONGOD_EXE`) run by `/usr/lib/wine/wine64` (or `FERRY_WINE_BIN`) in
 //! the prefix `${FERRY_TOOLS_DIR}/wineprefix` (or `FERRY_WINEPREFIX`).
@@ -59,6 +71,7 @@
 mod base64;
 mod etcd;
 pub mod http;
+mod kafka;
 mod mongo;
 mod mongod;
 mod openbao;
@@ -72,6 +85,7 @@ use std::time::Duration;
 
 pub use base64::{decode as base64_decode, encode as base64_encode};
 pub use etcd::Etcd;
+pub use kafka::Kafka;
 pub use mongo::MongoWire;
 pub use mongod::{Mongod, REPLICA_SET as MONGOD_REPLICA_SET};
 pub use openbao::OpenBao;
@@ -125,7 +139,11 @@ impl TestkitError {
         match self {
             TestkitError::Exited { tail, .. } => {
                 let t = tail.to_ascii_lowercase();
-                t.contains("address already in use") || t.contains("eaddrinuse")
+                // tansu logs Rust's `AddrInUse` / "Address in use".
+                t.contains("address already in use")
+                    || t.contains("eaddrinuse")
+                    || t.contains("addrinuse")
+                    || t.contains("address in use")
             }
             _ => false,
         }

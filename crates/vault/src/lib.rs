@@ -9,6 +9,7 @@
 //! object (Cells' Vault config store keeps its whole document as the
 //! secret's data); copying every version with its metadata builds on it.
 
+pub mod connector;
 pub mod pipeline;
 pub mod versions;
 

@@ -52,8 +52,9 @@ fn config_for(args: &StartArgs, sources: &[StoreUrl], targets: &[StoreUrl]) -> A
         resnapshot_on_compaction: !args.no_resnapshot,
         verify_on_cutover: !args.no_verify,
         vault_poll_ms: args.vault_poll_ms,
-        cells_prefixes: Some(args.cells_prefixes.as_str().into()),
+        cells_prefixes: Some(args.cells_prefixes.clone()),
         cells_accept_unmapped: args.cells_accept_unmapped.clone(),
+        kafka_publish_secrets: args.kafka_publish_secrets,
         cutover_max_lag_events: DEFAULT_CUTOVER_MAX_LAG_EVENTS,
         cutover_timeout_ms: DEFAULT_CUTOVER_TIMEOUT_MS,
     }
@@ -62,23 +63,11 @@ fn config_for(args: &StartArgs, sources: &[StoreUrl], targets: &[StoreUrl]) -> A
 pub fn run(args: StartArgs) -> Result<(), CliError> {
     let sources = parse_all(&args.sources)?;
     let targets = parse_all(&args.targets)?;
-    for t in &targets {
-        if !t.kind().can_be_target() {
-            return Err(CliError::new(
-                ExitCode::Usage,
-                format!(
-                    "{t} cannot be a target: {} stores are read-only sources; choose etcd, vault, mongodb, kafka or a file as --target",
-                    t.kind().name()
-                ),
-            ));
-        }
-    }
-    let map_opts = ferry_cells::MapOptions {
-        prefixes: args.cells_prefixes,
-    };
-    let routes = ferry_agent::routes::plan_with(&sources, &targets, args.shards, map_opts)
-        .map_err(|e| CliError::new(ExitCode::Usage, e))?;
     let cfg = config_for(&args, &sources, &targets);
+    let registry = ferry_agent::routes::registry(cfg.connector_options());
+    let routes = ferry_agent::routes::plan(&registry, &sources, &targets, args.shards)
+        .map_err(|e| CliError::new(ExitCode::Usage, e))?
+        .routes;
     cfg.validate()
         .map_err(|e| CliError::new(ExitCode::Usage, e))?;
     let dir = args.journal.as_path();
@@ -119,36 +108,20 @@ pub fn run(args: StartArgs) -> Result<(), CliError> {
     let resuming = existing.is_some();
     let external = args.source_read_only == ferry_agent::config::ReadOnlyMode::External;
     for route in &routes {
-        match route.source.kind() {
-            ferry_core::StoreKind::Etcd => {}
-            ferry_core::StoreKind::Mongo => {
-                rt.block_on(precheck::mongo_route(route, args.force, resuming, external))?;
-                continue;
-            }
-            ferry_core::StoreKind::Bolt => {
-                rt.block_on(precheck::cells_route(route, args.force, resuming))?;
-                continue;
-            }
-            _ => {
-                rt.block_on(precheck::config_route(route, args.force, resuming))?;
-                continue;
-            }
-        }
-        let checked = rt.block_on(precheck::stores(
-            &route.source,
-            &route.targets,
-            args.force,
+        let checkpoint = if resuming {
+            precheck::checkpoint(dir, &route.source.url().to_string())
+        } else {
+            None
+        };
+        let ctx = ferry_connect::CheckContext {
+            force: args.force,
             resuming,
-            args.source_read_only == ferry_agent::config::ReadOnlyMode::External,
-        ))?;
-        if resuming {
-            rt.block_on(precheck::resume_point(
-                &checked.source,
-                &route.source.to_string(),
-                dir,
-                !args.no_resnapshot,
-            ))?;
-        }
+            external_read_only: external,
+            resnapshot: !args.no_resnapshot,
+            shards: args.shards,
+            checkpoint,
+        };
+        rt.block_on(precheck::route(route, &ctx))?;
     }
     if args.check_only {
         println!("pre-checks passed; --check-only: no data was sent and nothing was written");

@@ -7,7 +7,7 @@
 use super::start::runtime;
 use crate::cli::VerifyArgs;
 use crate::error::CliError;
-use ferry_agent::routes::{self, SourceConn, TargetConn};
+use ferry_agent::routes;
 use ferry_core::{ExitCode, StoreUrl};
 
 pub fn run(a: VerifyArgs) -> Result<(), CliError> {
@@ -19,16 +19,18 @@ pub fn run(a: VerifyArgs) -> Result<(), CliError> {
         .map(|t| StoreUrl::parse(t))
         .collect::<Result<Vec<_>, _>>()?;
     // A cells:// source expands into its stores; every other pair is one route.
-    let map_opts = ferry_cells::MapOptions {
-        prefixes: a.cells_prefixes,
-    };
-    let plan = routes::plan_with(std::slice::from_ref(&src), &targets, 1, map_opts)
-        .map_err(|e| CliError::new(ExitCode::Usage, e))?;
+    let registry = routes::registry(ferry_connect::Options {
+        params: routes::connector_params(Some(&a.cells_prefixes), true),
+        ..Default::default()
+    });
+    let plan = routes::plan(&registry, std::slice::from_ref(&src), &targets, 1)
+        .map_err(|e| CliError::new(ExitCode::Usage, e))?
+        .routes;
     let rt = runtime()?;
     let mut failed = Vec::new();
     for route in &plan {
         for tgt in &route.targets {
-            if let Err(e) = rt.block_on(one(&a, route, tgt)) {
+            if let Err(e) = rt.block_on(one(&a, route, tgt.as_ref())) {
                 eprintln!("ferry: {}", e.message);
                 failed.push(e);
             }
@@ -44,20 +46,23 @@ pub fn run(a: VerifyArgs) -> Result<(), CliError> {
     }
 }
 
-async fn one(a: &VerifyArgs, route: &routes::Route, tgt: &StoreUrl) -> Result<(), CliError> {
-    let src = &route.source;
-    let s = SourceConn::connect(src)
+async fn one(
+    a: &VerifyArgs,
+    route: &routes::Route,
+    tgt: &dyn ferry_connect::Target,
+) -> Result<(), CliError> {
+    let src = route.source.url();
+    route
+        .source
+        .connect()
         .await
         .map_err(|e| CliError::new(ExitCode::Refused, e))?;
-    let t = TargetConn::connect(tgt)
+    tgt.connect()
         .await
         .map_err(|e| CliError::new(ExitCode::Refused, e))?;
     let report = routes::compare(
-        src,
-        &s,
+        route.source.as_ref(),
         tgt,
-        &t,
-        route.mapping.map(|s| (s, route.map_opts)),
         ferry_agent::config::DEFAULT_VERIFY_TTL_TOLERANCE_S,
     )
     .await
@@ -74,12 +79,16 @@ async fn one(a: &VerifyArgs, route: &routes::Route, tgt: &StoreUrl) -> Result<()
         }
     }
     for u in &report.unmapped {
-        println!("  not mapped (not on the target): {u}");
+        println!("  not mapped (not on the target): {}", u.sentence);
     }
     if !report.is_equal() {
         return Err(CliError::new(
             ExitCode::Runtime,
-            format!("{src} and {tgt} differ in {} places", report.differences),
+            format!(
+                "{src} and {} differ in {} places",
+                tgt.url(),
+                report.differences
+            ),
         ));
     }
     println!("equal: {} compared", report.compared);

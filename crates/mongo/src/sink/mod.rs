@@ -673,4 +673,10 @@ impl Sink for MongoSink {
     }
 
     async fn shutdown(&self) {}
+
+    async fn after_fence(&self) -> Result<(), SinkError> {
+        self.create_deferred_indexes()
+            .await
+            .map_err(|e| SinkError::fatal(e.to_string()))
+    }
 }

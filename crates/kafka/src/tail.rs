@@ -1,0 +1,112 @@
+//! Reading a partition's tail: the last record Ferry wrote there.
+//!
+//! The broker here answers ListOffsets wrong, so the end of a partition is
+//! the high watermark a fetch reports: the reader fetches from the
+//! partition's start, takes the watermark from the client's statistics
+//! (which librdkafka fills from fetch responses), then fetches the last
+//! record and reads its headers. Bounded in time: every poll has a
+//! deadline.
+
+use crate::context::Quiet;
+use crate::{HEADER_JOURNAL, HEADER_SEQ, HEADER_SNAPSHOT};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use std::time::{Duration, Instant};
+
+/// The last record of a partition, as far as Ferry reads it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tail {
+    /// Offset one past the last record (the high watermark).
+    pub end: i64,
+    /// The journal sequence of the last record, if Ferry wrote it.
+    pub seq: Option<u64>,
+    /// The journal that wrote it.
+    pub journal: Option<String>,
+    /// Whether it was part of a snapshot.
+    pub snapshot: bool,
+}
+
+fn header(m: &impl Message, name: &str) -> Option<String> {
+    let h = m.headers()?;
+    h.iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// A consumer that reads without a group position, with statistics on.
+pub fn consumer(bootstrap: &str) -> Result<BaseConsumer<Quiet>, KafkaError> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "ferry-tail")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "earliest")
+        .set("statistics.interval.ms", "20")
+        .set("max.partition.fetch.bytes", "65536")
+        .create_with_context(Quiet::default())
+}
+
+fn assign(c: &BaseConsumer<Quiet>, topic: &str, partition: i32, at: i64) -> Result<(), String> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(at))
+        .map_err(|e| e.to_string())?;
+    c.assign(&tpl).map_err(|e| e.to_string())
+}
+
+/// Reads the tail of `topic`'s partition `partition` (blocking; call from
+/// `spawn_blocking`).
+pub fn read(
+    bootstrap: &str,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+) -> Result<Tail, String> {
+    let deadline = Instant::now() + timeout;
+    let c = consumer(bootstrap).map_err(|e| e.to_string())?;
+    let timed_out = || {
+        format!("timed out reading the tail of {topic}/{partition}; check that the broker answers fetches")
+    };
+    assign(&c, topic, partition, 0)?;
+    // Fetch until the statistics carry the fetch's high watermark.
+    let end = loop {
+        if let Some(h) = c.context().high_watermark(topic, partition) {
+            break h;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(timed_out());
+        }
+        match c.poll(left.min(Duration::from_millis(50))) {
+            None | Some(Ok(_)) | Some(Err(KafkaError::PartitionEOF(_))) => {}
+            Some(Err(e)) => return Err(format!("reading the tail of {topic}/{partition}: {e}")),
+        }
+    };
+    if end <= 0 {
+        return Ok(Tail::default());
+    }
+    assign(&c, topic, partition, end - 1)?;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(timed_out());
+        }
+        match c.poll(left.min(Duration::from_millis(200))) {
+            // Left from the first assignment.
+            Some(Ok(m)) if m.offset() < end - 1 => continue,
+            Some(Ok(m)) => {
+                return Ok(Tail {
+                    end: m.offset() + 1,
+                    seq: header(&m, HEADER_SEQ).and_then(|s| s.parse().ok()),
+                    journal: header(&m, HEADER_JOURNAL),
+                    snapshot: header(&m, HEADER_SNAPSHOT).as_deref() == Some("true"),
+                })
+            }
+            None | Some(Err(KafkaError::PartitionEOF(_))) => {}
+            Some(Err(e)) => return Err(format!("reading the tail of {topic}/{partition}: {e}")),
+        }
+    }
+}

@@ -1,0 +1,320 @@
+//! etcd to Kafka on a real broker (tansu, durable on S3 served by moto):
+//! every change is in the topic exactly once, in the shape a Debezium
+//! consumer reads, through SIGKILLs of the agent during the snapshot and
+//! the streaming and a broker restart; and the bad inputs a user hits are
+//! refused in one sentence with nothing written.
+
+use ferry_testkit::{require, Etcd, Kafka};
+use ferry_tests::harness::*;
+use rand::Rng;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// What a consumer reading the whole topic finds.
+#[derive(Default)]
+struct Consumed {
+    /// Last value per record key (`None`: a tombstone).
+    last: BTreeMap<String, Option<Value>>,
+    /// (shard, sequence) of every event record, with repeats.
+    events: Vec<(u64, u64)>,
+    /// Each delete event and whether a tombstone followed it.
+    deletes_without_tombstone: u64,
+    ops: BTreeMap<String, u64>,
+}
+
+/// Reads every partition of `topic` from the beginning to its end, as a
+/// plain Kafka consumer does (no Ferry code involved).
+fn consume(bootstrap: &str, topic: &str) -> Consumed {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "kafka-sync-test")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let partitions = md.topics()[0].partitions().len() as i32;
+    assert!(partitions > 0, "{topic} has no partitions");
+    let mut out = Consumed::default();
+    for p in 0..partitions {
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Offset(0))
+            .unwrap();
+        c.assign(&tpl).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut pending_delete: Option<String> = None;
+        loop {
+            assert!(Instant::now() < deadline, "reading {topic}/{p} timed out");
+            match c.poll(Duration::from_millis(500)) {
+                Some(Ok(m)) => {
+                    let key = String::from_utf8(m.key().unwrap().to_vec()).unwrap();
+                    let Some(payload) = m.payload() else {
+                        assert_eq!(
+                            pending_delete.take().as_deref(),
+                            Some(key.as_str()),
+                            "a tombstone follows its delete event"
+                        );
+                        out.last.insert(key, None);
+                        continue;
+                    };
+                    if pending_delete.take().is_some() {
+                        out.deletes_without_tombstone += 1;
+                    }
+                    let v: Value = serde_json::from_slice(payload).unwrap();
+                    let header = |name: &str| -> u64 {
+                        let h = m.headers().expect("headers");
+                        let x = h.iter().find(|x| x.key == name).expect(name);
+                        std::str::from_utf8(x.value.unwrap())
+                            .unwrap()
+                            .parse()
+                            .unwrap()
+                    };
+                    let (shard, seq) = (header("ferry.shard"), header("ferry.seq"));
+                    assert_eq!(v["source"]["seq"].as_u64(), Some(seq), "{v}");
+                    assert_eq!(v["source"]["shard"].as_u64(), Some(shard), "{v}");
+                    assert!(v["before"].is_null(), "{v}");
+                    let op = v["op"].as_str().unwrap().to_string();
+                    *out.ops.entry(op.clone()).or_default() += 1;
+                    out.events.push((shard, seq));
+                    if op == "d" {
+                        assert!(v["after"].is_null(), "{v}");
+                        pending_delete = Some(key);
+                    } else {
+                        out.last.insert(key, Some(v["after"].clone()));
+                    }
+                }
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
+                Some(Err(e)) => panic!("reading {topic}/{p}: {e}"),
+                None => {}
+            }
+        }
+        if pending_delete.is_some() {
+            out.deletes_without_tombstone += 1;
+        }
+    }
+    out
+}
+
+/// The source's keys under `prefix` and their values.
+fn source_state(
+    rt: &tokio::runtime::Runtime,
+    endpoint: &str,
+    prefix: &str,
+) -> BTreeMap<String, String> {
+    rt.block_on(async {
+        let mut c = connect(endpoint, None).await;
+        let r = c
+            .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
+            .await
+            .unwrap();
+        r.kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    String::from_utf8(kv.key().to_vec()).unwrap(),
+                    String::from_utf8(kv.value().to_vec()).unwrap(),
+                )
+            })
+            .collect()
+    })
+}
+
+fn assert_topic_is_source(c: &Consumed, source: &BTreeMap<String, String>) {
+    let mut seen = HashSet::new();
+    for e in &c.events {
+        assert!(
+            seen.insert(*e),
+            "shard {} sequence {} is in the topic twice",
+            e.0,
+            e.1
+        );
+    }
+    assert_eq!(
+        c.deletes_without_tombstone, 0,
+        "every delete has its tombstone"
+    );
+    for (k, v) in source {
+        let rk = serde_json::json!({ "key": k }).to_string();
+        let last = c
+            .last
+            .get(&rk)
+            .unwrap_or_else(|| panic!("{k} is not in the topic"));
+        let after = last
+            .as_ref()
+            .unwrap_or_else(|| panic!("{k} ends in a tombstone but the source holds it"));
+        assert_eq!(after["value"].as_str(), Some(v.as_str()), "{k}");
+        assert_eq!(after["key"].as_str(), Some(k.as_str()), "{k}");
+    }
+    for (rk, last) in &c.last {
+        if last.is_some() {
+            let k: Value = serde_json::from_str(rk).unwrap();
+            assert!(
+                source.contains_key(k["key"].as_str().unwrap()),
+                "{rk} is live in the topic but gone from the source"
+            );
+        }
+    }
+}
+
+#[test]
+fn etcd_to_kafka_exactly_once_through_kills_and_a_broker_restart() {
+    let (Some(src), Some(mut kafka)) = (require(Etcd::start()), require(Kafka::start_durable()))
+    else {
+        return;
+    };
+    let rt = rt();
+    let f = Ferry::new();
+    let (source_url, target_url) = (src.url("k"), kafka.url("changes"));
+    let client = rt.block_on(async {
+        let mut c = connect(&src.endpoint(), None).await;
+        load(&mut c, "k", 4_000).await;
+        c
+    });
+    let writer = rt.block_on(async {
+        Writer::spawn(
+            client,
+            "k".into(),
+            4_500,
+            200_000,
+            Duration::from_micros(1500),
+        )
+    });
+    let mut rng = rand::thread_rng();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    const KILLS: usize = 10;
+    for round in 0..KILLS {
+        assert!(
+            Instant::now() < deadline,
+            "the test exceeded its time bound"
+        );
+        ok(
+            &f.start(
+                &source_url,
+                &target_url,
+                &["--source.read-only=external", "--shards", "4"],
+            ),
+            &format!("start (round {round})"),
+        );
+        // Early kills land in the snapshot, later ones in the streaming.
+        let wait = if round < 4 {
+            rng.gen_range(100..1200)
+        } else {
+            rng.gen_range(400..2500)
+        };
+        std::thread::sleep(Duration::from_millis(wait));
+        f.kill_agent();
+        if round == KILLS / 2 {
+            kafka.restart().expect("broker restart on durable storage");
+        }
+    }
+    let written = rt.block_on(writer.finish());
+    assert!(written.ops.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    ok(
+        &f.start(
+            &source_url,
+            &target_url,
+            &["--source.read-only=external", "--shards", "4"],
+        ),
+        "final start",
+    );
+    f.wait_for("caught up", Duration::from_secs(180), |s| {
+        all_streaming(s) && max_lag(s) == 0
+    });
+    let out = f.run(&["stop", "--timeout", "120s"]);
+    ok(&out, "ferry stop");
+    f.wait_agent_exit(Duration::from_secs(30));
+    let proof: Value =
+        serde_json::from_slice(&std::fs::read(f.journal().join("cutover-proof.json")).unwrap())
+            .unwrap();
+    assert!(
+        proof["target_positions"]
+            .as_object()
+            .is_some_and(|m| !m.is_empty()),
+        "the proof records where each partition ends: {proof}"
+    );
+    let consumed = consume(&kafka.bootstrap(), "changes");
+    let source = source_state(&rt, &src.endpoint(), "k/");
+    assert_topic_is_source(&consumed, &source);
+    assert!(
+        consumed.ops.get("r").copied().unwrap_or(0) >= 4_000,
+        "snapshot reads are op r: {:?}",
+        consumed.ops
+    );
+    assert!(
+        consumed.ops.get("d").copied().unwrap_or(0) > 0,
+        "deletes were published: {:?}",
+        consumed.ops
+    );
+    ok(
+        &f.run(&["verify", "--source", &source_url, "--target", &target_url]),
+        "verify reads the topic: every event once",
+    );
+}
+
+#[test]
+fn bad_kafka_targets_are_refused_with_nothing_written() {
+    let (Some(src), Some(kafka)) = (require(Etcd::start()), require(Kafka::start())) else {
+        return;
+    };
+    let rt = rt();
+    rt.block_on(async {
+        let mut c = connect(&src.endpoint(), None).await;
+        load(&mut c, "b", 10).await;
+    });
+    // A topic of one partition for a route of four shards.
+    rt.block_on(async {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", kafka.bootstrap())
+            .create()
+            .unwrap();
+        admin
+            .create_topics(
+                &[NewTopic::new("narrow", 1, TopicReplication::Fixed(1))],
+                &AdminOptions::new(),
+            )
+            .await
+            .unwrap();
+    });
+    let dead = format!(
+        "kafka://127.0.0.1:{}/t",
+        ferry_testkit::free_port().unwrap()
+    );
+    let f = Ferry::new();
+    let cases: Vec<(String, String, i32, &str)> = vec![
+        (src.url("b"), dead, 3, "does not answer"),
+        (
+            src.url("b"),
+            kafka.url("narrow"),
+            3,
+            "fewer than the 4 shards",
+        ),
+    ];
+    for (s, t, code, needle) in cases {
+        let out = f.start(&s, &t, &["--source.read-only=external", "--shards", "4"]);
+        assert_eq!(out.status.code(), Some(code), "{t}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains(needle), "{t}: `{needle}` not in {err}");
+        assert_eq!(err.trim().lines().count(), 1, "one sentence: {err}");
+        assert!(
+            !f.journal().exists(),
+            "{t}: a refused start created the journal"
+        );
+    }
+    let narrow = consume(&kafka.bootstrap(), "narrow");
+    assert!(narrow.events.is_empty(), "a refused start wrote the topic");
+}
