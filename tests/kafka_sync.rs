@@ -318,3 +318,178 @@ fn bad_kafka_targets_are_refused_with_nothing_written() {
     let narrow = consume(&kafka.bootstrap(), "narrow");
     assert!(narrow.events.is_empty(), "a refused start wrote the topic");
 }
+
+/// Inserts `n` documents into app.users on `uri`.
+async fn mongo_load(uri: &str, n: i64) {
+    use mongodb::bson::{doc, Document};
+    let c = mongodb::Client::with_uri_str(uri).await.unwrap();
+    let docs: Vec<Document> = (0..n)
+        .map(|i| doc! {"_id": i, "name": format!("user-{i}"), "tags": ["a", "b"]})
+        .collect();
+    c.database("app")
+        .collection::<Document>("users")
+        .insert_many(docs)
+        .await
+        .unwrap();
+}
+
+#[test]
+fn mongodb_to_kafka_publishes_each_document_once_keyed_by_namespace_and_id() {
+    use mongodb::bson::{doc, Document};
+    let (Some(src), Some(kafka)) = (
+        require(ferry_testkit::Mongod::start()),
+        require(Kafka::start()),
+    ) else {
+        return;
+    };
+    let rt = rt();
+    rt.block_on(mongo_load(&src.uri(), 500));
+    let f = Ferry::new();
+    let (s, t) = (format!("{}/app", src.uri()), kafka.url("docs"));
+    ok(
+        &f.start(&s, &t, &["--source.read-only=external", "--shards", "2"]),
+        "start",
+    );
+    f.wait_for("copied", Duration::from_secs(120), |s| {
+        all_streaming(s) && max_lag(s) == 0
+    });
+    // Live changes: an update, a delete, an insert.
+    rt.block_on(async {
+        let c = mongodb::Client::with_uri_str(src.uri()).await.unwrap();
+        let users = c.database("app").collection::<Document>("users");
+        users
+            .update_one(doc! {"_id": 1i64}, doc! {"$set": {"name": "renamed"}})
+            .await
+            .unwrap();
+        users.delete_one(doc! {"_id": 2i64}).await.unwrap();
+        users
+            .insert_one(doc! {"_id": 1000i64, "name": "late"})
+            .await
+            .unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    f.wait_for("streamed", Duration::from_secs(60), |s| {
+        all_streaming(s) && max_lag(s) == 0
+    });
+    ok(&f.run(&["stop", "--timeout", "120s"]), "ferry stop");
+    f.wait_agent_exit(Duration::from_secs(30));
+    let c = consume(&kafka.bootstrap(), "docs");
+    let mut seen = HashSet::new();
+    for e in &c.events {
+        assert!(seen.insert(*e), "{e:?} twice");
+    }
+    let key =
+        |id: i64| serde_json::json!({"db": "app", "collection": "users", "id": id}).to_string();
+    let live = |id: i64| c.last.get(&key(id)).cloned().flatten();
+    assert_eq!(live(0).unwrap()["name"], "user-0");
+    assert_eq!(live(1).unwrap()["name"], "renamed");
+    assert!(
+        c.last.get(&key(2)).is_some_and(Option::is_none),
+        "the deleted document ends in a tombstone"
+    );
+    assert_eq!(live(1000).unwrap()["name"], "late");
+    let live_docs = c.last.values().filter(|v| v.is_some()).count();
+    assert_eq!(live_docs, 500, "499 copied + 1 inserted documents are live");
+    assert_eq!(c.ops.get("r").copied(), Some(500), "{:?}", c.ops);
+}
+
+#[test]
+fn vault_to_kafka_needs_the_flag_and_then_publishes_every_version() {
+    use ferry_testkit::{http, OpenBao};
+    let (Some(bao), Some(kafka)) = (require(OpenBao::start()), require(Kafka::start())) else {
+        return;
+    };
+    let token = bao.token();
+    for v in 1..=3 {
+        let body = serde_json::json!({"data": {"password": format!("pw-{v}")}}).to_string();
+        let r = http::post(
+            &bao.endpoint(),
+            "/v1/secret/data/app/db",
+            &[("X-Vault-Token", token)],
+            &body,
+        )
+        .unwrap();
+        assert!(r.status < 300, "{}", r.body);
+    }
+    let f = Ferry::new();
+    let (s, t) = (
+        format!("vault://root@{}/secret/app", bao.endpoint()),
+        kafka.url("secrets"),
+    );
+    let out = f.start(&s, &t, &["--source.read-only=external"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--kafka.publish-secrets"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(stderr(&out).trim().lines().count(), 1, "{}", stderr(&out));
+    assert!(!f.journal().exists());
+    ok(
+        &f.start(
+            &s,
+            &t,
+            &["--source.read-only=external", "--kafka.publish-secrets"],
+        ),
+        "start with the flag",
+    );
+    f.wait_for("copied", Duration::from_secs(60), |s| {
+        all_streaming(s) && max_lag(s) == 0
+    });
+    ok(&f.run(&["stop", "--timeout", "60s"]), "ferry stop");
+    f.wait_agent_exit(Duration::from_secs(30));
+    let c = consume(&kafka.bootstrap(), "secrets");
+    let last = c
+        .last
+        .get(&serde_json::json!({"path": "db"}).to_string())
+        .cloned()
+        .flatten()
+        .unwrap_or_else(|| {
+            panic!(
+                "the secret is in the topic: {:?}",
+                c.last.keys().collect::<Vec<_>>()
+            )
+        });
+    assert_eq!(last["version"], 3, "{last}");
+    assert_eq!(last["data"]["password"], "pw-3", "{last}");
+    assert_eq!(c.events.len(), 3, "one event per version: {:?}", c.ops);
+}
+
+#[test]
+fn a_value_too_large_for_a_record_stops_its_shard_with_the_key_named() {
+    let (Some(src), Some(kafka)) = (require(Etcd::start()), require(Kafka::start())) else {
+        return;
+    };
+    let rt = rt();
+    rt.block_on(async {
+        let mut c = connect(&src.endpoint(), None).await;
+        load(&mut c, "big", 20).await;
+        c.put("big/huge", vec![b'h'; 1_100_000], None)
+            .await
+            .unwrap();
+    });
+    let f = Ferry::new();
+    ok(
+        &f.start(
+            &src.url("big"),
+            &kafka.url("big"),
+            &["--source.read-only=external", "--shards", "1"],
+        ),
+        "start",
+    );
+    let s = f.wait_for("the shard's error", Duration::from_secs(60), |s| {
+        s.to_string().contains("more than Kafka's client sends")
+    });
+    assert!(
+        s.to_string().contains("big/huge"),
+        "the error names the key: {s}"
+    );
+    ok(&f.run(&["stop", "--abort"]), "stop --abort");
+    f.wait_agent_exit(Duration::from_secs(30));
+    let c = consume(&kafka.bootstrap(), "big");
+    assert!(
+        !c.last
+            .contains_key(&serde_json::json!({"key": "big/huge"}).to_string()),
+        "the record was not written"
+    );
+}

@@ -13,14 +13,12 @@ use ferry_connect::verify::{Comparison, DocumentsReader, MappedReader};
 use ferry_connect::{
     async_trait, CheckContext, Connector, DataModel, Expansion, Fence, Opener, Options, Planned,
     ReadOnlyContext, ReadOnlyGuard, Reader, Refusal, Registry, SinkContext, Source, TailContext,
-    Tailer, Tailing, Target,
+    Tailing, Target,
 };
 use ferry_core::{StoreKind, StoreUrl};
-use ferry_journal::SharedJournal;
-use ferry_lag::LagTracker;
 use ferry_mongo::connector::{refusal, MongoTarget};
 use ferry_mongo::Namespace;
-use ferry_replay::{SharedSink, Shutdown};
+use ferry_replay::SharedSink;
 use futures::TryStreamExt;
 use mongodb::bson::{Bson, Document};
 use std::any::Any;
@@ -254,23 +252,6 @@ impl BoltSource {
     }
 }
 
-struct Run(BoltTailer);
-
-#[async_trait]
-impl Tailer for Run {
-    async fn run(
-        self: Box<Self>,
-        journal: Arc<SharedJournal>,
-        lag: Arc<LagTracker>,
-        shutdown: Shutdown,
-    ) -> Result<(), String> {
-        self.0
-            .run(journal, lag, shutdown)
-            .await
-            .map_err(|e| e.to_string())
-    }
-}
-
 #[async_trait]
 impl Source for BoltSource {
     fn url(&self) -> &StoreUrl {
@@ -316,8 +297,8 @@ impl Source for BoltSource {
         );
         Ok(Tailing {
             fence: Arc::new(BoltFence(t.fence_handle())),
-            tailer: Box::new(Run(t)),
             shared: Arc::new(()),
+            tailer: ferry_connect::tailer(move |j, l, s| t.run(j, l, s)),
         })
     }
     fn reader(&self) -> Result<Reader, String> {

@@ -563,3 +563,68 @@ impl Fence for ferry_replay::PollFence {
         ferry_replay::PollFence::writes_after_fence(self)
     }
 }
+
+/// A [`Tailer`] from a closure that runs a store's tailer: every store's
+/// tailer has the same `run(journal, lag, shutdown)`, with its own error.
+pub fn tailer<F, Fut, E>(run: F) -> Box<dyn Tailer>
+where
+    F: FnOnce(Arc<SharedJournal>, Arc<LagTracker>, Shutdown) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), E>> + Send,
+    E: std::fmt::Display,
+{
+    struct Run<F>(F);
+    #[async_trait]
+    impl<F, Fut, E> Tailer for Run<F>
+    where
+        F: FnOnce(Arc<SharedJournal>, Arc<LagTracker>, Shutdown) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<(), E>> + Send,
+        E: std::fmt::Display,
+    {
+        async fn run(
+            self: Box<Self>,
+            journal: Arc<SharedJournal>,
+            lag: Arc<LagTracker>,
+            shutdown: Shutdown,
+        ) -> Result<(), String> {
+            (self.0)(journal, lag, shutdown)
+                .await
+                .map_err(|e| e.to_string())
+        }
+    }
+    Box::new(Run(run))
+}
+
+/// A store's client, made once by `connect` and used by every later call.
+pub struct Connection<T>(std::sync::OnceLock<T>);
+
+impl<T> Default for Connection<T> {
+    fn default() -> Self {
+        Connection(std::sync::OnceLock::new())
+    }
+}
+
+impl<T> Connection<T> {
+    /// The client, or the sentence saying `connect` was not called first.
+    pub fn get(&self, url: &StoreUrl) -> Result<&T, String> {
+        self.0.get().ok_or_else(|| {
+            format!("{url}: not connected (a connector method was called before connect)")
+        })
+    }
+
+    /// Connects with `make` unless connected already.
+    pub async fn connect<E: std::fmt::Display>(
+        &self,
+        make: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<&T, String> {
+        if self.0.get().is_none() {
+            let c = make.await.map_err(|e| e.to_string())?;
+            let _ = self.0.set(c);
+        }
+        Ok(self.0.get().expect("set above"))
+    }
+
+    /// Keeps a client made elsewhere (a pre-check's).
+    pub fn set(&self, client: T) {
+        let _ = self.0.set(client);
+    }
+}

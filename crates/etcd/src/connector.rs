@@ -12,16 +12,13 @@ use ferry_connect::place::{Doc, DocumentPlace};
 use ferry_connect::state::write_private;
 use ferry_connect::verify::{DocState, DocumentReader, KvCursor, KvEntry, KvReader};
 use ferry_connect::{
-    async_trait, CheckContext, Connector, DataModel, Fence, Options, ReadOnlyContext,
-    ReadOnlyGuard, Reader, Refusal, SinkContext, Source, StateDir, TailContext, Tailer, Tailing,
-    Target,
+    async_trait, CheckContext, Connection, Connector, DataModel, Fence, Options, ReadOnlyContext,
+    ReadOnlyGuard, Reader, Refusal, SinkContext, Source, StateDir, TailContext, Tailing, Target,
 };
 use ferry_core::{StoreKind, StoreUrl};
-use ferry_journal::SharedJournal;
-use ferry_lag::LagTracker;
-use ferry_replay::{SharedSink, Shutdown};
+use ferry_replay::SharedSink;
 use std::any::Any;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 pub struct EtcdConnector;
 
@@ -38,7 +35,7 @@ impl Connector for EtcdConnector {
     fn source(&self, url: &StoreUrl, _options: &Options) -> Result<Arc<dyn Source>, String> {
         Ok(Arc::new(EtcdSource {
             url: url.clone(),
-            store: OnceLock::new(),
+            store: Connection::default(),
         }))
     }
     fn document(&self, url: &StoreUrl) -> Result<Arc<dyn DocumentPlace>, Refusal> {
@@ -50,23 +47,9 @@ impl Connector for EtcdConnector {
     fn target(&self, url: &StoreUrl, _options: &Options) -> Result<Arc<dyn Target>, String> {
         Ok(Arc::new(EtcdTarget {
             url: url.clone(),
-            store: OnceLock::new(),
+            store: Connection::default(),
         }))
     }
-}
-
-fn connected<'a>(url: &StoreUrl, cell: &'a OnceLock<EtcdStore>) -> Result<&'a EtcdStore, String> {
-    cell.get().ok_or_else(|| {
-        format!("{url}: not connected (a connector method was called before connect)")
-    })
-}
-
-async fn connect(url: &StoreUrl, cell: &OnceLock<EtcdStore>) -> Result<(), String> {
-    if cell.get().is_none() {
-        let s = EtcdStore::connect(url).await.map_err(|e| e.to_string())?;
-        let _ = cell.set(s);
-    }
-    Ok(())
 }
 
 fn refused(e: EtcdError) -> Refusal {
@@ -88,12 +71,12 @@ fn prefix_of(url: &StoreUrl) -> &str {
 /// A prefix of an etcd cluster, as a source.
 pub struct EtcdSource {
     url: StoreUrl,
-    store: OnceLock<EtcdStore>,
+    store: Connection<EtcdStore>,
 }
 
 impl EtcdSource {
     pub fn store(&self) -> Result<&EtcdStore, String> {
-        connected(&self.url, &self.store)
+        self.store.get(&self.url)
     }
 
     /// The user Ferry writes as (it keeps its write permission).
@@ -148,7 +131,10 @@ impl Source for EtcdSource {
         DataModel::KeyValue
     }
     async fn connect(&self) -> Result<(), String> {
-        connect(&self.url, &self.store).await
+        self.store
+            .connect(Box::pin(EtcdStore::connect(&self.url)))
+            .await
+            .map(drop)
     }
 
     async fn precheck(&self, ctx: &CheckContext) -> Result<(), Refusal> {
@@ -184,7 +170,7 @@ impl Source for EtcdSource {
         if ctx.resuming {
             resume_point(&src, &self.url.to_string(), ctx).await?;
         }
-        let _ = self.store.set(src);
+        self.store.set(src);
         Ok(())
     }
 
@@ -232,9 +218,9 @@ impl Source for EtcdSource {
             liveness: Some(t.liveness()),
         });
         Ok(Tailing {
-            tailer: Box::new(Run(t)),
             fence,
             shared,
+            tailer: ferry_connect::tailer(move |j, l, s| t.run(j, l, s)),
         })
     }
 
@@ -315,23 +301,6 @@ async fn resume_point(source: &EtcdStore, name: &str, ctx: &CheckContext) -> Res
         // Head below the resume revision (nothing new) or a passing error:
         // the agent handles both.
         Err(_) => Ok(()),
-    }
-}
-
-struct Run(EtcdTailer);
-
-#[async_trait]
-impl Tailer for Run {
-    async fn run(
-        self: Box<Self>,
-        journal: Arc<SharedJournal>,
-        lag: Arc<LagTracker>,
-        shutdown: Shutdown,
-    ) -> Result<(), String> {
-        self.0
-            .run(journal, lag, shutdown)
-            .await
-            .map_err(|e| e.to_string())
     }
 }
 
@@ -416,12 +385,12 @@ impl ReadOnlyGuard for Permissions {
 /// A prefix of an etcd cluster, as a target.
 pub struct EtcdTarget {
     url: StoreUrl,
-    store: OnceLock<EtcdStore>,
+    store: Connection<EtcdStore>,
 }
 
 impl EtcdTarget {
     fn store(&self) -> Result<&EtcdStore, String> {
-        connected(&self.url, &self.store)
+        self.store.get(&self.url)
     }
 }
 
@@ -446,7 +415,10 @@ impl Target for EtcdTarget {
         with_keys(&self.url)
     }
     async fn connect(&self) -> Result<(), String> {
-        connect(&self.url, &self.store).await
+        self.store
+            .connect(Box::pin(EtcdStore::connect(&self.url)))
+            .await
+            .map(drop)
     }
 
     async fn precheck(&self, source: &dyn Source, ctx: &CheckContext) -> Result<(), Refusal> {

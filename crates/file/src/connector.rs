@@ -11,12 +11,10 @@ use ferry_connect::place::{Doc, DocumentPlace};
 use ferry_connect::verify::{DocState, DocumentReader, FilesReader};
 use ferry_connect::{
     async_trait, CheckContext, Connector, DataModel, Options, Reader, Refusal, SinkContext, Source,
-    TailContext, Tailer, Tailing, Target,
+    TailContext, Tailing, Target,
 };
 use ferry_core::{StoreKind, StoreUrl};
-use ferry_journal::SharedJournal;
-use ferry_lag::LagTracker;
-use ferry_replay::{SharedSink, Shutdown};
+use ferry_replay::SharedSink;
 use std::any::Any;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -75,38 +73,6 @@ impl FileSource {
     /// The file's name (Cells' routes are told apart by it).
     pub fn path(&self) -> &Path {
         &self.path
-    }
-}
-
-struct Run<T>(T);
-
-#[async_trait]
-impl Tailer for Run<FileTailer> {
-    async fn run(
-        self: Box<Self>,
-        journal: Arc<SharedJournal>,
-        lag: Arc<LagTracker>,
-        shutdown: Shutdown,
-    ) -> Result<(), String> {
-        self.0
-            .run(journal, lag, shutdown)
-            .await
-            .map_err(|e| e.to_string())
-    }
-}
-
-#[async_trait]
-impl Tailer for Run<DirTailer> {
-    async fn run(
-        self: Box<Self>,
-        journal: Arc<SharedJournal>,
-        lag: Arc<LagTracker>,
-        shutdown: Shutdown,
-    ) -> Result<(), String> {
-        self.0
-            .run(journal, lag, shutdown)
-            .await
-            .map_err(|e| e.to_string())
     }
 }
 
@@ -174,8 +140,8 @@ impl Source for FileSource {
         );
         Ok(Tailing {
             fence: Arc::new(t.fence_handle()),
-            tailer: Box::new(Run(t)),
             shared: Arc::new(()),
+            tailer: ferry_connect::tailer(move |j, l, s| t.run(j, l, s)),
         })
     }
     fn reader(&self) -> Result<Reader, String> {
@@ -247,8 +213,8 @@ impl Source for DirSource {
         );
         Ok(Tailing {
             fence: Arc::new(t.fence_handle()),
-            tailer: Box::new(Run(t)),
             shared: Arc::new(()),
+            tailer: ferry_connect::tailer(move |j, l, s| t.run(j, l, s)),
         })
     }
     fn reader(&self) -> Result<Reader, String> {

@@ -35,6 +35,8 @@ pub mod envelope;
 mod sink;
 pub mod tail;
 
+pub use sink::producer;
+
 /// Record headers Ferry sets on every record.
 pub const HEADER_SHARD: &str = "ferry.shard";
 pub const HEADER_SEQ: &str = "ferry.seq";

@@ -196,6 +196,11 @@ impl KafkaSink {
             let body = serde_json::to_vec(&envelope(e, &rendered, deleted, &origin))
                 .expect("JSON serialises");
             if key.len() + body.len() > MAX_RECORD_BYTES {
+                // What went out before it is in the partition: wait for it.
+                for f in pending.drain(..) {
+                    self.delivered(shard, f.await)?;
+                }
+                self.forget(shard);
                 return Err(SinkError::permanent(format!(
                     "{}: shard {} sequence {} (key {}) makes a record of {} bytes, more than Kafka's client sends ({MAX_RECORD_BYTES} bytes); shrink the value at the source",
                     self.name,

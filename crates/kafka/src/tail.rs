@@ -16,6 +16,10 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use std::time::{Duration, Instant};
 
+/// How long a read towards the end may see nothing before the rest of the
+/// log is taken to be a gap.
+const GAP_WAIT: Duration = Duration::from_secs(5);
+
 /// The last record of a partition, as far as Ferry reads it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Tail {
@@ -88,25 +92,53 @@ pub fn read(
     if end <= 0 {
         return Ok(Tail::default());
     }
-    assign(&c, topic, partition, end - 1)?;
+    // The last record is at `end - 1`, unless the log has a gap there
+    // (offsets a deduplicated or aborted batch took): then look further
+    // back, reading forward to the end each time.
+    let mut back = 1;
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(timed_out());
-        }
-        match c.poll(left.min(Duration::from_millis(200))) {
-            // Left from the first assignment.
-            Some(Ok(m)) if m.offset() < end - 1 => continue,
-            Some(Ok(m)) => {
-                return Ok(Tail {
-                    end: m.offset() + 1,
-                    seq: header(&m, HEADER_SEQ).and_then(|s| s.parse().ok()),
-                    journal: header(&m, HEADER_JOURNAL),
-                    snapshot: header(&m, HEADER_SNAPSHOT).as_deref() == Some("true"),
-                })
+        let from = (end - back).max(0);
+        assign(&c, topic, partition, from)?;
+        let mut last = None;
+        let mut quiet = Instant::now();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!(
+                    "timed out reading the tail of {topic}/{partition} (end {end}, reading from {from}); check that the broker answers fetches"
+                ));
             }
-            None | Some(Err(KafkaError::PartitionEOF(_))) => {}
-            Some(Err(e)) => return Err(format!("reading the tail of {topic}/{partition}: {e}")),
+            match c.poll(left.min(Duration::from_millis(100))) {
+                Some(Ok(m)) if m.offset() < from => {}
+                Some(Ok(m)) => {
+                    quiet = Instant::now();
+                    let done = m.offset() + 1 >= end;
+                    last = Some(Tail {
+                        end: (m.offset() + 1).max(end),
+                        seq: header(&m, HEADER_SEQ).and_then(|s| s.parse().ok()),
+                        journal: header(&m, HEADER_JOURNAL),
+                        snapshot: header(&m, HEADER_SNAPSHOT).as_deref() == Some("true"),
+                    });
+                    if done {
+                        break;
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => break,
+                // Nothing more comes although the end is further: a gap
+                // at the end of the log.
+                None if quiet.elapsed() > GAP_WAIT => break,
+                None => {}
+                Some(Err(e)) => {
+                    return Err(format!("reading the tail of {topic}/{partition}: {e}"))
+                }
+            }
         }
+        if let Some(t) = last {
+            return Ok(t);
+        }
+        if from == 0 {
+            return Ok(Tail::default());
+        }
+        back *= 16;
     }
 }

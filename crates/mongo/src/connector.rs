@@ -13,14 +13,12 @@ use ferry_connect::check::line;
 use ferry_connect::state::write_private;
 use ferry_connect::verify::DocumentsReader;
 use ferry_connect::{
-    async_trait, CheckContext, Connector, DataModel, Fence, Opener, Options, ReadOnlyContext,
-    ReadOnlyGuard, Reader, Refusal, SinkContext, Source, StateDir, TailContext, Tailer, Tailing,
-    Target,
+    async_trait, CheckContext, Connection, Connector, DataModel, Fence, Opener, Options,
+    ReadOnlyContext, ReadOnlyGuard, Reader, Refusal, SinkContext, Source, StateDir, TailContext,
+    Tailing, Target,
 };
 use ferry_core::{StoreKind, StoreUrl};
-use ferry_journal::SharedJournal;
-use ferry_lag::LagTracker;
-use ferry_replay::{SharedSink, Shutdown};
+use ferry_replay::SharedSink;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use mongodb::bson::{doc, Bson, Document, RawDocumentBuf};
@@ -42,7 +40,7 @@ impl Connector for MongoConnector {
     fn source(&self, url: &StoreUrl, _options: &Options) -> Result<Arc<dyn Source>, String> {
         Ok(Arc::new(MongoSource {
             url: url.clone(),
-            store: OnceLock::new(),
+            store: Connection::default(),
             catalog: OnceLock::new(),
         }))
     }
@@ -61,20 +59,6 @@ pub fn refusal(e: MongoError) -> Refusal {
     }
 }
 
-fn connected<'a>(url: &StoreUrl, cell: &'a OnceLock<MongoStore>) -> Result<&'a MongoStore, String> {
-    cell.get().ok_or_else(|| {
-        format!("{url}: not connected (a connector method was called before connect)")
-    })
-}
-
-async fn connect(url: &StoreUrl, cell: &OnceLock<MongoStore>) -> Result<(), String> {
-    if cell.get().is_none() {
-        let s = MongoStore::connect(url).await.map_err(|e| e.to_string())?;
-        let _ = cell.set(s);
-    }
-    Ok(())
-}
-
 /// The deployment a MongoDB URL names (its hosts).
 fn hosts(url: &StoreUrl) -> Option<String> {
     match url {
@@ -86,13 +70,13 @@ fn hosts(url: &StoreUrl) -> Option<String> {
 /// A MongoDB deployment's selected namespaces, as a source.
 pub struct MongoSource {
     url: StoreUrl,
-    store: OnceLock<MongoStore>,
+    store: Connection<MongoStore>,
     catalog: OnceLock<Catalog>,
 }
 
 impl MongoSource {
     pub fn store(&self) -> Result<&MongoStore, String> {
-        connected(&self.url, &self.store)
+        self.store.get(&self.url)
     }
 }
 
@@ -102,23 +86,6 @@ pub struct Shared {
     pub store: MongoStore,
     /// The source's collections' options and indexes.
     pub catalog: Option<Catalog>,
-}
-
-struct Run(MongoTailer);
-
-#[async_trait]
-impl Tailer for Run {
-    async fn run(
-        self: Box<Self>,
-        journal: Arc<SharedJournal>,
-        lag: Arc<LagTracker>,
-        shutdown: Shutdown,
-    ) -> Result<(), String> {
-        self.0
-            .run(journal, lag, shutdown)
-            .await
-            .map_err(|e| e.to_string())
-    }
 }
 
 #[async_trait]
@@ -164,7 +131,10 @@ impl Source for MongoSource {
         DataModel::Documents
     }
     async fn connect(&self) -> Result<(), String> {
-        connect(&self.url, &self.store).await
+        self.store
+            .connect(MongoStore::connect(&self.url))
+            .await
+            .map(drop)
     }
     async fn precheck(&self, ctx: &CheckContext) -> Result<(), Refusal> {
         let src = MongoStore::connect(&self.url).await.map_err(refusal)?;
@@ -175,7 +145,7 @@ impl Source for MongoSource {
             readonly::check_write_block(&src).await.map_err(refusal)?;
             line("source", "read-only at cutover: setUserWriteBlockMode (Ferry's user needs bypassWriteBlockingMode)");
         }
-        let _ = self.store.set(src);
+        self.store.set(src);
         Ok(())
     }
     async fn recover(&self, state: &StateDir) {
@@ -218,12 +188,12 @@ impl Source for MongoSource {
             name: self.url.to_string(),
         });
         Ok(Tailing {
-            tailer: Box::new(Run(t)),
             fence,
             shared: Arc::new(Shared {
                 store,
                 catalog: self.catalog.get().cloned(),
             }),
+            tailer: ferry_connect::tailer(move |j, l, s| t.run(j, l, s)),
         })
     }
     fn reader(&self) -> Result<Reader, String> {
@@ -332,24 +302,24 @@ impl ReadOnlyGuard for Blocked {
 /// A MongoDB deployment, as a target.
 pub struct MongoTarget {
     url: StoreUrl,
-    store: OnceLock<MongoStore>,
+    store: Connection<MongoStore>,
 }
 
 impl MongoTarget {
     pub fn new(url: &StoreUrl) -> Self {
         MongoTarget {
             url: url.clone(),
-            store: OnceLock::new(),
+            store: Connection::default(),
         }
     }
 
     pub fn store(&self) -> Result<&MongoStore, String> {
-        connected(&self.url, &self.store)
+        self.store.get(&self.url)
     }
 
     /// Connects, as [`Target::connect`].
     pub async fn connect_store(&self) -> Result<&MongoStore, String> {
-        connect(&self.url, &self.store).await?;
+        self.store.connect(MongoStore::connect(&self.url)).await?;
         self.store()
     }
 
@@ -401,7 +371,10 @@ impl Target for MongoTarget {
         true
     }
     async fn connect(&self) -> Result<(), String> {
-        connect(&self.url, &self.store).await
+        self.store
+            .connect(MongoStore::connect(&self.url))
+            .await
+            .map(drop)
     }
     async fn precheck(&self, source: &dyn Source, ctx: &CheckContext) -> Result<(), Refusal> {
         let t = &self.url;

@@ -10,16 +10,14 @@ use ferry_connect::check::line;
 use ferry_connect::place::{Doc, DocumentPlace, VersionedPlace};
 use ferry_connect::verify::{DocState, DocumentReader, SecretMeta, SecretsReader};
 use ferry_connect::{
-    async_trait, CheckContext, Connector, DataModel, Options, Reader, Refusal, SinkContext, Source,
-    TailContext, Tailer, Tailing, Target,
+    async_trait, CheckContext, Connection, Connector, DataModel, Options, Reader, Refusal,
+    SinkContext, Source, TailContext, Tailing, Target,
 };
 use ferry_core::{StoreKind, StoreUrl};
-use ferry_journal::SharedJournal;
-use ferry_lag::LagTracker;
-use ferry_replay::{SharedSink, Shutdown};
+use ferry_replay::SharedSink;
 use serde_json::{Map, Value};
 use std::any::Any;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 pub struct VaultConnector;
 
@@ -36,7 +34,7 @@ impl Connector for VaultConnector {
     fn source(&self, url: &StoreUrl, _options: &Options) -> Result<Arc<dyn Source>, String> {
         Ok(Arc::new(VaultSource {
             url: url.clone(),
-            store: OnceLock::new(),
+            store: Connection::default(),
         }))
     }
     fn document(&self, url: &StoreUrl) -> Result<Arc<dyn DocumentPlace>, Refusal> {
@@ -53,7 +51,7 @@ impl Connector for VaultConnector {
     fn target(&self, url: &StoreUrl, _options: &Options) -> Result<Arc<dyn Target>, String> {
         Ok(Arc::new(VaultTarget {
             url: url.clone(),
-            store: OnceLock::new(),
+            store: Connection::default(),
         }))
     }
 }
@@ -70,41 +68,10 @@ pub fn refusal(e: VaultError) -> Refusal {
     }
 }
 
-fn connected<'a>(url: &StoreUrl, cell: &'a OnceLock<VaultStore>) -> Result<&'a VaultStore, String> {
-    cell.get().ok_or_else(|| {
-        format!("{url}: not connected (a connector method was called before connect)")
-    })
-}
-
-async fn connect(url: &StoreUrl, cell: &OnceLock<VaultStore>) -> Result<(), String> {
-    if cell.get().is_none() {
-        let s = VaultStore::connect(url).await.map_err(|e| e.to_string())?;
-        let _ = cell.set(s);
-    }
-    Ok(())
-}
-
 /// A Vault KV v2 path, as a source.
 pub struct VaultSource {
     url: StoreUrl,
-    store: OnceLock<VaultStore>,
-}
-
-struct Run(VaultTailer);
-
-#[async_trait]
-impl Tailer for Run {
-    async fn run(
-        self: Box<Self>,
-        journal: Arc<SharedJournal>,
-        lag: Arc<LagTracker>,
-        shutdown: Shutdown,
-    ) -> Result<(), String> {
-        self.0
-            .run(journal, lag, shutdown)
-            .await
-            .map_err(|e| e.to_string())
-    }
+    store: Connection<VaultStore>,
 }
 
 #[async_trait]
@@ -139,7 +106,10 @@ impl Source for VaultSource {
         DataModel::Secrets
     }
     async fn connect(&self) -> Result<(), String> {
-        connect(&self.url, &self.store).await
+        self.store
+            .connect(VaultStore::connect(&self.url))
+            .await
+            .map(drop)
     }
     async fn precheck(&self, _ctx: &CheckContext) -> Result<(), Refusal> {
         let s = VaultStore::connect(&self.url).await.map_err(refusal)?;
@@ -153,7 +123,7 @@ impl Source for VaultSource {
             opts.poll_interval = p;
         }
         let t = VaultTailer::new(
-            connected(&self.url, &self.store)?.clone(),
+            self.store.get(&self.url)?.clone(),
             self.url.to_string(),
             ctx.span,
             opts,
@@ -161,13 +131,13 @@ impl Source for VaultSource {
         );
         Ok(Tailing {
             fence: Arc::new(t.fence_handle()),
-            tailer: Box::new(Run(t)),
             shared: Arc::new(()),
+            tailer: ferry_connect::tailer(move |j, l, s| t.run(j, l, s)),
         })
     }
     fn reader(&self) -> Result<Reader, String> {
         Ok(Reader::Secrets(Arc::new(Secrets(
-            connected(&self.url, &self.store)?.clone(),
+            self.store.get(&self.url)?.clone(),
         ))))
     }
     fn as_any(&self) -> &dyn Any {
@@ -178,7 +148,7 @@ impl Source for VaultSource {
 /// A Vault KV v2 path, as a target.
 pub struct VaultTarget {
     url: StoreUrl,
-    store: OnceLock<VaultStore>,
+    store: Connection<VaultStore>,
 }
 
 #[async_trait]
@@ -204,7 +174,10 @@ impl Target for VaultTarget {
         Ok(())
     }
     async fn connect(&self) -> Result<(), String> {
-        connect(&self.url, &self.store).await
+        self.store
+            .connect(VaultStore::connect(&self.url))
+            .await
+            .map(drop)
     }
     async fn precheck(&self, source: &dyn Source, ctx: &CheckContext) -> Result<(), Refusal> {
         let t = &self.url;
@@ -237,12 +210,12 @@ impl Target for VaultTarget {
     }
     fn sink(&self, _ctx: &SinkContext<'_>) -> Result<SharedSink, String> {
         Ok(SharedSink::new(VaultSink::new(
-            connected(&self.url, &self.store)?.clone(),
+            self.store.get(&self.url)?.clone(),
             self.url.to_string(),
         )))
     }
     fn reader(&self, source: &dyn Source) -> Result<Reader, String> {
-        let store = connected(&self.url, &self.store)?.clone();
+        let store = self.store.get(&self.url)?.clone();
         Ok(if source.model() == DataModel::Document {
             Reader::Document(Arc::new(OneSecret(store)))
         } else {
