@@ -6,9 +6,9 @@
 //!    publish it through the Kafka connector's sink, the agent's own path
 //!    (`ferry_stores::registry`, one worker per shard, one partition per
 //!    shard). The ceiling: the same number of records, of the same key and
-//!    value sizes, produced directly by an rdkafka producer with the same
-//!    settings (idempotent, `acks=all`, gapless, same linger) to the same
-//!    partitions, all in flight at once. Both timed to the last delivery.
+//!    value sizes and the same four headers, produced directly by an rdkafka
+//!    producer with the same settings (idempotent, `acks=all`, gapless, same
+//!    linger) to the same partitions, all in flight at once. Both timed to the last delivery.
 //! 2. End-to-end lag while streaming: a source put (its value holds the
 //!    put's time) to the record being readable by a plain consumer, p50 and
 //!    p99, at a steady write rate.
@@ -27,7 +27,7 @@ use ferry_lag::{LagTracker, Phase};
 use ferry_replay::{worker, Shutdown, WorkerConfig};
 use ferry_testkit::{Etcd, Kafka};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -76,10 +76,30 @@ async fn direct(
     let t0 = Instant::now();
     let mut pending = Vec::with_capacity(n as usize);
     for i in 0..n {
+        // The same four headers Ferry sets.
+        let (shard, seq) = ((i % u64::from(shards)).to_string(), i.to_string());
+        let h = OwnedHeaders::new()
+            .insert(Header {
+                key: ferry_kafka::HEADER_SHARD,
+                value: Some(shard.as_bytes()),
+            })
+            .insert(Header {
+                key: ferry_kafka::HEADER_SEQ,
+                value: Some(seq.as_bytes()),
+            })
+            .insert(Header {
+                key: ferry_kafka::HEADER_JOURNAL,
+                value: Some("bench".as_bytes()),
+            })
+            .insert(Header {
+                key: ferry_kafka::HEADER_SNAPSHOT,
+                value: Some("true".as_bytes()),
+            });
         let r: FutureRecord<'_, Vec<u8>, Vec<u8>> = FutureRecord::to(topic)
             .partition((i % u64::from(shards)) as i32)
             .key(&k)
-            .payload(&v);
+            .payload(&v)
+            .headers(h);
         pending.push(p.send_result(r).map_err(|(e, _)| e).expect("queue"));
     }
     for f in pending {
@@ -180,7 +200,7 @@ async fn ferry(etcd: &Etcd, kafka: &Kafka, topic: &str, shards: u32, lag_puts: u
             shutdown.clone(),
         );
         workers.push(tokio::spawn(async move {
-            worker::run(j, k, shard, l, None, WorkerConfig::default(), s).await
+            worker::run(j, k, shard, l, None, worker_config(), s).await
         }));
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -195,6 +215,9 @@ async fn ferry(etcd: &Etcd, kafka: &Kafka, topic: &str, shards: u32, lag_puts: u
         .set("bootstrap.servers", kafka.bootstrap())
         .set("group.id", "bench")
         .set("enable.auto.commit", "false")
+        // A consumer that wants changes fast asks for them often (the
+        // default waits up to 500 ms for a fetch to fill).
+        .set("fetch.wait.max.ms", "10")
         .create()
         .unwrap();
     let mut tpl = rdkafka::TopicPartitionList::new();
@@ -294,4 +317,15 @@ fn main() {
         println!("  ferry publishing (journal to topic):             {:>8.0} records/s = {:.2}x the ceiling", per_s(run.apply), ceiling.as_secs_f64() / run.apply.as_secs_f64());
         println!("  end-to-end lag, source put to readable record ({} puts at ~400/s): p50 {:.1} ms, p99 {:.1} ms", run.lag_us.len(), pct(0.5), pct(0.99));
     });
+}
+
+fn worker_config() -> WorkerConfig {
+    let mut c = WorkerConfig::default();
+    if let Some(n) = std::env::var("FERRY_BENCH_KAFKA_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        c.budget.max_events = n;
+    }
+    c
 }
