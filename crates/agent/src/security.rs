@@ -17,9 +17,6 @@
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
-use std::fs::OpenOptions;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -48,20 +45,10 @@ pub enum SecurityError {
 
 /// Writes `data` to `path` with mode 0600, durably, replacing any old file.
 pub fn write_private(path: &Path, data: &[u8]) -> Result<(), SecurityError> {
-    let tmp = path.with_extension("tmp");
-    let err = |e: std::io::Error| SecurityError::Write {
+    ferry_connect::state::write_private(path, data).map_err(|e| SecurityError::Write {
         path: path.display().to_string(),
         reason: e.to_string(),
-    };
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(err)?;
-    f.write_all(data).and_then(|()| f.sync_all()).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    })
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, SecurityError> {

@@ -36,18 +36,21 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
     })
 }
 
-/// Writes `data` to `path` readable by the owner only, atomically
-/// (temporary file, fsync, rename). Errors name the path.
-pub fn write_private(path: &Path, data: &[u8]) -> Result<(), String> {
+/// Writes `data` to `path` readable by the owner only, durably and
+/// atomically (temporary file, fsync, rename), replacing any old file.
+pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
-    let err = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(&tmp)
-        .map_err(err)?;
-    f.write_all(data).and_then(|()| f.sync_all()).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+        .open(&tmp)?;
+    f.write_all(data).and_then(|()| f.sync_all())?;
+    std::fs::rename(&tmp, path)
+}
+
+/// [`write_private`], its error as a sentence naming the file.
+pub fn write_record(path: &Path, data: &[u8]) -> Result<(), String> {
+    write_private(path, data).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }

@@ -9,7 +9,7 @@ use crate::{
 };
 use ferry_connect::check::line;
 use ferry_connect::place::{Doc, DocumentPlace};
-use ferry_connect::state::write_private;
+use ferry_connect::state::write_record;
 use ferry_connect::verify::{DocState, DocumentReader, KvCursor, KvEntry, KvReader};
 use ferry_connect::{
     async_trait, CheckContext, Connection, Connector, DataModel, Fence, Options, ReadOnlyContext,
@@ -326,7 +326,7 @@ impl Fence for EtcdFence {
             .map_err(|e| e.to_string())?;
         let record = ctx.state.read_only_record(&self.name);
         let data = serde_json::to_vec(&perms).expect("permissions serialise");
-        if let Err(e) = write_private(&record, &data) {
+        if let Err(e) = write_record(&record, &data) {
             let _ = readonly::restore(&self.store, &perms).await;
             return Err(e);
         }

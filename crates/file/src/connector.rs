@@ -63,6 +63,21 @@ impl Connector for FileConnector {
     }
 }
 
+/// A file's event as a consumer outside Ferry sees it: the path (and the
+/// leaf or relative path) as the key, the JSON it holds as `after`.
+fn render(path: &Path, key: &[u8], value: Option<&[u8]>) -> ferry_connect::Rendered {
+    ferry_connect::Rendered {
+        key: serde_json::json!({
+            "path": path.display().to_string(),
+            "key": String::from_utf8_lossy(key),
+        }),
+        after: value.map(|v| {
+            serde_json::from_slice(v).unwrap_or_else(|_| ferry_connect::text_or_base64(v))
+        }),
+        created: None,
+    }
+}
+
 /// One JSON document, as a source.
 pub struct FileSource {
     url: StoreUrl,
@@ -92,16 +107,7 @@ impl Source for FileSource {
         value: Option<&[u8]>,
         _meta: &ferry_core::StoreMeta,
     ) -> ferry_connect::Rendered {
-        ferry_connect::Rendered {
-            key: serde_json::json!({
-                "path": self.path.display().to_string(),
-                "key": String::from_utf8_lossy(key),
-            }),
-            after: value.map(|v| {
-                serde_json::from_slice(v).unwrap_or_else(|_| ferry_connect::text_or_base64(v))
-            }),
-            created: None,
-        }
+        render(&self.path, key, value)
     }
     fn model(&self) -> DataModel {
         DataModel::Document
@@ -178,16 +184,7 @@ impl Source for DirSource {
         value: Option<&[u8]>,
         _meta: &ferry_core::StoreMeta,
     ) -> ferry_connect::Rendered {
-        ferry_connect::Rendered {
-            key: serde_json::json!({
-                "path": self.path.display().to_string(),
-                "key": String::from_utf8_lossy(key),
-            }),
-            after: value.map(|v| {
-                serde_json::from_slice(v).unwrap_or_else(|_| ferry_connect::text_or_base64(v))
-            }),
-            created: None,
-        }
+        render(&self.path, key, value)
     }
     fn model(&self) -> DataModel {
         DataModel::Files

@@ -18,6 +18,8 @@ pub struct Origin<'a> {
     pub kind: &'a str,
     pub name: &'a str,
     pub snapshot: bool,
+    /// When Ferry published it (read once per batch).
+    pub ts_ms: u64,
 }
 
 /// Debezium's operation letter.
@@ -31,11 +33,12 @@ pub fn op(deleted: bool, snapshot: bool, created: Option<bool>) -> &'static str 
 }
 
 /// The envelope of one event.
-pub fn envelope(e: &Event, rendered: &Rendered, deleted: bool, origin: &Origin<'_>) -> Value {
+pub fn envelope(e: &Event, rendered: Rendered, deleted: bool, origin: &Origin<'_>) -> Value {
+    let op = op(deleted, origin.snapshot, rendered.created);
     json!({
         "before": Value::Null,
-        "after": if deleted { Value::Null } else { rendered.after.clone().unwrap_or(Value::Null) },
-        "op": op(deleted, origin.snapshot, rendered.created),
+        "after": if deleted { Value::Null } else { rendered.after.unwrap_or(Value::Null) },
+        "op": op,
         "source": {
             "connector": "ferry",
             "kind": origin.kind,
@@ -46,7 +49,7 @@ pub fn envelope(e: &Event, rendered: &Rendered, deleted: bool, origin: &Origin<'
             "snapshot": if origin.snapshot { "true" } else { "false" },
             "ts_ms": e.source_ts_ms,
         },
-        "ts_ms": ferry_lag::now_ms(),
+        "ts_ms": origin.ts_ms,
     })
 }
 
@@ -79,12 +82,13 @@ mod tests {
         };
         let v = envelope(
             &e,
-            &r,
+            r,
             true,
             &Origin {
                 kind: "etcd",
                 name: "etcd://h/app",
                 snapshot: false,
+                ts_ms: 7,
             },
         );
         assert_eq!(v["op"], "d");
@@ -94,5 +98,6 @@ mod tests {
         assert_eq!(v["source"]["shard"], 3);
         assert_eq!(v["source"]["position"], 42);
         assert_eq!(v["source"]["snapshot"], "false");
+        assert_eq!(v["ts_ms"], 7);
     }
 }

@@ -156,6 +156,7 @@ impl KafkaSink {
         let partition = self.partition(shard);
         let kind = self.source.url().kind().name();
         let source_name = self.source.url().to_string();
+        let ts_ms = ferry_lag::now_ms();
         let mut snapshot = state.snapshot;
         let mut pending = Vec::new();
         for e in events {
@@ -192,8 +193,9 @@ impl KafkaSink {
                 kind,
                 name: &source_name,
                 snapshot,
+                ts_ms,
             };
-            let body = serde_json::to_vec(&envelope(e, &rendered, deleted, &origin))
+            let body = serde_json::to_vec(&envelope(e, rendered, deleted, &origin))
                 .expect("JSON serialises");
             if key.len() + body.len() > MAX_RECORD_BYTES {
                 // What went out before it is in the partition: wait for it.
@@ -211,21 +213,22 @@ impl KafkaSink {
                 )));
             }
             let headers = self.headers(e, snapshot);
-            let mut records: Vec<FutureRecord<'_, Vec<u8>, Vec<u8>>> =
-                vec![FutureRecord::to(&self.topic)
-                    .partition(partition)
-                    .key(&key)
-                    .payload(&body)
-                    .headers(headers.clone())];
-            if deleted {
+            let event = FutureRecord::to(&self.topic)
+                .partition(partition)
+                .key(&key)
+                .payload(&body);
+            let records: Vec<FutureRecord<'_, Vec<u8>, Vec<u8>>> = if deleted {
                 // A delete is followed by its tombstone (same key, no value).
-                records.push(
+                vec![
+                    event.headers(headers.clone()),
                     FutureRecord::to(&self.topic)
                         .partition(partition)
                         .key(&key)
                         .headers(headers),
-                );
-            }
+                ]
+            } else {
+                vec![event.headers(headers)]
+            };
             for mut r in records {
                 loop {
                     match producer.send_result(r) {

@@ -10,7 +10,7 @@ use crate::{
     TailerOptions,
 };
 use ferry_connect::check::line;
-use ferry_connect::state::write_private;
+use ferry_connect::state::write_record;
 use ferry_connect::verify::DocumentsReader;
 use ferry_connect::{
     async_trait, CheckContext, Connection, Connector, DataModel, Fence, Opener, Options,
@@ -241,7 +241,7 @@ impl Fence for MongoFence {
             return Ok(None);
         }
         let record = ctx.state.read_only_record(&self.name);
-        let result = match write_private(&record, br#"{"mongo_write_block":true}"#) {
+        let result = match write_record(&record, br#"{"mongo_write_block":true}"#) {
             Ok(()) => readonly::set_user_write_block(&self.store, true)
                 .await
                 .map_err(|e| e.to_string()),

@@ -67,6 +67,13 @@ pub async fn secrets(
     Ok(c)
 }
 
+/// The source's document, which must exist.
+async fn source_document(s: &dyn DocumentReader) -> Result<super::DocState, String> {
+    s.read()
+        .await?
+        .ok_or_else(|| format!("{}: the source document is gone", s.name()))
+}
+
 /// A document against its copy: JSON equality always, exact bytes where
 /// the target keeps bytes.
 pub async fn document(
@@ -74,10 +81,7 @@ pub async fn document(
     t: &dyn DocumentReader,
     target_name: &str,
 ) -> Result<Comparison, String> {
-    let src = s
-        .read()
-        .await?
-        .ok_or_else(|| format!("{}: the source document is gone", s.name()))?;
+    let src = source_document(s).await?;
     let how = t.holder();
     let (bytes, json, how) = match t.read().await? {
         Some(d) => (
@@ -117,10 +121,7 @@ pub async fn leaves(
     t: &dyn KvReader,
     target_name: &str,
 ) -> Result<Comparison, String> {
-    let src = s
-        .read()
-        .await?
-        .ok_or_else(|| format!("{}: the source document is gone", s.name()))?;
+    let src = source_document(s).await?;
     let json = src
         .json
         .ok_or_else(|| format!("{}: not a JSON document", s.name()))?;
