@@ -43,6 +43,8 @@ DEB_PACKAGES=(
     libclang-dev protobuf-compiler libprotobuf-dev
     librocksdb-dev libsnappy-dev liblz4-dev libzstd-dev zlib1g-dev libbz2-dev
     golang-go golang-github-coreos-bbolt-dev golang-google-protobuf-dev
+    # librdkafka (bundled in rdkafka-sys) is built with its configure and make.
+    make
     wine64
 )
 
