@@ -21,6 +21,10 @@ use std::time::Duration;
 /// `--kafka.publish-secrets`: publish values of secret sources as plain text.
 pub const PUBLISH_SECRETS_PARAM: &str = "kafka.publish-secrets";
 
+/// How long reading a partition's end may take (a broker that has just
+/// restarted can take seconds to serve its first fetch).
+const TAIL_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How long a metadata request may take.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -177,7 +181,7 @@ impl Target for KafkaTarget {
                 let records = tokio::task::spawn_blocking(move || {
                     let mut total = 0;
                     for p in 0..n as i32 {
-                        total += tail::read(&b, &t, p, METADATA_TIMEOUT)?.end;
+                        total += tail::end(&b, &t, p, TAIL_TIMEOUT)?;
                     }
                     Ok::<i64, String>(total)
                 })
@@ -257,7 +261,7 @@ fn read_all(bootstrap: &str, topic: &str, partitions: usize) -> Result<Compariso
     let mut ends = BTreeMap::new();
     let mut seen: HashSet<(u32, u64)> = HashSet::new();
     for p in 0..partitions as i32 {
-        let end = tail::read(bootstrap, topic, p, METADATA_TIMEOUT)?.end;
+        let end = tail::end(bootstrap, topic, p, TAIL_TIMEOUT)?;
         ends.insert(p, end);
         if end == 0 {
             continue;

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 /// How long a read towards the end may see nothing before the rest of the
 /// log is taken to be a gap.
-const GAP_WAIT: Duration = Duration::from_secs(5);
+const GAP_WAIT: Duration = Duration::from_secs(2);
 
 /// The last record of a partition, as far as Ferry reads it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -61,6 +61,37 @@ fn assign(c: &BaseConsumer<Quiet>, topic: &str, partition: i32, at: i64) -> Resu
     c.assign(&tpl).map_err(|e| e.to_string())
 }
 
+/// The end of `topic`'s partition `partition`: the high watermark of a
+/// fetch (blocking; call from `spawn_blocking`).
+pub fn end(bootstrap: &str, topic: &str, partition: i32, timeout: Duration) -> Result<i64, String> {
+    let deadline = Instant::now() + timeout;
+    let c = consumer(bootstrap).map_err(|e| e.to_string())?;
+    high_watermark(&c, topic, partition, deadline)
+}
+
+fn high_watermark(
+    c: &BaseConsumer<Quiet>,
+    topic: &str,
+    partition: i32,
+    deadline: Instant,
+) -> Result<i64, String> {
+    assign(c, topic, partition, 0)?;
+    // Fetch until the statistics carry the fetch's high watermark.
+    loop {
+        if let Some(h) = c.context().high_watermark(topic, partition) {
+            return Ok(h);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!("timed out reading the end of {topic}/{partition}; check that the broker answers fetches"));
+        }
+        match c.poll(left.min(Duration::from_millis(50))) {
+            None | Some(Ok(_)) | Some(Err(KafkaError::PartitionEOF(_))) => {}
+            Some(Err(e)) => return Err(format!("reading the end of {topic}/{partition}: {e}")),
+        }
+    }
+}
+
 /// Reads the tail of `topic`'s partition `partition` (blocking; call from
 /// `spawn_blocking`).
 pub fn read(
@@ -71,24 +102,7 @@ pub fn read(
 ) -> Result<Tail, String> {
     let deadline = Instant::now() + timeout;
     let c = consumer(bootstrap).map_err(|e| e.to_string())?;
-    let timed_out = || {
-        format!("timed out reading the tail of {topic}/{partition}; check that the broker answers fetches")
-    };
-    assign(&c, topic, partition, 0)?;
-    // Fetch until the statistics carry the fetch's high watermark.
-    let end = loop {
-        if let Some(h) = c.context().high_watermark(topic, partition) {
-            break h;
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(timed_out());
-        }
-        match c.poll(left.min(Duration::from_millis(50))) {
-            None | Some(Ok(_)) | Some(Err(KafkaError::PartitionEOF(_))) => {}
-            Some(Err(e)) => return Err(format!("reading the tail of {topic}/{partition}: {e}")),
-        }
-    };
+    let end = high_watermark(&c, topic, partition, deadline)?;
     if end <= 0 {
         return Ok(Tail::default());
     }
