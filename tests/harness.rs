@@ -95,6 +95,19 @@ impl Ferry {
         panic!("timed out after {timeout:?} waiting for {what}; last status: {last:#?}\nagent log:\n{}", self.agent_log());
     }
 
+    /// Polls the agent's log until it holds `needle`; panics with the log after `timeout`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.agent_log().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {needle:?} in the agent log:\n{}",
+                self.agent_log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn agent_log(&self) -> String {
         std::fs::read_to_string(self.journal().join("agent.log")).unwrap_or_default()
     }
