@@ -493,3 +493,191 @@ fn a_value_too_large_for_a_record_stops_its_shard_with_the_key_named() {
         "the record was not written"
     );
 }
+
+/// The source URL of `topic` for a downstream agent in group `group`.
+fn relay_url(kafka: &Kafka, topic: &str, group: &str) -> String {
+    format!("{}?group={group}", kafka.url(topic))
+}
+
+#[test]
+fn etcd_to_kafka_to_etcd_across_two_agents_through_five_kills_downstream() {
+    let (Some(src), Some(far), Some(kafka)) = (
+        require(Etcd::start()),
+        require(Etcd::start()),
+        require(Kafka::start()),
+    ) else {
+        return;
+    };
+    let rt = rt();
+    let (up, down) = (Ferry::new(), Ferry::new());
+    let source_url = src.url("r");
+    let topic_url = kafka.url("relay");
+    let relay = relay_url(&kafka, "relay", "far");
+    let far_url = far.url("far");
+    let client = rt.block_on(async {
+        let mut c = connect(&src.endpoint(), None).await;
+        load(&mut c, "r", 3_000).await;
+        c
+    });
+    let writer = rt.block_on(async {
+        Writer::spawn(
+            client,
+            "r".into(),
+            3_500,
+            100_000,
+            Duration::from_micros(2000),
+        )
+    });
+    let external = ["--source.read-only=external", "--shards", "3"];
+    ok(&up.start(&source_url, &topic_url, &external), "upstream start");
+    up.wait_for("upstream streaming", Duration::from_secs(120), all_streaming);
+    let mut rng = rand::thread_rng();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    for round in 0..5 {
+        assert!(Instant::now() < deadline, "the test exceeded its time bound");
+        ok(
+            &down.start(&relay, &far_url, &["--source.read-only=external"]),
+            &format!("downstream start (round {round})"),
+        );
+        std::thread::sleep(Duration::from_millis(rng.gen_range(300..2500)));
+        down.kill_agent();
+    }
+    ok(
+        &down.start(&relay, &far_url, &["--source.read-only=external"]),
+        "downstream final start",
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let written = rt.block_on(writer.finish());
+    assert!(written.ops.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    // The upstream's cutover ends the stream; the downstream's fence then
+    // reads every partition to that end.
+    up.wait_for("upstream caught up", Duration::from_secs(120), |s| {
+        all_streaming(s) && max_lag(s) == 0
+    });
+    ok(&up.run(&["stop", "--timeout", "120s"]), "upstream stop");
+    up.wait_agent_exit(Duration::from_secs(30));
+    down.wait_for("downstream streaming", Duration::from_secs(120), all_streaming);
+    let out = down.run(&["stop", "--timeout", "120s"]);
+    ok(&out, "downstream stop");
+    down.wait_agent_exit(Duration::from_secs(30));
+    assert!(
+        stdout(&out).contains("verif"),
+        "the downstream cutover verified the far target against the topic: {}",
+        stdout(&out)
+    );
+    // What matters: the far target holds what the source holds.
+    let source = source_state(&rt, &src.endpoint(), "r/");
+    let target: BTreeMap<String, String> = source_state(&rt, &far.endpoint(), "far/")
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("__ferry"))
+        .map(|(k, v)| (format!("r/{}", k.strip_prefix("far/").unwrap()), v))
+        .collect();
+    assert_eq!(source.len(), target.len(), "as many keys at both ends");
+    assert!(source == target, "the far target equals the source");
+    ok(
+        &down.run(&["verify", "--source", &source_url, "--target", &far_url]),
+        "verify the source against the far target directly",
+    );
+}
+
+/// Writes `records` (key, value) to partition 0 of `topic`, as a foreign
+/// producer would.
+fn produce_raw(bootstrap: &str, topic: &str, records: &[(&str, &[u8])]) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    for (k, v) in records {
+        p.send(BaseRecord::to(topic).partition(0).key(*k).payload(*v))
+            .unwrap();
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+}
+
+fn put_envelope(key: &str, value: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "before": null,
+        "after": {"key": key, "value": value, "lease": null},
+        "op": "c",
+        "source": {"connector": "ferry", "kind": "etcd", "name": "etcd://127.0.0.1:2379/m",
+                   "position": 1, "shard": 1, "seq": 1, "snapshot": "false", "ts_ms": 0},
+        "ts_ms": 0
+    }))
+    .unwrap()
+}
+
+#[test]
+fn a_malformed_record_on_a_kafka_source_is_named_and_nothing_of_it_written() {
+    let (Some(far), Some(kafka)) = (require(Etcd::start()), require(Kafka::start())) else {
+        return;
+    };
+    let rt = rt();
+    let far_url = far.url("m");
+    rt.block_on(async {
+        ferry_kafka::connector::ensure_topic(&kafka.bootstrap(), "first", 1)
+            .await
+            .unwrap();
+        ferry_kafka::connector::ensure_topic(&kafka.bootstrap(), "later", 1)
+            .await
+            .unwrap();
+    });
+    // Without a group, and without the external switch: usage errors.
+    let f = Ferry::new();
+    for (url, extra, needle) in [
+        (kafka.url("first"), vec!["--source.read-only=external"], "?group=NAME"),
+        (relay_url(&kafka, "first", "g"), vec![], "--source.read-only=external"),
+    ] {
+        let out = f.start(&url, &far_url, &extra);
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        assert!(stderr(&out).contains(needle), "{}", stderr(&out));
+        assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+    }
+    // A topic whose first record is not an event: refused before the start.
+    produce_raw(&kafka.bootstrap(), "first", &[("x", b"not an event")]);
+    let out = f.start(
+        &relay_url(&kafka, "first", "g"),
+        &far_url,
+        &["--source.read-only=external"],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("first/0 offset 0") && stderr(&out).contains("not JSON"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+    // A bad record later: the records before it are applied, its shard
+    // stops with the partition and offset named, nothing after it is written.
+    let good = put_envelope("m/a", "1");
+    let after = put_envelope("m/b", "2");
+    produce_raw(
+        &kafka.bootstrap(),
+        "later",
+        &[
+            (r#"{"key":"m/a"}"#, &good),
+            (r#"{"key":"m/x"}"#, br#"{"op": "c"}"#),
+            (r#"{"key":"m/b"}"#, &after),
+        ],
+    );
+    let f = Ferry::new();
+    ok(
+        &f.start(
+            &relay_url(&kafka, "later", "g"),
+            &far_url,
+            &["--source.read-only=external", "--shards", "1"],
+        ),
+        "start",
+    );
+    let s = f.wait_for("the shard's error", Duration::from_secs(60), |s| {
+        s.to_string().contains("later/0 offset 1")
+    });
+    assert!(s.to_string().contains("no `source`"), "{s}");
+    let held = source_state(&rt, &far.endpoint(), "m/");
+    assert_eq!(held.get("m/a").map(String::as_str), Some("1"), "{held:?}");
+    assert!(!held.contains_key("m/b") && !held.contains_key("m/x"), "{held:?}");
+    let out = f.run(&["stop", "--timeout", "20s"]);
+    assert!(!out.status.success(), "the cutover cannot fence a stopped shard");
+    ok(&f.run(&["stop", "--abort"]), "stop --abort");
+    f.wait_agent_exit(Duration::from_secs(30));
+}

@@ -7,7 +7,7 @@
 //! | `etcd://host:port[,host:port]/prefix`, `etcd+tls://…` | etcd v3 |
 //! | `vault://host:port/mount/path`, `vaults://…` | Vault KV v2 |
 //! | `mongodb://…`, `mongodb+srv://…` | MongoDB |
-//! | `kafka://broker[,broker]/topic` | Kafka |
+//! | `kafka://broker[,broker]/topic[?group=NAME]` | Kafka |
 //! | `cells:///path/to/cells/home` | a whole Pydio Cells node |
 //!
 //! Invariant: a password or token given in a URL lives only in a
@@ -110,6 +110,8 @@ pub enum StoreUrl {
     Kafka {
         brokers: Vec<HostPort>,
         topic: String,
+        /// `?group=NAME` for a source's consumer group.
+        params: BTreeMap<String, String>,
     },
     Cells {
         path: PathBuf,
@@ -431,6 +433,7 @@ fn parse_kafka(rest: &str, url: &str) -> Result<StoreUrl, UrlError> {
     Ok(StoreUrl::Kafka {
         brokers: a.hosts,
         topic: topic.to_string(),
+        params: a.params,
     })
 }
 
@@ -548,8 +551,13 @@ impl fmt::Display for StoreUrl {
                 fmt_params(f, params)
             }
             StoreUrl::Mongo { redacted, .. } => f.write_str(redacted),
-            StoreUrl::Kafka { brokers, topic } => {
-                write!(f, "kafka://{}/{topic}", join_hosts(brokers))
+            StoreUrl::Kafka {
+                brokers,
+                topic,
+                params,
+            } => {
+                write!(f, "kafka://{}/{topic}", join_hosts(brokers))?;
+                fmt_params(f, params)
             }
         }
     }

@@ -111,7 +111,7 @@ impl Source for EtcdSource {
                 lease_id,
                 lease_ttl_s,
             } if *lease_id != 0 => {
-                serde_json::json!({ "ttl_s": lease_ttl_s })
+                serde_json::json!({ "id": lease_id, "ttl_s": lease_ttl_s })
             }
             _ => serde_json::Value::Null,
         };

@@ -23,7 +23,7 @@ pub const PUBLISH_SECRETS_PARAM: &str = "kafka.publish-secrets";
 
 /// How long reading a partition's end may take (a broker that has just
 /// restarted can take seconds to serve its first fetch).
-const TAIL_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const TAIL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long a metadata request may take.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,7 +41,7 @@ pub struct KafkaConnector;
 
 fn parts(url: &StoreUrl) -> Result<(String, String), String> {
     match url {
-        StoreUrl::Kafka { brokers, topic } => Ok((
+        StoreUrl::Kafka { brokers, topic, .. } => Ok((
             brokers
                 .iter()
                 .map(ToString::to_string)
@@ -58,15 +58,16 @@ impl Connector for KafkaConnector {
         StoreKind::Kafka
     }
     fn source_model(&self) -> Option<DataModel> {
-        None
+        Some(DataModel::KeyValue)
     }
     fn target_models(&self) -> &'static [DataModel] {
         ALL
     }
     fn source(&self, url: &StoreUrl, _options: &Options) -> Result<Arc<dyn Source>, String> {
-        Err(format!(
-            "{url}: Kafka as a source arrives with a later release; this build publishes to Kafka"
-        ))
+        let (bootstrap, topic) = parts(url)?;
+        Ok(Arc::new(crate::source::KafkaSource::new(
+            url, bootstrap, topic,
+        )?))
     }
     fn target(&self, url: &StoreUrl, options: &Options) -> Result<Arc<dyn Target>, String> {
         let (bootstrap, topic) = parts(url)?;

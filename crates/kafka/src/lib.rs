@@ -33,6 +33,7 @@ pub mod connector;
 mod context;
 pub mod envelope;
 mod sink;
+pub mod source;
 pub mod tail;
 
 pub use sink::producer;

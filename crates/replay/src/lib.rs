@@ -19,7 +19,7 @@ pub mod truncator;
 pub mod worker;
 
 pub use appender::{AppendError, SpanAppender};
-pub use fence::PollFence;
+pub use fence::{FenceRequest, PollFence};
 pub use sink::{SharedSink, Sink, SinkError};
 pub use worker::{Shutdown, WorkerConfig};
 
