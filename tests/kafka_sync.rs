@@ -560,10 +560,12 @@ fn etcd_to_kafka_to_etcd_across_two_agents_through_five_kills_downstream() {
     let out = down.run(&["stop", "--timeout", "120s"]);
     ok(&out, "downstream stop");
     down.wait_agent_exit(Duration::from_secs(30));
+    let proof: Value =
+        serde_json::from_slice(&std::fs::read(down.journal().join("cutover-proof.json")).unwrap())
+            .unwrap();
     assert!(
-        stdout(&out).contains("verif"),
-        "the downstream cutover verified the far target against the topic: {}",
-        stdout(&out)
+        proof["verified_keys"].as_u64().unwrap_or(0) >= 1_000 && proof["differences"] == 0,
+        "the downstream cutover verified the far target against the topic: {proof}"
     );
     // What matters: the far target holds what the source holds.
     let source = source_state(&rt, &src.endpoint(), "r/");

@@ -72,6 +72,15 @@ impl KafkaTailer {
         ShardId(self.span.first + (p as u32 % self.span.count.max(1)))
     }
 
+    /// The span's shards that no stopped partition feeds (a shard that no
+    /// partition feeds runs too: it simply receives nothing).
+    fn running(&self, stopped: &[bool]) -> Vec<ShardId> {
+        self.span
+            .iter()
+            .filter(|&s| !(0..stopped.len()).any(|p| stopped[p] && self.shard_of(p) == s))
+            .collect()
+    }
+
     pub async fn run(
         self,
         journal: Arc<SharedJournal>,
@@ -247,14 +256,14 @@ impl KafkaTailer {
             if let Some(goal) = &catch_up {
                 if goal.reached(&next, &heard, Some(&eof)) {
                     catch_up = None;
-                    for p in (0..n).filter(|&p| !stopped[p]) {
-                        lag.set_phase(self.shard_of(p), Phase::Streaming);
+                    for shard in self.running(&stopped) {
+                        lag.set_phase(shard, Phase::Streaming);
                     }
                     tracing::info!(source = %self.name, records = copied, "caught up with the topic; streaming");
                 } else {
-                    for p in (0..n).filter(|&p| !stopped[p]) {
+                    for shard in self.running(&stopped) {
                         lag.set_phase(
-                            self.shard_of(p),
+                            shard,
                             Phase::Snapshot {
                                 copied,
                                 total: total as u64,
