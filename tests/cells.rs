@@ -7,7 +7,7 @@
 #[path = "bolt-fixture/fixture.rs"]
 mod fixture;
 
-use ferry_testkit::{http, require, Etcd, Mongod, OpenBao};
+use ferry_testkit::{http, require, Etcd, Kafka, Mongod, OpenBao};
 use ferry_tests::harness::*;
 use mongodb::bson::{doc, Document};
 use rand::Rng;
@@ -403,4 +403,122 @@ fn bad_cells_homes_are_refused_in_one_sentence() {
     check(&home, &targets[..2], 2, "needs a vault target");
     // Nothing reached the targets.
     assert!(collections(&mongo.uri()).iter().all(|(_, n)| *n == 0));
+}
+
+/// What each Bolt file of `home` holds, mapped to the documents Cells
+/// reads: (service, collection, _id) → the document as relaxed extended
+/// JSON with `_id` first, as a Kafka consumer sees it.
+fn mapped_home(bin: &Path, home: &Path) -> std::collections::BTreeMap<String, Value> {
+    use ferry_cells::{map, CellsHome, MapOptions};
+    let mut out = std::collections::BTreeMap::new();
+    for (service, path) in CellsHome::open(home).unwrap().bolts {
+        fixture::run(bin, "dump", &path, &[]);
+        for ((buckets, key), value) in fixture::read_dump(&path) {
+            let Some(value) = value else { continue };
+            if let Ok(Some(m)) = map(service, &MapOptions::default(), &buckets, &key, Some(&value))
+            {
+                let mut d = Document::new();
+                d.insert("_id", m.id.clone());
+                d.extend(m.doc.unwrap());
+                let k = serde_json::json!({"service": service.name(), "collection": m.collection, "id": m.id});
+                out.insert(
+                    k.to_string(),
+                    mongodb::bson::Bson::Document(d).into_relaxed_extjson(),
+                );
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_live_cells_home_publishes_each_service_to_its_own_topic() {
+    let Some(bin) = fixture::program() else {
+        return;
+    };
+    let Some(kafka) = require(Kafka::start()) else {
+        return;
+    };
+    let f = Ferry::new();
+    let home = sample_home(&bin, f.dir.path());
+    let source = format!("cells://{}", home.display());
+    let targets = vec![kafka.url("cells")];
+    let args = ["--shards", "2", "--source.read-only=external"];
+    let writer = live_writer(&bin, &home, 300);
+    std::thread::sleep(Duration::from_millis(500));
+    ok(&start(&f, &source, &targets, &args), "start");
+    let mut rng = rand::thread_rng();
+    for round in 0..5 {
+        std::thread::sleep(Duration::from_millis(rng.gen_range(200..1500)));
+        f.kill_agent();
+        ok(
+            &start(&f, &source, &targets, &args),
+            &format!("restart {round}"),
+        );
+    }
+    f.wait_for("streaming", Duration::from_secs(120), all_streaming);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(writer.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = writer.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    f.wait_for("caught up", Duration::from_secs(120), |s| {
+        all_streaming(s) && max_lag(s) == 0
+    });
+    ok(&f.run(&["stop", "--timeout", "120s"]), "stop");
+    f.wait_agent_exit(Duration::from_secs(30));
+    let proof: Value =
+        serde_json::from_slice(&std::fs::read(f.journal().join("cutover-proof.json")).unwrap())
+            .unwrap();
+    assert_eq!(proof["differences"], 0, "{proof}");
+    let steps = proof["next_steps"].to_string();
+    assert!(
+        steps.contains("cells.pydio.grpc.docstore") && steps.contains("not published, because they hold secrets"),
+        "{steps}"
+    );
+    // The secrets went nowhere.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for t in ["cells.config", "cells.vault", "cells.keyring", "cells.certs"] {
+        let p = rt
+            .block_on(ferry_kafka::connector::partitions(&kafka.bootstrap(), t))
+            .unwrap();
+        assert_eq!(p, None, "{t} was created");
+    }
+    // A plain consumer's last record per key is the document Cells reads
+    // from the Bolt files' final state, each event once.
+    let expected = mapped_home(&bin, &home);
+    let mut published = std::collections::BTreeMap::new();
+    for service in ferry_cells::Service::ALL {
+        let topic = format!("cells.{}", service.name());
+        if rt
+            .block_on(ferry_kafka::connector::partitions(&kafka.bootstrap(), &topic))
+            .unwrap()
+            .is_none()
+        {
+            continue;
+        }
+        let c = ferry_tests::topic::consume(&kafka.bootstrap(), &topic);
+        let mut seen = std::collections::HashSet::new();
+        assert!(c.events.iter().all(|e| seen.insert(*e)), "{topic}: an event twice");
+        assert_eq!(c.deletes_without_tombstone, 0, "{topic}");
+        for (k, last) in c.last {
+            if let Some(after) = last {
+                if serde_json::from_str::<Value>(&k).unwrap().get("id").is_some() {
+                    published.insert(k, after);
+                }
+            }
+        }
+    }
+    assert!(expected.len() > 100, "the sample holds documents: {}", expected.len());
+    for (k, doc) in &expected {
+        assert_eq!(published.get(k), Some(doc), "{k}");
+    }
+    assert_eq!(published.len(), expected.len(), "no document the source lacks");
+    let docstore = published
+        .values()
+        .find(|d| d["store_id"] == "meta" && d["doc_id"] == "meta-doc-001")
+        .expect("meta-doc-001 is published");
+    assert!(docstore["data"].get("Path").is_some(), "{docstore}");
 }

@@ -112,6 +112,9 @@ impl Connector for BoltConnector {
 fn expand(home: &Path, targets: &[StoreUrl], registry: &Registry) -> Result<Expansion, String> {
     let opts = map_options(registry.options())?;
     let home = CellsHome::open(home).map_err(|e| e.to_string())?;
+    if let [t @ StoreUrl::Kafka { .. }] = targets {
+        return publish(&home, t, opts, registry);
+    }
     let one = |kind: StoreKind| -> Result<&StoreUrl, String> {
         let mut of_kind = targets.iter().filter(|t| t.kind() == kind);
         match (of_kind.next(), of_kind.next()) {
@@ -232,6 +235,89 @@ fn expand(home: &Path, targets: &[StoreUrl], registry: &Registry) -> Result<Expa
     })
 }
 
+/// `topic` with `.suffix` appended: `kafka://b/cells` → `kafka://b/cells.config`.
+fn topic_of(url: &StoreUrl, suffix: &str) -> StoreUrl {
+    match url.clone() {
+        StoreUrl::Kafka {
+            brokers,
+            topic,
+            params,
+        } => StoreUrl::Kafka {
+            brokers,
+            topic: format!("{topic}.{suffix}"),
+            params,
+        },
+        other => other,
+    }
+}
+
+/// A Cells home published to Kafka: one topic per route, named after the
+/// Cells service (`<topic>.pydio.grpc.docstore`, …) or the file
+/// (`<topic>.config`, `.vault`, `.keyring`, `.certs`). Per route, because
+/// each service's documents have their own collections and shapes, and a
+/// consumer subscribes to the services it needs; and because each route
+/// has its own shards, which each take one partition of their topic. The
+/// files hold secrets: their routes are planned only when the Kafka target
+/// takes them (`--kafka.publish-secrets`); otherwise the next steps say so.
+fn publish(
+    home: &CellsHome,
+    kafka: &StoreUrl,
+    opts: MapOptions,
+    registry: &Registry,
+) -> Result<Expansion, String> {
+    let mut routes = Vec::new();
+    let mut topics = Vec::new();
+    let db = "cells".to_string();
+    for (service, path) in &home.bolts {
+        let topic = topic_of(kafka, service.name());
+        topics.push(topic.to_string());
+        routes.push(Planned {
+            source: Arc::new(BoltSource {
+                url: StoreUrl::Bolt { path: path.clone() },
+                path: path.clone(),
+                service: *service,
+                opts,
+                db: db.clone(),
+            }),
+            targets: vec![registry.target(&topic)?],
+        });
+    }
+    let mut withheld = Vec::new();
+    let mut files = vec![
+        ("config", &home.config),
+        ("vault", &home.vault),
+        ("keyring", &home.keyring),
+    ];
+    if let Some(certs) = &home.certs {
+        files.push(("certs", certs));
+    }
+    for (name, file) in files {
+        let source = registry.source(&StoreUrl::File { path: file.clone() })?;
+        let target = registry.target(&topic_of(kafka, name))?;
+        match target.check_source(source.as_ref()) {
+            Ok(()) => {
+                topics.push(target.url().to_string());
+                routes.push(Planned {
+                    source,
+                    targets: vec![target],
+                });
+            }
+            Err(_) => withheld.push(file.display().to_string()),
+        }
+    }
+    let mut next_steps = vec![format!(
+        "consumers read each Cells service's documents, keyed by collection and _id, from: {}",
+        topics.join(", ")
+    )];
+    if !withheld.is_empty() {
+        next_steps.push(format!(
+            "not published, because they hold secrets: {}; pass --kafka.publish-secrets to publish them too",
+            withheld.join(", ")
+        ));
+    }
+    Ok(Expansion { routes, next_steps })
+}
+
 /// A Cells service's Bolt file, mapped to the documents Cells reads.
 pub struct BoltSource {
     url: StoreUrl,
@@ -259,6 +345,52 @@ impl Source for BoltSource {
     }
     fn model(&self) -> DataModel {
         DataModel::Documents
+    }
+    /// The document Cells reads, keyed by service, collection and `_id`;
+    /// an entry with no document (a bucket) or one the mapping refuses
+    /// shows its Bolt location and raw value. A marker's `timestamp` is
+    /// the activity's `ts` on a MongoDB target only: the activity is its own
+    /// record in the same topic.
+    fn render(
+        &self,
+        key: &[u8],
+        value: Option<&[u8]>,
+        meta: &ferry_core::StoreMeta,
+    ) -> ferry_connect::Rendered {
+        let _ = meta;
+        let service = self.service.name();
+        let (buckets, key) = match ferry_bolt::decode_key(key) {
+            Some(ferry_bolt::KeyRef::Value { buckets, key }) => (buckets, key),
+            Some(ferry_bolt::KeyRef::Bucket { buckets, name }) => {
+                return ferry_connect::Rendered {
+                    key: serde_json::json!({ "service": service, "location": crate::map::location(&buckets, &name) }),
+                    after: value.map(|_| serde_json::json!({ "bucket": true })),
+                    created: None,
+                }
+            }
+            None => (Vec::new(), key.to_vec()),
+        };
+        let (buckets, key) = (buckets.as_slice(), key.as_slice());
+        match map(self.service, &self.opts, buckets, key, value) {
+            Ok(Some(m)) => {
+                let after = m.doc.map(|d| {
+                    let mut with = Document::new();
+                    with.insert("_id", m.id.clone());
+                    with.extend(d);
+                    Bson::Document(with).into_relaxed_extjson()
+                });
+                ferry_connect::Rendered {
+                    key: serde_json::json!({ "service": service, "collection": m.collection, "id": m.id }),
+                    after,
+                    created: None,
+                }
+            }
+            _ => ferry_connect::Rendered {
+                key: serde_json::json!({ "service": service, "location": crate::map::location(buckets, key) }),
+                after: value.map(|v| serde_json::json!({ "value": ferry_connect::text_or_base64(v) })),
+                created: None,
+            },
+        }
     }
     fn shards(&self, requested: u32) -> u32 {
         // Markers take the ts of the activity they point to: one shard

@@ -1,7 +1,7 @@
 //! Kafka as a Ferry target (see `ferry_connect` and the crate doc).
 
 use crate::sink::KafkaSink;
-use crate::{tail, HEADER_SEQ, HEADER_SHARD};
+use crate::{tail, HEADER_SEQ, HEADER_SHARD, HEADER_SWEEP};
 use ferry_connect::verify::{Comparison, EventsReader};
 use ferry_connect::{
     async_trait, CheckContext, Connector, DataModel, Options, Reader, Refusal, SinkContext, Source,
@@ -12,7 +12,7 @@ use ferry_replay::SharedSink;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::Consumer;
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use std::any::Any;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -255,59 +255,31 @@ impl EventsReader for Topic {
     }
 }
 
-/// Every record of every partition: each (shard, sequence) once, and the
-/// end of each partition.
+/// Every record of every partition: each (shard, sequence, sweep number)
+/// once, and the end of each partition.
 fn read_all(bootstrap: &str, topic: &str, partitions: usize) -> Result<Comparison, String> {
     let mut c = Comparison::default();
     let mut ends = BTreeMap::new();
-    let mut seen: HashSet<(u32, u64)> = HashSet::new();
+    let mut seen: HashSet<(u32, u64, Option<u64>)> = HashSet::new();
     for p in 0..partitions as i32 {
-        let end = tail::end(bootstrap, topic, p, TAIL_TIMEOUT)?;
-        ends.insert(p, end);
-        if end == 0 {
-            continue;
-        }
-        let consumer = tail::consumer(bootstrap).map_err(|e| e.to_string())?;
-        let mut tpl = rdkafka::TopicPartitionList::new();
-        tpl.add_partition_offset(topic, p, rdkafka::Offset::Offset(0))
-            .map_err(|e| e.to_string())?;
-        consumer.assign(&tpl).map_err(|e| e.to_string())?;
-        let deadline = std::time::Instant::now() + Duration::from_secs(600);
-        let mut at = 0;
-        while at < end {
-            if std::time::Instant::now() > deadline {
-                return Err(format!("timed out reading {topic}/{p} to its end"));
+        let end = tail::scan(bootstrap, topic, p, Duration::from_secs(600), |m| {
+            let h = |name: &str| tail::header(m, name).and_then(|v| v.parse::<u64>().ok());
+            // A delete's tombstone repeats its event's headers.
+            if m.payload().is_none() {
+                return Ok(());
             }
-            match consumer.poll(Duration::from_millis(500)) {
-                Some(Ok(m)) => {
-                    at = m.offset() + 1;
-                    let h = |name: &str| {
-                        m.headers().and_then(|hs| {
-                            hs.iter()
-                                .find(|x| x.key == name)
-                                .and_then(|x| x.value)
-                                .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
-                        })
-                    };
-                    // A delete's tombstone repeats its event's headers.
-                    if m.payload().is_none() {
-                        continue;
-                    }
-                    c.compared += 1;
-                    if let (Some(shard), Some(seq)) = (h(HEADER_SHARD), h(HEADER_SEQ)) {
-                        if !seen.insert((shard as u32, seq)) {
-                            c.note(format!(
-                                "{topic}/{p} offset {}: shard {shard} sequence {seq} appears twice",
-                                m.offset()
-                            ));
-                        }
-                    }
+            c.compared += 1;
+            if let (Some(shard), Some(seq)) = (h(HEADER_SHARD), h(HEADER_SEQ)) {
+                if !seen.insert((shard as u32, seq, h(HEADER_SWEEP))) {
+                    c.note(format!(
+                        "{topic}/{p} offset {}: shard {shard} sequence {seq} appears twice",
+                        m.offset()
+                    ));
                 }
-                Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
-                Some(Err(e)) => return Err(format!("reading {topic}/{p}: {e}")),
-                None => {}
             }
-        }
+            Ok(())
+        })?;
+        ends.insert(p, end);
     }
     c.summary = format!(
         "read the {} events of topic {topic} to the end of its {partitions} partitions (ends {}): {} (shard, sequence) pairs appear twice; a topic holds events, so its state is not compared with the source's",

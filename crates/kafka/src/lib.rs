@@ -42,7 +42,12 @@ pub use sink::producer;
 pub const HEADER_SHARD: &str = "ferry.shard";
 pub const HEADER_SEQ: &str = "ferry.seq";
 pub const HEADER_JOURNAL: &str = "ferry.journal";
+/// `false` outside a snapshot; inside one, the sequence of its begin marker.
 pub const HEADER_SNAPSHOT: &str = "ferry.snapshot";
+/// On a delete a snapshot's sweep publishes (see [`sink`]): its number
+/// within the sweep. Sweep deletes share the sequence of the snapshot's
+/// end, so a consumer deduplicates by shard, sequence and sweep number.
+pub const HEADER_SWEEP: &str = "ferry.sweep";
 
 /// The client's largest record (librdkafka's `message.max.bytes` default).
 pub const MAX_RECORD_BYTES: usize = 1_000_000;

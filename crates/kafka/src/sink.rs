@@ -2,7 +2,10 @@
 
 use crate::context::Quiet;
 use crate::envelope::{envelope, Origin};
-use crate::{tail, HEADER_JOURNAL, HEADER_SEQ, HEADER_SHARD, HEADER_SNAPSHOT, MAX_RECORD_BYTES};
+use crate::{
+    tail, HEADER_JOURNAL, HEADER_SEQ, HEADER_SHARD, HEADER_SNAPSHOT, HEADER_SWEEP,
+    MAX_RECORD_BYTES,
+};
 use ferry_connect::Source;
 use ferry_core::{Event, Op, Seq, ShardId, ShardSpan, Value};
 use ferry_replay::{Sink, SinkError};
@@ -37,6 +40,11 @@ struct ShardState {
     published: Seq,
     /// Inside a snapshot (its records are `op: r`).
     snapshot: bool,
+    /// The sequence of the current snapshot's begin marker (0: unknown).
+    begin: Seq,
+    /// The partition held no record when its tail was read, and nothing
+    /// was published since but this snapshot: its end needs no sweep.
+    fresh: bool,
 }
 
 pub struct KafkaSink {
@@ -92,6 +100,8 @@ impl KafkaSink {
         let state = ShardState {
             published: if ours { tail.seq.unwrap_or(0) } else { 0 },
             snapshot: ours && tail.snapshot,
+            begin: if ours { tail.snapshot_begin.unwrap_or(0) } else { 0 },
+            fresh: tail.end == 0,
         };
         self.shards
             .lock()
@@ -116,8 +126,10 @@ impl KafkaSink {
         }
     }
 
-    fn headers(&self, e: &Event, snapshot: bool) -> OwnedHeaders {
+    /// `snapshot`: the sequence of the snapshot's begin marker, inside one.
+    fn headers(&self, e: &Event, snapshot: Option<Seq>) -> OwnedHeaders {
         let (shard, seq) = (e.shard.0.to_string(), e.seq.to_string());
+        let snapshot = snapshot.map_or_else(|| "false".to_string(), |b| b.to_string());
         OwnedHeaders::new()
             .insert(Header {
                 key: HEADER_SHARD,
@@ -133,8 +145,123 @@ impl KafkaSink {
             })
             .insert(Header {
                 key: HEADER_SNAPSHOT,
-                value: Some(if snapshot { "true" } else { "false" }.as_bytes()),
+                value: Some(snapshot.as_bytes()),
             })
+    }
+
+    /// The end of a snapshot on `shard`: every key the partition holds live
+    /// whose last record came before the snapshot began (`begin`) is gone
+    /// from the source (the snapshot did not read it), so it gets a delete
+    /// and its tombstone, as a target store's sweep removes it. Those
+    /// deletes carry the end marker's sequence and a sweep number; the
+    /// partition's tail counts them as before the end marker, so a sweep
+    /// cut short is done again, and keys it already deleted are no longer
+    /// live.
+    async fn sweep(&self, end: &Event, begin: Seq) -> Result<usize, SinkError> {
+        let (b, t, p) = (
+            self.bootstrap.clone(),
+            self.topic.clone(),
+            self.partition(end.shard),
+        );
+        let live = tokio::task::spawn_blocking(move || {
+            let mut live: HashMap<Vec<u8>, (bool, Seq)> = HashMap::new();
+            tail::scan(&b, &t, p, Duration::from_secs(600), |m| {
+                use rdkafka::message::Message;
+                if let Some(k) = m.key() {
+                    let seq = tail::header(m, HEADER_SEQ)
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(0);
+                    // A delete is followed by its tombstone: the value
+                    // decides.
+                    live.insert(k.to_vec(), (m.payload().is_some(), seq));
+                }
+                Ok(())
+            })?;
+            Ok::<_, String>(live)
+        })
+        .await
+        .map_err(|e| SinkError::fatal(e.to_string()))?
+        .map_err(|e| SinkError::transient(format!("{}: {e}", self.name)))?;
+        let mut stale: Vec<Vec<u8>> = live
+            .into_iter()
+            .filter(|(_, (alive, seq))| *alive && *seq < begin)
+            .map(|(k, _)| k)
+            .collect();
+        stale.sort();
+        if stale.is_empty() {
+            return Ok(0);
+        }
+        let producer = self
+            .producer
+            .lock()
+            .expect("kafka sink lock poisoned")
+            .clone();
+        let partition = self.partition(end.shard);
+        let source_name = self.source.url().to_string();
+        let origin = Origin {
+            kind: self.source.url().kind().name(),
+            name: &source_name,
+            snapshot: true,
+            ts_ms: ferry_lag::now_ms(),
+        };
+        let mut pending = Vec::new();
+        for (n, key) in stale.iter().enumerate() {
+            let rendered = ferry_connect::Rendered {
+                key: serde_json::from_slice(key).unwrap_or(serde_json::Value::Null),
+                after: None,
+                created: None,
+            };
+            let body = serde_json::to_vec(&envelope(end, rendered, true, &origin))
+                .expect("JSON serialises");
+            let number = n.to_string();
+            let headers = self.headers(end, Some(begin)).insert(Header {
+                key: HEADER_SWEEP,
+                value: Some(number.as_bytes()),
+            });
+            for r in [
+                FutureRecord::to(&self.topic)
+                    .partition(partition)
+                    .key(key)
+                    .payload(&body)
+                    .headers(headers.clone()),
+                FutureRecord::to(&self.topic)
+                    .partition(partition)
+                    .key(key)
+                    .headers(headers),
+            ] {
+                self.send(&producer, end.shard, r, &mut pending).await?;
+            }
+        }
+        for f in pending {
+            self.delivered(end.shard, f.await)?;
+        }
+        tracing::info!(target = %self.name, shard = %end.shard, deleted = stale.len(), "the snapshot's sweep published deletes for keys the new snapshot no longer has");
+        Ok(stale.len())
+    }
+
+    /// Queues `r`; on a full queue, waits for what is in flight first.
+    async fn send<'a>(
+        &self,
+        producer: &FutureProducer<Quiet>,
+        shard: ShardId,
+        mut r: FutureRecord<'a, Vec<u8>, Vec<u8>>,
+        pending: &mut Vec<rdkafka::producer::DeliveryFuture>,
+    ) -> Result<(), SinkError> {
+        loop {
+            match producer.send_result(r) {
+                Ok(f) => {
+                    pending.push(f);
+                    return Ok(());
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    for f in pending.drain(..) {
+                        self.delivered(shard, f.await)?;
+                    }
+                    r = back;
+                }
+                Err((err, _)) => return Err(self.failed(shard, &err)),
+            }
+        }
     }
 
     async fn publish(&self, shard: ShardId, events: &[Event]) -> Result<Seq, SinkError> {
@@ -158,15 +285,24 @@ impl KafkaSink {
         let source_name = self.source.url().to_string();
         let ts_ms = ferry_lag::now_ms();
         let mut snapshot = state.snapshot;
+        let (mut begin, mut fresh) = (state.begin, state.fresh);
         let mut pending = Vec::new();
         for e in events {
             let (value, meta) = match &e.op {
                 Op::SnapshotBegin { .. } => {
                     snapshot = true;
+                    begin = e.seq;
                     continue;
                 }
                 Op::SnapshotEnd => {
+                    if e.seq > state.published && snapshot && begin > 0 && !fresh {
+                        for f in pending.drain(..) {
+                            self.delivered(shard, f.await)?;
+                        }
+                        self.sweep(e, begin).await?;
+                    }
                     snapshot = false;
+                    fresh = false;
                     continue;
                 }
                 Op::Put { value, meta } => (Some(value), meta),
@@ -212,11 +348,14 @@ impl KafkaSink {
                     key.len() + body.len()
                 )));
             }
-            let headers = self.headers(e, snapshot);
+            let headers = self.headers(e, snapshot.then_some(begin));
             let event = FutureRecord::to(&self.topic)
                 .partition(partition)
                 .key(&key)
                 .payload(&body);
+            if !snapshot {
+                fresh = false;
+            }
             let records: Vec<FutureRecord<'_, Vec<u8>, Vec<u8>>> = if deleted {
                 // A delete is followed by its tombstone (same key, no value).
                 vec![
@@ -229,23 +368,8 @@ impl KafkaSink {
             } else {
                 vec![event.headers(headers)]
             };
-            for mut r in records {
-                loop {
-                    match producer.send_result(r) {
-                        Ok(f) => {
-                            pending.push(f);
-                            break;
-                        }
-                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                            // Full queue: wait for what is in flight, then retry.
-                            for f in pending.drain(..) {
-                                self.delivered(shard, f.await)?;
-                            }
-                            r = back;
-                        }
-                        Err((err, _)) => return Err(self.failed(shard, &err)),
-                    }
-                }
+            for r in records {
+                self.send(&producer, shard, r, &mut pending).await?;
             }
         }
         for f in pending {
@@ -260,6 +384,8 @@ impl KafkaSink {
                 ShardState {
                     published: last.max(state.published),
                     snapshot,
+                    begin,
+                    fresh,
                 },
             );
         Ok(last)

@@ -8,7 +8,7 @@
 //! deadline.
 
 use crate::context::Quiet;
-use crate::{HEADER_JOURNAL, HEADER_SEQ, HEADER_SNAPSHOT};
+use crate::{HEADER_JOURNAL, HEADER_SEQ, HEADER_SNAPSHOT, HEADER_SWEEP};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -31,9 +31,11 @@ pub struct Tail {
     pub journal: Option<String>,
     /// Whether it was part of a snapshot.
     pub snapshot: bool,
+    /// The sequence of that snapshot's begin marker (its records say).
+    pub snapshot_begin: Option<u64>,
 }
 
-fn header(m: &impl Message, name: &str) -> Option<String> {
+pub(crate) fn header(m: &impl Message, name: &str) -> Option<String> {
     let h = m.headers()?;
     h.iter()
         .find(|h| h.key == name)
@@ -127,11 +129,22 @@ pub fn read(
                 Some(Ok(m)) => {
                     quiet = Instant::now();
                     let done = m.offset() + 1 >= end;
+                    let seq: Option<u64> = header(&m, HEADER_SEQ).and_then(|s| s.parse().ok());
+                    let snapshot = header(&m, HEADER_SNAPSHOT);
                     last = Some(Tail {
                         end: (m.offset() + 1).max(end),
-                        seq: header(&m, HEADER_SEQ).and_then(|s| s.parse().ok()),
+                        // A sweep's deletes carry the sequence of the
+                        // snapshot's end, which is done only once the
+                        // sweep is: until then the partition holds the
+                        // events before it.
+                        seq: if header(&m, HEADER_SWEEP).is_some() {
+                            seq.map(|s| s.saturating_sub(1))
+                        } else {
+                            seq
+                        },
                         journal: header(&m, HEADER_JOURNAL),
-                        snapshot: header(&m, HEADER_SNAPSHOT).as_deref() == Some("true"),
+                        snapshot: snapshot.as_deref().is_some_and(|s| s != "false"),
+                        snapshot_begin: snapshot.and_then(|s| s.parse().ok()),
                     });
                     if done {
                         break;
@@ -154,5 +167,45 @@ pub fn read(
             return Ok(Tail::default());
         }
         back *= 16;
+    }
+}
+
+/// Every record of `topic`'s partition `partition` from its start to its
+/// end (the high watermark when the scan starts), in order (blocking; call
+/// from `spawn_blocking`). The last offsets may hold no record (a gap):
+/// the scan ends once nothing more arrives for [`GAP_WAIT`].
+pub fn scan(
+    bootstrap: &str,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+    mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> Result<(), String>,
+) -> Result<i64, String> {
+    let deadline = Instant::now() + timeout;
+    let c = consumer(bootstrap).map_err(|e| e.to_string())?;
+    let end = high_watermark(&c, topic, partition, deadline)?;
+    if end <= 0 {
+        return Ok(0);
+    }
+    assign(&c, topic, partition, 0)?;
+    let mut quiet = Instant::now();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!("timed out reading {topic}/{partition} to its end ({end})"));
+        }
+        match c.poll(left.min(Duration::from_millis(200))) {
+            Some(Ok(m)) => {
+                quiet = Instant::now();
+                each(&m)?;
+                if m.offset() + 1 >= end {
+                    return Ok(end);
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => return Ok(end),
+            None if quiet.elapsed() > GAP_WAIT => return Ok(end),
+            None => {}
+            Some(Err(e)) => return Err(format!("reading {topic}/{partition}: {e}")),
+        }
     }
 }

@@ -216,8 +216,9 @@ pub async fn compare(
 ) -> Result<Comparison, String> {
     use Reader as R;
     match (source, target) {
-        (R::Mapped(m), t) => m.compare(t, target_name).await,
+        // A topic holds events, whatever their source: checked as events.
         (_, R::Events(t)) => t.check().await,
+        (R::Mapped(m), t) => m.compare(t, target_name).await,
         (R::KeyValue(s), R::KeyValue(t)) => {
             let r = kv::compare(s.as_ref(), t.as_ref(), opts.ttl_tolerance_s).await?;
             Ok(kv::summarise(&r))

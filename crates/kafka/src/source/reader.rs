@@ -6,16 +6,15 @@
 
 use super::decode::{Change, Decoder};
 use super::malformed;
-use crate::connector::{partitions, TAIL_TIMEOUT};
+use crate::connector::partitions;
 use crate::tail;
 use ferry_connect::async_trait;
 use ferry_connect::verify::{KvCursor, KvEntry, KvReader};
 use ferry_core::StoreUrl;
-use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub struct TopicKv {
     pub name: String,
@@ -34,50 +33,24 @@ fn fold(name: &str, bootstrap: &str, topic: &str, n: usize) -> Result<(Fold, i64
     let mut decoder = Decoder::default();
     let mut total = 0;
     for p in 0..n as i32 {
-        let end = tail::end(bootstrap, topic, p, TAIL_TIMEOUT)?;
-        total += end;
-        if end == 0 {
-            continue;
-        }
-        let c = tail::consumer(bootstrap).map_err(|e| e.to_string())?;
-        let mut tpl = rdkafka::TopicPartitionList::new();
-        tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)
-            .map_err(|e| e.to_string())?;
-        c.assign(&tpl).map_err(|e| e.to_string())?;
-        let deadline = Instant::now() + Duration::from_secs(600);
-        let mut quiet = Instant::now();
-        let mut at = 0;
-        while at < end {
-            if Instant::now() > deadline {
-                return Err(format!("timed out reading {topic}/{p} to its end"));
-            }
-            match c.poll(Duration::from_millis(200)) {
-                Some(Ok(m)) => {
-                    quiet = Instant::now();
-                    at = m.offset() + 1;
-                    decoder.set_record_key(m.key());
-                    match decoder
-                        .decode(m.payload())
-                        .map_err(|why| malformed(&url, topic, p, m.offset(), &why))?
-                    {
-                        Change::Put {
-                            key, value, lease, ..
-                        } => {
-                            state.insert(key, (value, lease));
-                        }
-                        Change::Delete { key, .. } => {
-                            state.remove(&key);
-                        }
-                        Change::Tombstone => {}
-                    }
+        total += tail::scan(bootstrap, topic, p, Duration::from_secs(600), |m| {
+            decoder.set_record_key(m.key());
+            match decoder
+                .decode(m.payload())
+                .map_err(|why| malformed(&url, topic, p, m.offset(), &why))?
+            {
+                Change::Put {
+                    key, value, lease, ..
+                } => {
+                    state.insert(key, (value, lease));
                 }
-                Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
-                Some(Err(e)) => return Err(format!("reading {topic}/{p}: {e}")),
-                // The last offsets hold no record (a gap): the end is read.
-                None if quiet.elapsed() > Duration::from_secs(2) => break,
-                None => {}
+                Change::Delete { key, .. } => {
+                    state.remove(&key);
+                }
+                Change::Tombstone => {}
             }
-        }
+            Ok(())
+        })?;
     }
     Ok((state, total))
 }
