@@ -291,3 +291,85 @@ fn target_outage_of_twenty_seconds_is_ridden_out() {
         "verify after outage",
     );
 }
+
+#[test]
+fn a_stray_write_on_the_target_is_reported_and_blocks_the_cutover_until_repaired() {
+    let (Some(src), Some(tgt)) = (require(Etcd::start()), require(Etcd::start())) else {
+        return;
+    };
+    let rt = rt();
+    let f = Ferry::new();
+    let (source_url, target_url) = (src.url("cv"), tgt.url("cv"));
+    rt.block_on(async {
+        let mut c = connect(&src.endpoint(), None).await;
+        load(&mut c, "cv", 5_000).await;
+    });
+    ok(
+        &f.start(&source_url, &target_url, &["--source.read-only=external"]),
+        "start",
+    );
+    let verified_all = |s: &Value| {
+        s["verification"][0]["ranges"].as_u64().unwrap_or(0) > 0
+            && s["verification"][0]["verified"] == s["verification"][0]["ranges"]
+    };
+    f.wait_for("every range verified", Duration::from_secs(60), |s| {
+        all_streaming(s) && max_lag(s) == 0 && verified_all(s)
+    });
+    // Behind Ferry's back: a write on the target that no event explains.
+    let mut target = rt.block_on(connect(&tgt.endpoint(), None));
+    rt.block_on(target.put("cv/key-000100", "stray", None))
+        .unwrap();
+    let written = Instant::now();
+    let s = f.wait_for("the difference reported", Duration::from_secs(5), |s| {
+        s["verification"][0]["differences"]
+            .as_array()
+            .is_some_and(|d| !d.is_empty())
+    });
+    let reported_in = written.elapsed();
+    assert!(
+        s["verification"][0]["differences"][0]["key_suffix"] == "/key-000100",
+        "the key is named: {s}"
+    );
+    eprintln!("the stray write was reported after {reported_in:?}");
+    let out = f.run(&["stop", "--timeout", "30s"]);
+    assert!(!out.status.success(), "the cutover opened over a difference");
+    assert!(
+        stderr(&out).contains("differences") && stderr(&out).contains("/key-000100"),
+        "{}",
+        stderr(&out)
+    );
+    // Repaired at the target: the next cutover verifies and opens, having
+    // compared inside its window only the range that differed.
+    let value = rt
+        .block_on(async {
+            let mut c = connect(&src.endpoint(), None).await;
+            c.get("cv/key-000100", None).await
+        })
+        .unwrap()
+        .kvs()[0]
+        .value()
+        .to_vec();
+    rt.block_on(target.put("cv/key-000100", value, None)).unwrap();
+    f.wait_for("the difference cleared", Duration::from_secs(30), |s| {
+        s["verification"][0]["differences"]
+            .as_array()
+            .is_some_and(|d| d.is_empty())
+            && s["state"] == "syncing"
+    });
+    ok(&f.run(&["stop", "--timeout", "60s"]), "stop after the repair");
+    f.wait_agent_exit(Duration::from_secs(30));
+    let proof: Value =
+        serde_json::from_slice(&std::fs::read(f.journal().join("cutover-proof.json")).unwrap())
+            .unwrap();
+    let w = &proof["window_checks"][&target_url];
+    assert!(
+        w["clean_ranges"].as_u64().unwrap_or(0) >= 1
+            && w["compared_ranges"].as_u64().unwrap_or(99) < w["ranges"].as_u64().unwrap_or(0),
+        "the window compared only part of the ranges: {proof}"
+    );
+    assert_eq!(proof["differences"], 0, "{proof}");
+    ok(
+        &f.run(&["verify", "--source", &source_url, "--target", &target_url]),
+        "verify",
+    );
+}

@@ -106,6 +106,10 @@ pub struct CutoverProof {
     /// partition → end offset), by target.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub target_positions: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Per target verified continuously: what the read-only window
+    /// compared (dirty ranges only) and what it left as verified before.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub window_checks: BTreeMap<String, ferry_connect::verify::continuous::WindowCheck>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -125,6 +129,10 @@ pub struct StatusResponse {
     /// path and key. The cutover opens nothing while one is not accepted.
     #[serde(default)]
     pub unmapped: Vec<String>,
+    /// The continuous verifiers of key-value routes: ranges verified, and
+    /// standing differences by key.
+    #[serde(default)]
+    pub verification: Vec<ferry_connect::verify::continuous::VerifierStatus>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

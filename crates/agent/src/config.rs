@@ -27,6 +27,13 @@ fn default_vault_poll_ms() -> u64 {
     DEFAULT_VAULT_POLL_MS
 }
 
+/// Keys a second the continuous verifier reads, both sides counted.
+pub const DEFAULT_VERIFY_RATE: u64 = 20_000;
+
+fn default_verify_rate() -> u64 {
+    DEFAULT_VERIFY_RATE
+}
+
 /// How the source is made read-only at cutover.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -70,6 +77,10 @@ pub struct AgentConfig {
     pub resnapshot_on_compaction: bool,
     /// Run verification before opening the target.
     pub verify_on_cutover: bool,
+    /// Keys a second the continuous verifier reads (0: off); with
+    /// `rate_limit_ops`, at most a quarter of it.
+    #[serde(default = "default_verify_rate")]
+    pub verify_rate: u64,
     /// Collection naming of the Cells mapping: v4, v4-early or none.
     #[serde(default)]
     pub cells_prefixes: Option<String>,
@@ -192,6 +203,7 @@ mod tests {
             source_read_only: ReadOnlyMode::Auth,
             resnapshot_on_compaction: true,
             verify_on_cutover: true,
+            verify_rate: DEFAULT_VERIFY_RATE,
             vault_poll_ms: DEFAULT_VAULT_POLL_MS,
             cells_prefixes: None,
             cells_accept_unmapped: Vec::new(),

@@ -5,6 +5,7 @@ use crate::api::{
     StopResponse,
 };
 use ferry_core::metric_names as m;
+use ferry_connect::verify::continuous::{RangeVerifier, VerifierStatus};
 use ferry_lag::LagTracker;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
@@ -25,6 +26,7 @@ pub struct AgentControl {
     targets: Vec<String>,
     started_at_ms: u64,
     unmapped: Arc<ferry_connect::Unmapped>,
+    verifiers: Vec<Arc<RangeVerifier>>,
 }
 
 impl AgentControl {
@@ -33,6 +35,7 @@ impl AgentControl {
         sources: Vec<String>,
         targets: Vec<String>,
         unmapped: Arc<ferry_connect::Unmapped>,
+        verifiers: Vec<Arc<RangeVerifier>>,
     ) -> (Arc<AgentControl>, mpsc::Receiver<StopRequest>) {
         let (stop_tx, stop_rx) = mpsc::channel(8);
         let c = AgentControl {
@@ -48,6 +51,7 @@ impl AgentControl {
             targets,
             started_at_ms: ferry_lag::now_ms(),
             unmapped,
+            verifiers,
         };
         (Arc::new(c), stop_rx)
     }
@@ -59,6 +63,21 @@ impl AgentControl {
     /// Source entries the sinks could not map (see [`ferry_connect::Unmapped`]).
     pub fn unmapped(&self) -> Vec<ferry_connect::UnmappedEntry> {
         self.unmapped.list()
+    }
+
+    /// Each continuous verifier's state.
+    pub fn verification(&self) -> Vec<VerifierStatus> {
+        self.verifiers.iter().map(|v| v.status()).collect()
+    }
+
+    /// The verifiers' gauges, labelled by target.
+    pub fn publish_metrics(&self) {
+        for v in self.verification() {
+            let t = [("target", v.target.clone())];
+            metrics::gauge!(m::VERIFY_RANGES_VERIFIED, &t).set(v.verified as f64);
+            metrics::gauge!(m::VERIFY_RANGES_DIRTY, &t).set((v.ranges - v.verified) as f64);
+            metrics::gauge!(m::VERIFY_DIFFERENCES, &t).set(v.differences.len() as f64);
+        }
     }
 
     pub fn state(&self) -> AgentState {
@@ -108,6 +127,7 @@ impl crate::server::Control for AgentControl {
                 .into_iter()
                 .map(|e| e.sentence)
                 .collect(),
+            verification: self.verification(),
         })
     }
 

@@ -209,12 +209,37 @@ impl Cutover<'_> {
             .map(|e| (e.name, e.sentence))
             .collect();
         let mut target_positions = BTreeMap::new();
+        let mut window_checks = BTreeMap::new();
         if self.cfg.verify_on_cutover {
             self.control
                 .set_cutover(CutoverPhase::Verifying, "comparing source and target");
             for r in self.routes {
-                for t in &r.route.targets {
+                for (i, t) in r.route.targets.iter().enumerate() {
                     let turl = t.url();
+                    // Verified continuously: only what changed since (the
+                    // dirty ranges) is compared inside the window.
+                    let verifier = r.sinks.get(i).and_then(|s| s.verifier.as_ref());
+                    if let Some(v) = verifier.filter(|v| v.ready()) {
+                        let w = v
+                            .verify_dirty()
+                            .await
+                            .map_err(|e| failed(CutoverPhase::Verifying, e))?;
+                        verified += w.compared_keys;
+                        differences += w.difference_count;
+                        if w.difference_count > 0 {
+                            return Err(failed(
+                                CutoverPhase::Verifying,
+                                format!(
+                                    "verification found {} differences between {} and {turl}; the target was not opened (first: {})",
+                                    w.difference_count,
+                                    r.route.source.url(),
+                                    w.differences.first().map(|d| format!("{} {:?} {}", d.key_suffix, d.kind, d.detail)).unwrap_or_default()
+                                ),
+                            ));
+                        }
+                        window_checks.insert(turl.to_string(), w);
+                        continue;
+                    }
                     let report = crate::routes::compare(
                         r.route.source.as_ref(),
                         t.as_ref(),
@@ -298,6 +323,7 @@ impl Cutover<'_> {
             source_read_only_at_ms: read_only_at,
             target_opened_at_ms: opened_at,
             read_only_window_ms: opened_at.saturating_sub(read_only_at),
+            window_checks,
             next_steps: self.next_steps.to_vec(),
             unmapped_accepted: unmapped.into_values().collect(),
             target_positions,

@@ -162,6 +162,25 @@ pub fn seal_key(dir: &Path) -> Result<Arc<SealKey>, String> {
 }
 
 /// Compares a route's source with one of its targets through their readers.
+/// The continuous verifier of a route's target, where both sides read as
+/// keys and values (see [`ferry_connect::verify::continuous`]).
+pub fn range_verifier(
+    source: &dyn Source,
+    target: &dyn Target,
+) -> Option<Arc<ferry_connect::verify::continuous::RangeVerifier>> {
+    use ferry_connect::Reader;
+    match (source.reader().ok()?, target.reader(source).ok()?) {
+        (Reader::KeyValue(s), Reader::KeyValue(t)) => Some(Arc::new(
+            ferry_connect::verify::continuous::RangeVerifier::new(
+                s,
+                t,
+                crate::config::DEFAULT_VERIFY_TTL_TOLERANCE_S,
+            ),
+        )),
+        _ => None,
+    }
+}
+
 pub async fn compare(
     source: &dyn Source,
     target: &dyn Target,

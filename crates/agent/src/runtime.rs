@@ -140,7 +140,10 @@ impl AgentRun {
                     journal_id: &journal_id,
                     unmapped: &unmapped,
                 })?;
-                let sink = Arc::new(TargetSink::new(sink, Arc::clone(&seal)));
+                let verifier = (self.cfg.verify_rate > 0)
+                    .then(|| crate::routes::range_verifier(source.as_ref(), t.as_ref()))
+                    .flatten();
+                let sink = Arc::new(TargetSink::new(sink, Arc::clone(&seal), verifier));
                 ferry_replay::Sink::startup(sink.as_ref())
                     .await
                     .map_err(|e| e.to_string())?;
@@ -159,6 +162,9 @@ impl AgentRun {
             self.sources.iter().map(ToString::to_string).collect(),
             self.targets.iter().map(ToString::to_string).collect(),
             unmapped,
+            live.iter()
+                .flat_map(|r| r.sinks.iter().filter_map(|s| s.verifier.clone()))
+                .collect(),
         );
 
         let (stop_pipeline, shutdown) = Shutdown::new();
@@ -228,10 +234,41 @@ impl AgentRun {
                     .map_err(|e| e.to_string())
             });
         }
+        // The continuous verifiers: a quarter of --rate-limit at most.
+        let verify_rate = match self.cfg.rate_limit_ops {
+            Some(n) => self.cfg.verify_rate.min(u64::from(n) / 4).max(1),
+            None => self.cfg.verify_rate,
+        };
+        for r in &live {
+            for sink in &r.sinks {
+                let Some(v) = sink.verifier.clone() else {
+                    continue;
+                };
+                let (l, s, span, target) = (
+                    Arc::clone(&lag),
+                    shutdown.clone(),
+                    r.route.span,
+                    ferry_replay::Sink::name(sink.as_ref()).to_string(),
+                );
+                tasks.spawn(async move {
+                    let lag_zero = move || {
+                        l.snapshot()
+                            .shards
+                            .iter()
+                            .filter(|sh| span.contains(ferry_core::ShardId(sh.shard)))
+                            .all(|sh| sh.targets.get(&target).is_some_and(|t| t.lag_events == 0))
+                    };
+                    v.run(verify_rate, lag_zero, move || s.is_stopping()).await;
+                    Ok(())
+                });
+            }
+        }
         {
             let (l, mut s) = (Arc::clone(&lag), shutdown.clone());
+            let c = Arc::clone(&control);
             tasks.spawn(async move {
                 loop {
+                    c.publish_metrics();
                     l.publish_metrics();
                     tokio::select! {
                         () = tokio::time::sleep(Duration::from_secs(1)) => {}

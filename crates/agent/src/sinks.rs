@@ -2,6 +2,7 @@
 //! here, just before the connector's sink sees them, so no store sink
 //! handles the journal key.
 
+use ferry_connect::verify::continuous::RangeVerifier;
 use ferry_core::{Event, Op, Seq, ShardId, Value};
 use ferry_journal::seal::SealKey;
 use ferry_replay::{SharedSink, Sink, SinkError};
@@ -11,11 +12,18 @@ use std::sync::Arc;
 pub struct TargetSink {
     sink: SharedSink,
     seal: Arc<SealKey>,
+    /// The route's continuous verifier for this target: every applied
+    /// event's key marks its range dirty, after the write.
+    pub verifier: Option<Arc<RangeVerifier>>,
 }
 
 impl TargetSink {
-    pub fn new(sink: SharedSink, seal: Arc<SealKey>) -> Self {
-        TargetSink { sink, seal }
+    pub fn new(sink: SharedSink, seal: Arc<SealKey>, verifier: Option<Arc<RangeVerifier>>) -> Self {
+        TargetSink {
+            sink,
+            seal,
+            verifier,
+        }
     }
 
     /// `events` with every sealed value opened (borrowed when none is sealed).
@@ -62,7 +70,13 @@ impl Sink for TargetSink {
 
     async fn apply(&self, shard: ShardId, events: &[Event]) -> Result<Seq, SinkError> {
         let events = self.open(events)?;
-        self.sink.apply(shard, &events).await
+        let result = self.sink.apply(shard, &events).await;
+        if let Some(v) = &self.verifier {
+            // Every event handed over may have reached the target, even on
+            // an error: all of them dirty their ranges.
+            v.touch(events.iter().filter(|e| !e.op.is_marker()).map(|e| e.key.as_slice()));
+        }
+        result
     }
 
     async fn shutdown(&self) {

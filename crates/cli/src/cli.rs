@@ -120,6 +120,11 @@ pub struct StartArgs {
     /// Skip verification before the target is opened at cutover.
     #[arg(long, env = "FERRY_NO_VERIFY")]
     pub no_verify: bool,
+    /// Keys per second the continuous verifier reads from source and target
+    /// together while syncing (0: off, and the cutover compares everything);
+    /// with --rate-limit, at most a quarter of it.
+    #[arg(long = "verify.rate", env = "FERRY_VERIFY_RATE", default_value_t = ferry_agent::config::DEFAULT_VERIFY_RATE)]
+    pub verify_rate: u64,
     /// Collection names of a cells:// migration: `v4` (later Cells v4, the
     /// code `cells admin config db add` goes with: every collection named
     /// `<service>_<name>`, e.g. activity_activities), `v4-early` (earlier v4:

@@ -15,8 +15,27 @@ pub const JOURNAL_COMMIT_SECONDS: &str = "ferry_journal_commit_seconds";
 /// Events removed from the journal because every target applied them.
 pub const JOURNAL_TRUNCATED_EVENTS_TOTAL: &str = "ferry_journal_truncated_events_total";
 
+/// Ranges of a key-value route the continuous verifier holds verified.
+pub const VERIFY_RANGES_VERIFIED: &str = "ferry_verify_ranges_verified";
+/// Ranges of a key-value route not verified at their current state.
+pub const VERIFY_RANGES_DIRTY: &str = "ferry_verify_ranges_dirty";
+/// Keys of a route whose target differs from the source with no event in flight.
+pub const VERIFY_DIFFERENCES: &str = "ferry_verify_differences";
+
 /// (name, help) for every metric, so an exporter can describe them once.
 pub const DESCRIPTIONS: &[(&str, &str)] = &[
+    (
+        VERIFY_RANGES_VERIFIED,
+        "Key ranges the continuous verifier holds verified (equal, untouched since).",
+    ),
+    (
+        VERIFY_RANGES_DIRTY,
+        "Key ranges not verified at their current state (the cutover compares these).",
+    ),
+    (
+        VERIFY_DIFFERENCES,
+        "Keys whose target differs from the source with no event in flight (written behind Ferry's back?).",
+    ),
     (
         JOURNAL_APPENDED_EVENTS_TOTAL,
         "Events durably appended to the journal.",

@@ -552,6 +552,18 @@ impl KvReader for Kv {
             cursor: RangeCursor::prefix(self.0.prefix(), 0),
         })
     }
+    fn cursor_range(&self, from: &[u8], to: Option<&[u8]>) -> Box<dyn KvCursor> {
+        let p = self.0.prefix();
+        let start = [p, from].concat();
+        let end = to.map_or_else(|| RangeCursor::prefix_end(p), |t| [p, t].concat());
+        Box::new(Cursor {
+            store: self.0.clone(),
+            cursor: RangeCursor::between(start, end, 0),
+        })
+    }
+    fn suffix<'k>(&self, key: &'k [u8]) -> Option<&'k [u8]> {
+        key.strip_prefix(self.0.prefix())
+    }
     async fn lease_ttl(&self, lease: i64) -> Result<(i64, i64), String> {
         let mut lc = self.0.client().lease_client();
         let r = self

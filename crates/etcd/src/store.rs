@@ -422,6 +422,20 @@ impl RangeCursor {
         }
     }
 
+    /// Every key in `[start, end)`, read at `revision` (0: the current one).
+    pub fn between(start: Vec<u8>, end: Vec<u8>, revision: i64) -> Self {
+        RangeCursor {
+            next: start,
+            end,
+            ..Self::prefix(b"", revision)
+        }
+    }
+
+    /// The end of the range of keys under `prefix` (exclusive).
+    pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+        prefix_range(prefix).1
+    }
+
     /// Keys only (no values): for sweeps.
     pub fn keys_only(mut self) -> Self {
         self.keys_only = true;

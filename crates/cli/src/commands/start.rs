@@ -51,6 +51,7 @@ fn config_for(args: &StartArgs, sources: &[StoreUrl], targets: &[StoreUrl]) -> A
         source_read_only: args.source_read_only,
         resnapshot_on_compaction: !args.no_resnapshot,
         verify_on_cutover: !args.no_verify,
+        verify_rate: args.verify_rate,
         vault_poll_ms: args.vault_poll_ms,
         cells_prefixes: Some(args.cells_prefixes.clone()),
         cells_accept_unmapped: args.cells_accept_unmapped.clone(),

@@ -15,6 +15,7 @@
 //! | [`MappedReader`] | any | the source's own mapping against the target's reader (Cells) |
 //! | any | [`EventsReader`] | the stream alone: every event once, and where each partition ends |
 
+pub mod continuous;
 pub mod documents;
 pub mod kv;
 mod simple;
@@ -56,6 +57,23 @@ pub trait KvReader: Send + Sync {
     /// position every later page reads at. Ferry's reserved keys are left
     /// out.
     fn cursor(&self) -> Box<dyn KvCursor>;
+    /// A cursor over the suffixes in `[from, to)` (`to` `None`: to the
+    /// end). The default filters [`Self::cursor`]; a store with range
+    /// reads reads only the range.
+    fn cursor_range(&self, from: &[u8], to: Option<&[u8]>) -> Box<dyn KvCursor> {
+        Box::new(continuous::Filtered {
+            inner: self.cursor(),
+            from: from.to_vec(),
+            to: to.map(<[u8]>::to_vec),
+            done: false,
+        })
+    }
+    /// The suffix of a journaled event's key (the key as the source names
+    /// it), `None` when it is not one of this reader's keys. The default:
+    /// the key is the suffix.
+    fn suffix<'k>(&self, key: &'k [u8]) -> Option<&'k [u8]> {
+        Some(key)
+    }
     /// (remaining, granted) TTL of a lease, in seconds.
     async fn lease_ttl(&self, lease: i64) -> Result<(i64, i64), String>;
 }
