@@ -16,71 +16,13 @@
 //! Env: `FERRY_BENCH_KEYS` (200000), `FERRY_BENCH_CUTOVERS` (5),
 //!      `FERRY_BENCH_MIRROR_SECS` (60: make-mirror is given this long).
 
-use etcd_client::{Client, ConnectOptions, EventType, GetOptions, Txn, TxnOp, WatchOptions};
+use etcd_client::{EventType, Txn, TxnOp, WatchOptions};
+use ferry_benches::etcd_run::*;
 use ferry_testkit::Etcd;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn ferry_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("exe");
-    let bin = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target/<profile>/deps")
-        .join("ferry");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build --release -p ferry-cli` first",
-        bin.display()
-    );
-    bin
-}
-
-async fn connect(ep: &str, user: Option<(&str, &str)>) -> Client {
-    Client::connect(
-        [ep],
-        user.map(|(u, p)| ConnectOptions::new().with_user(u, p)),
-    )
-    .await
-    .expect("connect")
-}
-
-fn value(i: u64) -> Vec<u8> {
-    let mut v = format!("{i:016}").into_bytes();
-    v.resize(256, b'v');
-    v
-}
-
-async fn load(c: &mut Client, prefix: &str, n: u64) {
-    let mut i = 0;
-    while i < n {
-        let ops: Vec<TxnOp> = (i..(i + 128).min(n))
-            .map(|k| TxnOp::put(format!("{prefix}/k{k:07}"), value(k), None))
-            .collect();
-        i += ops.len() as u64;
-        c.txn(Txn::new().and_then(ops)).await.expect("txn");
-    }
-}
-
-async fn count(c: &mut Client, prefix: &str) -> i64 {
-    c.get(
-        prefix,
-        Some(GetOptions::new().with_prefix().with_count_only()),
-    )
-    .await
-    .expect("count")
-    .count()
-}
 
 /// The target's ceiling: the same keys, full transactions, 8 clients.
 async fn direct(ep: &str, prefix: &str, n: u64) -> Duration {
@@ -140,104 +82,6 @@ async fn make_mirror(src: &str, tgt: &str, n: u64, limit: Duration) -> (i64, Dur
     let _ = child.kill();
     let _ = child.wait();
     (copied, elapsed)
-}
-
-struct FerryRun {
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl FerryRun {
-    fn new() -> Self {
-        FerryRun {
-            dir: tempfile::tempdir().expect("tmp"),
-            port: ferry_testkit::free_port().expect("port"),
-        }
-    }
-    fn journal(&self) -> String {
-        self.dir.path().join("journal").display().to_string()
-    }
-    fn cmd(&self, args: &[&str]) -> std::process::Output {
-        Command::new(ferry_bin())
-            .args(args)
-            .env("FERRY_JOURNAL", self.journal())
-            .stdin(Stdio::null())
-            .output()
-            .expect("ferry")
-    }
-    fn start(&self, src: &str, tgt: &str, extra: &[&str]) {
-        let listen = format!("127.0.0.1:{}", self.port);
-        let mut a = vec![
-            "start",
-            "--no-monitor",
-            "--source",
-            src,
-            "--target",
-            tgt,
-            "--agent.listen",
-            &listen,
-        ];
-        a.extend_from_slice(extra);
-        let o = self.cmd(&a);
-        assert!(
-            o.status.success(),
-            "ferry start: {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-    }
-    fn status(&self) -> Option<serde_json::Value> {
-        let o = self.cmd(&["status", "--json"]);
-        o.status
-            .success()
-            .then(|| serde_json::from_slice(&o.stdout).ok())
-            .flatten()
-    }
-    fn wait_caught_up(&self, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        loop {
-            assert!(
-                Instant::now() < deadline,
-                "ferry did not catch up in {limit:?}"
-            );
-            if let Some(s) = self.status() {
-                let shards = s["lag"]["shards"].as_array().cloned().unwrap_or_default();
-                let streaming =
-                    !shards.is_empty() && shards.iter().all(|sh| sh["phase"] == "streaming");
-                let lag: u64 = shards
-                    .iter()
-                    .flat_map(|sh| {
-                        sh["targets"]
-                            .as_object()
-                            .cloned()
-                            .unwrap_or_default()
-                            .into_values()
-                    })
-                    .map(|t| t["lag_events"].as_u64().unwrap_or(0))
-                    .max()
-                    .unwrap_or(0);
-                if streaming && lag == 0 {
-                    return;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-    fn stop(&self) -> serde_json::Value {
-        let o = self.cmd(&["stop", "--timeout", "120s"]);
-        assert!(
-            o.status.success(),
-            "ferry stop: {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        let proof =
-            std::fs::read(self.dir.path().join("journal/cutover-proof.json")).expect("proof");
-        serde_json::from_slice(&proof).expect("proof json")
-    }
-    fn abort(&self) {
-        let _ = self.cmd(&["stop", "--abort"]);
-    }
 }
 
 fn now_us() -> u64 {
@@ -313,19 +157,6 @@ fn pct(v: &mut [u64], p: f64) -> u64 {
     }
     v.sort_unstable();
     v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
-
-async fn enable_auth(c: &mut Client, prefix: &str) {
-    use etcd_client::Permission;
-    c.user_add("root", "rootpw", None).await.expect("root");
-    c.user_grant_role("root", "root").await.expect("root role");
-    c.role_add("app").await.expect("role");
-    c.role_grant_permission("app", Permission::read_write(prefix).with_prefix())
-        .await
-        .expect("perm");
-    c.user_add("app", "apppw", None).await.expect("app");
-    c.user_grant_role("app", "app").await.expect("app role");
-    c.auth_enable().await.expect("auth");
 }
 
 fn main() {

@@ -163,6 +163,7 @@ async fn ferry(etcd: &Etcd, kafka: &Kafka, topic: &str, shards: u32, lag_puts: u
             })
             .unwrap(),
         Arc::clone(&seal),
+        None,
     ));
     ferry_replay::Sink::startup(sink.as_ref()).await.unwrap();
     for shard in span.iter() {

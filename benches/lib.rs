@@ -1,6 +1,8 @@
 //! Shared helpers for Ferry's bench binaries: timing, memory readings and
 //! plain-text result tables.
 
+pub mod etcd_run;
+
 use std::time::Duration;
 
 /// Peak resident set size of this process so far, in bytes (Linux `VmHWM`).

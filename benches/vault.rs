@@ -125,6 +125,7 @@ async fn ferry(
     let sink = Arc::new(TargetSink::new(
         ferry_replay::SharedSink::new(VaultSink::new(store(dst, root).await, name.clone())),
         Arc::clone(&seal),
+        None,
     ));
     ferry_replay::Sink::startup(sink.as_ref()).await.unwrap();
     for shard in span.iter() {

@@ -415,8 +415,13 @@ fn mapped_home(bin: &Path, home: &Path) -> std::collections::BTreeMap<String, Va
         fixture::run(bin, "dump", &path, &[]);
         for ((buckets, key), value) in fixture::read_dump(&path) {
             let Some(value) = value else { continue };
-            if let Ok(Some(m)) = map(service, &MapOptions::default(), &buckets, &key, Some(&value))
-            {
+            if let Ok(Some(m)) = map(
+                service,
+                &MapOptions::default(),
+                &buckets,
+                &key,
+                Some(&value),
+            ) {
                 let mut d = Document::new();
                 d.insert("_id", m.id.clone());
                 d.extend(m.doc.unwrap());
@@ -463,7 +468,11 @@ fn a_live_cells_home_publishes_each_service_to_its_own_topic() {
     )
     .unwrap();
     let out = writer.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     f.wait_for("caught up", Duration::from_secs(120), |s| {
         all_streaming(s) && max_lag(s) == 0
     });
@@ -475,12 +484,18 @@ fn a_live_cells_home_publishes_each_service_to_its_own_topic() {
     assert_eq!(proof["differences"], 0, "{proof}");
     let steps = proof["next_steps"].to_string();
     assert!(
-        steps.contains("cells.pydio.grpc.docstore") && steps.contains("not published, because they hold secrets"),
+        steps.contains("cells.pydio.grpc.docstore")
+            && steps.contains("not published, because they hold secrets"),
         "{steps}"
     );
     // The secrets went nowhere.
     let rt = tokio::runtime::Runtime::new().unwrap();
-    for t in ["cells.config", "cells.vault", "cells.keyring", "cells.certs"] {
+    for t in [
+        "cells.config",
+        "cells.vault",
+        "cells.keyring",
+        "cells.certs",
+    ] {
         let p = rt
             .block_on(ferry_kafka::connector::partitions(&kafka.bootstrap(), t))
             .unwrap();
@@ -493,7 +508,10 @@ fn a_live_cells_home_publishes_each_service_to_its_own_topic() {
     for service in ferry_cells::Service::ALL {
         let topic = format!("cells.{}", service.name());
         if rt
-            .block_on(ferry_kafka::connector::partitions(&kafka.bootstrap(), &topic))
+            .block_on(ferry_kafka::connector::partitions(
+                &kafka.bootstrap(),
+                &topic,
+            ))
             .unwrap()
             .is_none()
         {
@@ -501,21 +519,36 @@ fn a_live_cells_home_publishes_each_service_to_its_own_topic() {
         }
         let c = ferry_tests::topic::consume(&kafka.bootstrap(), &topic);
         let mut seen = std::collections::HashSet::new();
-        assert!(c.events.iter().all(|e| seen.insert(*e)), "{topic}: an event twice");
+        assert!(
+            c.events.iter().all(|e| seen.insert(*e)),
+            "{topic}: an event twice"
+        );
         assert_eq!(c.deletes_without_tombstone, 0, "{topic}");
         for (k, last) in c.last {
             if let Some(after) = last {
-                if serde_json::from_str::<Value>(&k).unwrap().get("id").is_some() {
+                if serde_json::from_str::<Value>(&k)
+                    .unwrap()
+                    .get("id")
+                    .is_some()
+                {
                     published.insert(k, after);
                 }
             }
         }
     }
-    assert!(expected.len() > 100, "the sample holds documents: {}", expected.len());
+    assert!(
+        expected.len() > 100,
+        "the sample holds documents: {}",
+        expected.len()
+    );
     for (k, doc) in &expected {
         assert_eq!(published.get(k), Some(doc), "{k}");
     }
-    assert_eq!(published.len(), expected.len(), "no document the source lacks");
+    assert_eq!(
+        published.len(),
+        expected.len(),
+        "no document the source lacks"
+    );
     let docstore = published
         .values()
         .find(|d| d["store_id"] == "meta" && d["doc_id"] == "meta-doc-001")

@@ -332,7 +332,10 @@ fn a_stray_write_on_the_target_is_reported_and_blocks_the_cutover_until_repaired
     );
     eprintln!("the stray write was reported after {reported_in:?}");
     let out = f.run(&["stop", "--timeout", "30s"]);
-    assert!(!out.status.success(), "the cutover opened over a difference");
+    assert!(
+        !out.status.success(),
+        "the cutover opened over a difference"
+    );
     assert!(
         stderr(&out).contains("differences") && stderr(&out).contains("/key-000100"),
         "{}",
@@ -349,14 +352,18 @@ fn a_stray_write_on_the_target_is_reported_and_blocks_the_cutover_until_repaired
         .kvs()[0]
         .value()
         .to_vec();
-    rt.block_on(target.put("cv/key-000100", value, None)).unwrap();
+    rt.block_on(target.put("cv/key-000100", value, None))
+        .unwrap();
     f.wait_for("the difference cleared", Duration::from_secs(30), |s| {
         s["verification"][0]["differences"]
             .as_array()
             .is_some_and(|d| d.is_empty())
             && s["state"] == "syncing"
     });
-    ok(&f.run(&["stop", "--timeout", "60s"]), "stop after the repair");
+    ok(
+        &f.run(&["stop", "--timeout", "60s"]),
+        "stop after the repair",
+    );
     f.wait_agent_exit(Duration::from_secs(30));
     let proof: Value =
         serde_json::from_slice(&std::fs::read(f.journal().join("cutover-proof.json")).unwrap())

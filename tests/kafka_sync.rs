@@ -440,12 +440,22 @@ fn etcd_to_kafka_to_etcd_across_two_agents_through_five_kills_downstream() {
         )
     });
     let external = ["--source.read-only=external", "--shards", "3"];
-    ok(&up.start(&source_url, &topic_url, &external), "upstream start");
-    up.wait_for("upstream streaming", Duration::from_secs(120), all_streaming);
+    ok(
+        &up.start(&source_url, &topic_url, &external),
+        "upstream start",
+    );
+    up.wait_for(
+        "upstream streaming",
+        Duration::from_secs(120),
+        all_streaming,
+    );
     let mut rng = rand::thread_rng();
     let deadline = Instant::now() + Duration::from_secs(600);
     for round in 0..5 {
-        assert!(Instant::now() < deadline, "the test exceeded its time bound");
+        assert!(
+            Instant::now() < deadline,
+            "the test exceeded its time bound"
+        );
         ok(
             &down.start(&relay, &far_url, &["--source.read-only=external"]),
             &format!("downstream start (round {round})"),
@@ -467,7 +477,11 @@ fn etcd_to_kafka_to_etcd_across_two_agents_through_five_kills_downstream() {
     });
     ok(&up.run(&["stop", "--timeout", "120s"]), "upstream stop");
     up.wait_agent_exit(Duration::from_secs(30));
-    down.wait_for("downstream streaming", Duration::from_secs(120), all_streaming);
+    down.wait_for(
+        "downstream streaming",
+        Duration::from_secs(120),
+        all_streaming,
+    );
     let out = down.run(&["stop", "--timeout", "120s"]);
     ok(&out, "downstream stop");
     down.wait_agent_exit(Duration::from_secs(30));
@@ -538,8 +552,16 @@ fn a_malformed_record_on_a_kafka_source_is_named_and_nothing_of_it_written() {
     // Without a group, and without the external switch: usage errors.
     let f = Ferry::new();
     for (url, extra, needle) in [
-        (kafka.url("first"), vec!["--source.read-only=external"], "?group=NAME"),
-        (relay_url(&kafka, "first", "g"), vec![], "--source.read-only=external"),
+        (
+            kafka.url("first"),
+            vec!["--source.read-only=external"],
+            "?group=NAME",
+        ),
+        (
+            relay_url(&kafka, "first", "g"),
+            vec![],
+            "--source.read-only=external",
+        ),
     ] {
         let out = f.start(&url, &far_url, &extra);
         assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
@@ -588,9 +610,15 @@ fn a_malformed_record_on_a_kafka_source_is_named_and_nothing_of_it_written() {
     assert!(s.to_string().contains("no `source`"), "{s}");
     let held = source_state(&rt, &far.endpoint(), "m/");
     assert_eq!(held.get("m/a").map(String::as_str), Some("1"), "{held:?}");
-    assert!(!held.contains_key("m/b") && !held.contains_key("m/x"), "{held:?}");
+    assert!(
+        !held.contains_key("m/b") && !held.contains_key("m/x"),
+        "{held:?}"
+    );
     let out = f.run(&["stop", "--timeout", "20s"]);
-    assert!(!out.status.success(), "the cutover cannot fence a stopped shard");
+    assert!(
+        !out.status.success(),
+        "the cutover cannot fence a stopped shard"
+    );
     ok(&f.run(&["stop", "--abort"]), "stop --abort");
     f.wait_agent_exit(Duration::from_secs(30));
 }

@@ -100,4 +100,3 @@ pub fn consume(bootstrap: &str, topic: &str) -> Consumed {
     }
     out
 }
-

@@ -4,8 +4,8 @@ use crate::api::{
     AgentState, CutoverPhase, CutoverProof, CutoverStatus, StatusResponse, StopRequest,
     StopResponse,
 };
-use ferry_core::metric_names as m;
 use ferry_connect::verify::continuous::{RangeVerifier, VerifierStatus};
+use ferry_core::metric_names as m;
 use ferry_lag::LagTracker;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;

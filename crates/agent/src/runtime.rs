@@ -256,7 +256,10 @@ impl AgentRun {
                             .shards
                             .iter()
                             .filter(|sh| span.contains(ferry_core::ShardId(sh.shard)))
-                            .all(|sh| sh.targets.get(&target).is_some_and(|t| t.lag_events == 0))
+                            .all(|sh| {
+                                matches!(sh.phase, ferry_lag::Phase::Streaming)
+                                    && sh.targets.get(&target).is_some_and(|t| t.lag_events == 0)
+                            })
                     };
                     v.run(verify_rate, lag_zero, move || s.is_stopping()).await;
                     Ok(())

@@ -74,7 +74,12 @@ impl Sink for TargetSink {
         if let Some(v) = &self.verifier {
             // Every event handed over may have reached the target, even on
             // an error: all of them dirty their ranges.
-            v.touch(events.iter().filter(|e| !e.op.is_marker()).map(|e| e.key.as_slice()));
+            v.touch(
+                events
+                    .iter()
+                    .filter(|e| !e.op.is_marker())
+                    .map(|e| e.key.as_slice()),
+            );
         }
         result
     }

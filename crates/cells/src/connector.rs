@@ -387,7 +387,8 @@ impl Source for BoltSource {
             }
             _ => ferry_connect::Rendered {
                 key: serde_json::json!({ "service": service, "location": crate::map::location(buckets, key) }),
-                after: value.map(|v| serde_json::json!({ "value": ferry_connect::text_or_base64(v) })),
+                after: value
+                    .map(|v| serde_json::json!({ "value": ferry_connect::text_or_base64(v) })),
                 created: None,
             },
         }

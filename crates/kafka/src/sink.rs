@@ -3,8 +3,7 @@
 use crate::context::Quiet;
 use crate::envelope::{envelope, Origin};
 use crate::{
-    tail, HEADER_JOURNAL, HEADER_SEQ, HEADER_SHARD, HEADER_SNAPSHOT, HEADER_SWEEP,
-    MAX_RECORD_BYTES,
+    tail, HEADER_JOURNAL, HEADER_SEQ, HEADER_SHARD, HEADER_SNAPSHOT, HEADER_SWEEP, MAX_RECORD_BYTES,
 };
 use ferry_connect::Source;
 use ferry_core::{Event, Op, Seq, ShardId, ShardSpan, Value};
@@ -100,7 +99,11 @@ impl KafkaSink {
         let state = ShardState {
             published: if ours { tail.seq.unwrap_or(0) } else { 0 },
             snapshot: ours && tail.snapshot,
-            begin: if ours { tail.snapshot_begin.unwrap_or(0) } else { 0 },
+            begin: if ours {
+                tail.snapshot_begin.unwrap_or(0)
+            } else {
+                0
+            },
             fresh: tail.end == 0,
         };
         self.shards

@@ -192,7 +192,9 @@ pub fn scan(
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(format!("timed out reading {topic}/{partition} to its end ({end})"));
+            return Err(format!(
+                "timed out reading {topic}/{partition} to its end ({end})"
+            ));
         }
         match c.poll(left.min(Duration::from_millis(200))) {
             Some(Ok(m)) => {

@@ -57,8 +57,8 @@ impl Decoder {
         let Some(bytes) = payload else {
             return Ok(Change::Tombstone);
         };
-        let mut v: Value = serde_json::from_slice(bytes)
-            .map_err(|e| format!("the value is not JSON ({e})"))?;
+        let mut v: Value =
+            serde_json::from_slice(bytes).map_err(|e| format!("the value is not JSON ({e})"))?;
         if v.get("op").is_none() {
             if let Some(p) = v.get_mut("payload") {
                 v = p.take();
@@ -229,7 +229,9 @@ mod tests {
         );
         let bytes = record(
             "app/b",
-            Some(json!({"key": "app/b", "value": {"base64": "/wA="}, "lease": {"id": 7, "ttl_s": 30}})),
+            Some(
+                json!({"key": "app/b", "value": {"base64": "/wA="}, "lease": {"id": 7, "ttl_s": 30}}),
+            ),
             false,
         );
         assert_eq!(
@@ -266,12 +268,16 @@ mod tests {
         let why = |d: &mut Decoder, v: &[u8]| d.decode(Some(v)).unwrap_err();
         assert!(why(&mut d, b"not json").contains("not JSON"));
         assert!(why(&mut d, br#"{"a": 1}"#).contains("no `op`"));
-        assert!(why(&mut d, br#"{"op": "x", "source": {"kind": "etcd", "name": "etcd://h/app"}}"#)
-            .contains("not one of r, c, u, d"));
-        assert!(
-            why(&mut d, br#"{"op": "c", "after": {}, "source": {"kind": "mongodb", "name": "m"}}"#)
-                .contains("`mongodb` source")
-        );
+        assert!(why(
+            &mut d,
+            br#"{"op": "x", "source": {"kind": "etcd", "name": "etcd://h/app"}}"#
+        )
+        .contains("not one of r, c, u, d"));
+        assert!(why(
+            &mut d,
+            br#"{"op": "c", "after": {}, "source": {"kind": "mongodb", "name": "m"}}"#
+        )
+        .contains("`mongodb` source"));
         assert!(why(
             &mut d,
             br#"{"op": "c", "after": {"key": "other/a", "value": "1"}, "source": {"kind": "etcd", "name": "etcd://h/app"}}"#

@@ -173,7 +173,11 @@ impl Source for KafkaSource {
                 decoder.set_record_key(key.as_deref());
                 if let Err(why) = decoder.decode(value.as_deref()) {
                     return Err(Refusal::refused(malformed(
-                        &self.url, &self.topic, p as i32, offset, &why,
+                        &self.url,
+                        &self.topic,
+                        p as i32,
+                        offset,
+                        &why,
                     )));
                 }
             }

@@ -104,7 +104,11 @@ impl KvReader for TopicKv {
     }
     fn cursor(&self) -> Box<dyn KvCursor> {
         Box::new(Cursor {
-            reader: (self.name.clone(), self.bootstrap.clone(), self.topic.clone()),
+            reader: (
+                self.name.clone(),
+                self.bootstrap.clone(),
+                self.topic.clone(),
+            ),
             pages: None,
             position: 0,
             ttls: Arc::clone(&self.ttls),
@@ -115,9 +119,13 @@ impl KvReader for TopicKv {
     /// upstream had when it captured the lease: a target key may not
     /// outlive that.
     async fn lease_ttl(&self, lease: i64) -> Result<(i64, i64), String> {
-        let ttl = self.ttls.lock().expect("ttl lock poisoned").get(&lease).copied();
-        ttl.map(|t| (0, t)).ok_or_else(|| {
-            format!("{}: no record of the topic names lease {lease}", self.name)
-        })
+        let ttl = self
+            .ttls
+            .lock()
+            .expect("ttl lock poisoned")
+            .get(&lease)
+            .copied();
+        ttl.map(|t| (0, t))
+            .ok_or_else(|| format!("{}: no record of the topic names lease {lease}", self.name))
     }
 }

@@ -58,7 +58,12 @@ impl Goal {
     /// Whether every partition was read to its end. An end-of-partition
     /// notice counts only for catching up (`eof`): at the fence, a notice
     /// from a fetch sent before the end was read could come too early.
-    fn reached(&self, next: &[i64], heard: &[Option<Instant>], eof: Option<&[Option<Instant>]>) -> bool {
+    fn reached(
+        &self,
+        next: &[i64],
+        heard: &[Option<Instant>],
+        eof: Option<&[Option<Instant>]>,
+    ) -> bool {
         (0..self.ends.len()).all(|p| {
             next[p] >= self.ends[p]
                 || eof.is_some_and(|eof| eof[p].is_some_and(|t| t > self.since))
@@ -168,7 +173,8 @@ impl KafkaTailer {
                         let change = match decoder.decode(m.payload()) {
                             Ok(c) => c,
                             Err(why) => {
-                                let error = malformed(&url, &self.topic, p as i32, m.offset(), &why);
+                                let error =
+                                    malformed(&url, &self.topic, p as i32, m.offset(), &why);
                                 tracing::error!(source = %self.name, "{error}");
                                 stopped[p] = true;
                                 lag.set_phase(self.shard_of(p), Phase::Stopped { error });
@@ -296,7 +302,10 @@ impl KafkaTailer {
                 } else if goal.reached(&next, &heard, None) {
                     let (_, req) = fence_wait.take().expect("checked");
                     let pos = position(&next);
-                    match app.append(app.markers(Op::Fence, &pos), Some(pos.clone())).await {
+                    match app
+                        .append(app.markers(Op::Fence, &pos), Some(pos.clone()))
+                        .await
+                    {
                         Ok(()) => req.done(pos.order),
                         Err(e) => {
                             req.fail(e.to_string());
