@@ -266,10 +266,14 @@ async fn entry_diff(
     tolerance_s: i64,
 ) -> Result<Option<(DiffKind, String)>, String> {
     if a.value != b.value {
+        // Digests, never the values: a value may be a secret.
+        let digest = |v: &[u8]| blake3::hash(v).to_hex()[..16].to_string();
         let detail = format!(
-            "{} bytes at the source, {} on the target",
+            "{} bytes (BLAKE3 {}) at the source, {} (BLAKE3 {}) on the target",
             a.value.len(),
-            b.value.len()
+            digest(&a.value),
+            b.value.len(),
+            digest(&b.value)
         );
         return Ok(Some((DiffKind::ValueDiffers, detail)));
     }
