@@ -170,13 +170,13 @@ pub fn range_verifier(
 ) -> Option<Arc<ferry_connect::verify::continuous::RangeVerifier>> {
     use ferry_connect::Reader;
     match (source.reader().ok()?, target.reader(source).ok()?) {
-        (Reader::KeyValue(s), Reader::KeyValue(t)) => Some(Arc::new(
-            ferry_connect::verify::continuous::RangeVerifier::new(
+        (Reader::KeyValue(s), Reader::KeyValue(t)) if s.range_reads() && t.range_reads() => Some(
+            Arc::new(ferry_connect::verify::continuous::RangeVerifier::new(
                 s,
                 t,
                 crate::config::DEFAULT_VERIFY_TTL_TOLERANCE_S,
-            ),
-        )),
+            )),
+        ),
         _ => None,
     }
 }

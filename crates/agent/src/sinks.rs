@@ -74,6 +74,12 @@ impl Sink for TargetSink {
         if let Some(v) = &self.verifier {
             // Every event handed over may have reached the target, even on
             // an error: all of them dirty their ranges.
+            if events
+                .iter()
+                .any(|e| matches!(e.op, Op::SnapshotBegin { .. } | Op::SnapshotEnd))
+            {
+                v.invalidate();
+            }
             v.touch(
                 events
                     .iter()

@@ -561,6 +561,9 @@ impl KvReader for Kv {
             cursor: RangeCursor::between(start, end, 0),
         })
     }
+    fn range_reads(&self) -> bool {
+        true
+    }
     fn suffix<'k>(&self, key: &'k [u8]) -> Option<&'k [u8]> {
         key.strip_prefix(self.0.prefix())
     }

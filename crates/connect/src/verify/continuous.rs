@@ -183,6 +183,12 @@ impl RangeVerifier {
         });
     }
 
+    /// Every range dirty: a target write no event names is coming (a
+    /// snapshot's sweep at its end).
+    pub fn invalidate(&self) {
+        self.with(|s| s.ranges.iter_mut().for_each(|r| r.generation += 1));
+    }
+
     /// Cuts the ranges from the source's keys (read once, every
     /// [`RANGE_KEYS`]th kept). Touches before the cut are not needed: every
     /// range starts unverified.

@@ -68,6 +68,12 @@ pub trait KvReader: Send + Sync {
             done: false,
         })
     }
+    /// Whether [`Self::cursor_range`] reads only the range (a store's range
+    /// read) rather than filtering everything: the continuous verifier
+    /// runs only between two such readers.
+    fn range_reads(&self) -> bool {
+        false
+    }
     /// The suffix of a journaled event's key (the key as the source names
     /// it), `None` when it is not one of this reader's keys. The default:
     /// the key is the suffix.
