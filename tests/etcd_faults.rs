@@ -380,3 +380,71 @@ fn a_stray_write_on_the_target_is_reported_and_blocks_the_cutover_until_repaired
         "verify",
     );
 }
+
+#[test]
+fn a_hung_target_shows_its_error_in_status_and_recovers() {
+    let (Some(src), Some(tgt)) = (require(Etcd::start()), require(Etcd::start())) else {
+        return;
+    };
+    let rt = rt();
+    let f = Ferry::new();
+    let (source_url, target_url) = (src.url("hang"), tgt.url("hang"));
+    let client = rt.block_on(async {
+        let mut c = connect(&src.endpoint(), None).await;
+        load(&mut c, "hang", 2_000).await;
+        c
+    });
+    ok(
+        &f.start(
+            &source_url,
+            &target_url,
+            &["--source.read-only=external", "--target.timeout", "3s"],
+        ),
+        "start",
+    );
+    f.wait_for("caught up", Duration::from_secs(60), |s| {
+        all_streaming(s) && max_lag(s) == 0
+    });
+    let writer = rt.block_on(async {
+        Writer::spawn(
+            client,
+            "hang".into(),
+            2_500,
+            1_000_000,
+            Duration::from_millis(2),
+        )
+    });
+    // The target hangs: its process stops answering, connections stay open.
+    let pid = nix::unistd::Pid::from_raw(tgt.pid().expect("target runs") as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let hung = Instant::now();
+    let error_of = |s: &Value| -> Option<String> {
+        s["lag"]["shards"]
+            .as_array()?
+            .iter()
+            .filter_map(|sh| sh["targets"][&target_url]["error"].as_str())
+            .next()
+            .map(str::to_string)
+    };
+    let s = f.wait_for("the target's error", Duration::from_secs(30), |s| {
+        error_of(s).is_some()
+    });
+    let shown = hung.elapsed();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let error = error_of(&s).unwrap();
+    assert!(
+        error.contains(&target_url) && error.contains("retrying"),
+        "the error names the target and says it is retried: {error}"
+    );
+    eprintln!("a hung target showed in status after {shown:?}: {error}");
+    rt.block_on(writer.finish());
+    f.wait_for("recovered", Duration::from_secs(120), |s| {
+        max_lag(s) == 0 && error_of(s).is_none()
+    });
+    ok(&f.run(&["stop", "--timeout", "60s"]), "stop");
+    f.wait_agent_exit(Duration::from_secs(30));
+    ok(
+        &f.run(&["verify", "--source", &source_url, "--target", &target_url]),
+        "verify after the hang",
+    );
+}

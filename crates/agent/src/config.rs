@@ -96,6 +96,13 @@ pub struct AgentConfig {
     pub vault_poll_ms: u64,
     pub cutover_max_lag_events: u64,
     pub cutover_timeout_ms: u64,
+    /// Longest one apply to a target may take (see `WorkerConfig`).
+    #[serde(default = "default_apply_timeout_ms")]
+    pub apply_timeout_ms: u64,
+}
+
+fn default_apply_timeout_ms() -> u64 {
+    ferry_replay::worker::DEFAULT_APPLY_TIMEOUT.as_millis() as u64
 }
 
 impl AgentConfig {
@@ -210,6 +217,7 @@ mod tests {
             kafka_publish_secrets: false,
             cutover_max_lag_events: DEFAULT_CUTOVER_MAX_LAG_EVENTS,
             cutover_timeout_ms: DEFAULT_CUTOVER_TIMEOUT_MS,
+            apply_timeout_ms: default_apply_timeout_ms(),
         }
     }
 

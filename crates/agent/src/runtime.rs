@@ -205,8 +205,12 @@ impl AgentRun {
                         limiter.clone(),
                         shutdown.clone(),
                     );
+                    let cfg = WorkerConfig {
+                        apply_timeout: Duration::from_millis(self.cfg.apply_timeout_ms.max(1)),
+                        ..WorkerConfig::default()
+                    };
                     tasks.spawn(async move {
-                        worker::run(j, k, shard, l, lim, WorkerConfig::default(), sd)
+                        worker::run(j, k, shard, l, lim, cfg, sd)
                             .await
                             .map_err(|e| e.to_string())
                     });

@@ -117,6 +117,14 @@ pub struct StartArgs {
     /// Fail instead of re-snapshotting when the source compacted past the journal.
     #[arg(long, env = "FERRY_NO_RESNAPSHOT")]
     pub no_resnapshot: bool,
+    /// Longest one write to a target may take before it counts as failed
+    /// and is retried, with the error shown in `status` (e.g. 30s, 2m).
+    #[arg(
+        long = "target.timeout",
+        env = "FERRY_TARGET_TIMEOUT",
+        default_value = "60s"
+    )]
+    pub target_timeout: String,
     /// Skip verification before the target is opened at cutover.
     #[arg(long, env = "FERRY_NO_VERIFY")]
     pub no_verify: bool,

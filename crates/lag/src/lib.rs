@@ -175,6 +175,19 @@ impl LagTracker {
         });
     }
 
+    /// The target answered again: forget the error a retry reported.
+    pub fn clear_error(&self, shard: ShardId, target: &str) {
+        self.with(|s| {
+            if let Some(ts) = s
+                .shards
+                .get_mut(&shard)
+                .and_then(|st| st.targets.get_mut(target))
+            {
+                ts.error = None;
+            }
+        });
+    }
+
     pub fn set_phase(&self, shard: ShardId, phase: Phase) {
         self.with(|s| s.shards.entry(shard).or_insert_with(ShardState::new).phase = phase);
     }

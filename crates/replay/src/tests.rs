@@ -106,6 +106,7 @@ async fn applies_in_order_retries_and_truncates() {
             max_bytes: 1 << 20,
         },
         idle_wait: Duration::from_millis(50),
+        ..WorkerConfig::default()
     };
     let w = tokio::spawn(worker::run(
         Arc::clone(&j),

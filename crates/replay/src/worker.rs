@@ -48,7 +48,14 @@ pub struct WorkerConfig {
     pub budget: ReadBudget,
     /// Longest wait for new records before looking again anyway.
     pub idle_wait: Duration,
+    /// Longest one apply call may take: a target that hangs (a stopped
+    /// process, a network that drops packets) becomes a transient error,
+    /// shown in `status`, instead of a silent stall.
+    pub apply_timeout: Duration,
 }
+
+/// The default [`WorkerConfig::apply_timeout`].
+pub const DEFAULT_APPLY_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Default for WorkerConfig {
     fn default() -> Self {
@@ -57,16 +64,22 @@ impl Default for WorkerConfig {
             // The lag tracker wakes workers at once; this only bounds the
             // damage of a missed wake-up.
             idle_wait: Duration::from_millis(200),
+            apply_timeout: DEFAULT_APPLY_TIMEOUT,
         }
     }
 }
 
 /// Retries `op` per the error policy until it succeeds, a non-transient error
 /// comes back, or shutdown is requested (`Ok(None)`).
+///
+/// Each failure that is retried is reported to `report` (the lag tracker's
+/// error for the shard and target, cleared by the next apply that lands),
+/// so `status` shows a target that keeps failing, not only its lag.
 async fn retry<T, F, Fut>(
     what: &str,
     target: &str,
     shutdown: &mut Shutdown,
+    report: impl Fn(String),
     mut op: F,
 ) -> Result<Option<T>, SinkError>
 where
@@ -83,6 +96,10 @@ where
                 match e.kind.policy(attempt) {
                     ErrorPolicy::Retry { after } => {
                         tracing::warn!(target_store = target, error = %e, attempt, "{what} failed; retrying in {after:?}");
+                        report(format!(
+                            "{what} failed, retrying (attempt {}): {e}",
+                            attempt + 1
+                        ));
                         attempt += 1;
                         tokio::select! {
                             () = tokio::time::sleep(after) => {}
@@ -115,12 +132,14 @@ pub async fn run<J: Journal, S: Sink>(
         "reading the target checkpoint",
         &target,
         &mut shutdown,
+        |error| lag.worker_error(shard, &target, error),
         || sink.durable_checkpoint(shard),
     )
     .await?
     else {
         return Ok(());
     };
+    lag.clear_error(shard, &target);
     let mut applied: Seq = from_journal.max(from_sink.unwrap_or(0));
     if applied > from_journal {
         // The target got further than the journal recorded before a crash.
@@ -157,8 +176,16 @@ pub async fn run<J: Journal, S: Sink>(
                 () = shutdown.wait() => return Ok(()),
             }
         }
-        let result = retry("applying a batch", &target, &mut shutdown, || {
-            sink.apply(shard, &events)
+        let report = |error: String| lag.worker_error(shard, &target, error);
+        let result = retry("applying a batch", &target, &mut shutdown, report, || async {
+            match tokio::time::timeout(cfg.apply_timeout, sink.apply(shard, &events)).await {
+                Ok(r) => r,
+                Err(_) => Err(SinkError::transient(format!(
+                    "{target} did not answer within {:?} ({} events of shard {shard}); check that it is up and reachable",
+                    cfg.apply_timeout,
+                    events.len()
+                ))),
+            }
         })
         .await;
         let durable = match result {

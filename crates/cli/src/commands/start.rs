@@ -38,7 +38,12 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
         })
 }
 
-fn config_for(args: &StartArgs, sources: &[StoreUrl], targets: &[StoreUrl]) -> AgentConfig {
+fn config_for(
+    args: &StartArgs,
+    sources: &[StoreUrl],
+    targets: &[StoreUrl],
+    target_timeout: std::time::Duration,
+) -> AgentConfig {
     AgentConfig {
         sources: sources.iter().map(ToString::to_string).collect(),
         targets: targets.iter().map(ToString::to_string).collect(),
@@ -58,13 +63,15 @@ fn config_for(args: &StartArgs, sources: &[StoreUrl], targets: &[StoreUrl]) -> A
         kafka_publish_secrets: args.kafka_publish_secrets,
         cutover_max_lag_events: DEFAULT_CUTOVER_MAX_LAG_EVENTS,
         cutover_timeout_ms: DEFAULT_CUTOVER_TIMEOUT_MS,
+        apply_timeout_ms: target_timeout.as_millis() as u64,
     }
 }
 
 pub fn run(args: StartArgs) -> Result<(), CliError> {
     let sources = parse_all(&args.sources)?;
     let targets = parse_all(&args.targets)?;
-    let cfg = config_for(&args, &sources, &targets);
+    let target_timeout = super::stop::parse_duration("--target.timeout", &args.target_timeout)?;
+    let cfg = config_for(&args, &sources, &targets, target_timeout);
     let registry = ferry_agent::routes::registry(cfg.connector_options());
     let routes = ferry_agent::routes::plan(&registry, &sources, &targets, args.shards)
         .map_err(|e| CliError::new(ExitCode::Usage, e))?

@@ -8,12 +8,12 @@ use crate::error::CliError;
 use ferry_core::ExitCode;
 use std::time::{Duration, Instant};
 
-/// `90s`, `15m`, `1h`, `500ms`.
-pub fn parse_duration(s: &str) -> Result<Duration, CliError> {
+/// `90s`, `15m`, `1h`, `500ms`, given to `flag`.
+pub fn parse_duration(flag: &str, s: &str) -> Result<Duration, CliError> {
     let bad = || {
         CliError::new(
             ExitCode::Usage,
-            format!("--timeout `{s}` is not a duration such as 90s, 15m or 1h"),
+            format!("{flag} `{s}` is not a duration such as 90s, 15m or 1h"),
         )
     };
     let (num, unit) = s
@@ -30,7 +30,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, CliError> {
 }
 
 pub fn run(a: StopArgs) -> Result<(), CliError> {
-    let timeout = parse_duration(&a.timeout)?;
+    let timeout = parse_duration("--timeout", &a.timeout)?;
     let t = target(&a.conn)?;
     let rt = runtime()?;
     rt.block_on(async {
@@ -64,10 +64,22 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
-        assert!(parse_duration("soon").is_err());
+        assert_eq!(
+            parse_duration("--timeout", "90s").unwrap(),
+            Duration::from_secs(90)
+        );
+        assert_eq!(
+            parse_duration("--timeout", "15m").unwrap(),
+            Duration::from_secs(900)
+        );
+        assert_eq!(
+            parse_duration("--timeout", "250ms").unwrap(),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            parse_duration("--timeout", "7").unwrap(),
+            Duration::from_secs(7)
+        );
+        assert!(parse_duration("--timeout", "soon").is_err());
     }
 }
