@@ -323,3 +323,60 @@ fn mongod_is_a_primary_and_keeps_its_data_over_stop_and_kill() {
     assert!(db.is_running());
     assert_eq!(count(3), 3);
 }
+
+/// The shipped alert rules load in Prometheus's own checker, each alert's
+/// unit test passes (`deploy/prometheus/ferry-alerts.test.yml`: fires after
+/// its `for` on the series that should fire it, not before), and every
+/// metric the rules and the Grafana dashboard query is one the agent
+/// exports.
+#[test]
+fn the_shipped_alert_rules_pass_promtool_and_query_only_exported_metrics() {
+    let Some(promtool) = require(ferry_testkit::promtool()) else {
+        return;
+    };
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus");
+    for args in [
+        vec!["check", "rules", "ferry-alerts.yml"],
+        vec!["test", "rules", "ferry-alerts.test.yml"],
+    ] {
+        let out = Command::new(&promtool)
+            .args(&args)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let exported: std::collections::BTreeSet<&str> = ferry_core::metric_names::DESCRIPTIONS
+        .iter()
+        .map(|(name, _)| *name)
+        .collect();
+    for file in [
+        dir.join("ferry-alerts.yml"),
+        dir.join("../grafana/ferry-dashboard.json"),
+    ] {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let mut used = 0;
+        for (i, _) in text.match_indices("ferry_") {
+            let name: String = text[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            // Labels and job names are not metrics; histograms add suffixes.
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(&name);
+            if name.starts_with("ferry_") && !exported.contains(base) {
+                panic!("{} queries {name}, which the agent does not export", file.display());
+            }
+            used += 1;
+        }
+        assert!(used > 0, "{} queries no Ferry metric", file.display());
+    }
+}

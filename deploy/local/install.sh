@@ -46,6 +46,8 @@ DEB_PACKAGES=(
     # librdkafka (bundled in rdkafka-sys) is built with its configure and make.
     make
     wine64
+    # promtool checks and unit-tests the shipped alert rules.
+    prometheus
 )
 
 die() {

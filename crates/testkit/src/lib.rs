@@ -160,6 +160,12 @@ impl TestkitError {
 ///   and gives `None`; the test should return early.
 /// - Any other error panics: an installed server that will not start is a bug.
 #[track_caller]
+/// Debian `prometheus`'s `promtool` (or `FERRY_PROMTOOL`): checks and
+/// unit-tests alert rules.
+pub fn promtool() -> Result<std::path::PathBuf, TestkitError> {
+    process::find_program("promtool", "promtool", "FERRY_PROMTOOL", false)
+}
+
 pub fn require<T>(r: Result<T, TestkitError>) -> Option<T> {
     match r {
         Ok(v) => Some(v),
