@@ -400,3 +400,118 @@ fn secrets_never_reach_logs_status_or_metrics() {
     );
     assert!(!seen.contains("rootpw"), "the password leaked");
 }
+
+/// Kills the child on drop: a Prometheus the test started.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The series of an instant query's result, through Prometheus's HTTP API.
+fn query(addr: &str, q: &str) -> Vec<serde_json::Value> {
+    let path = format!(
+        "/api/v1/query?query={}",
+        q.bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    );
+    match ferry_testkit::http::get(addr, &path, &[]) {
+        Ok(r) if r.status == 200 => serde_json::from_str::<serde_json::Value>(&r.body)
+            .ok()
+            .and_then(|v| v["data"]["result"].as_array().cloned())
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
+
+/// Debian's Prometheus scrapes a running agent over HTTPS (trusting the CA
+/// in its journal, as `deploy/prometheus/prometheus.yml` says) and answers
+/// queries on its lag and applied counters, and loads the shipped rules.
+#[test]
+fn prometheus_scrapes_the_agent_and_answers_on_lag_and_applied_events() {
+    let Some(prometheus) = require(ferry_testkit::prometheus()) else {
+        return;
+    };
+    let (Some(src), Some(tgt)) = (require(Etcd::start()), require(Etcd::start())) else {
+        return;
+    };
+    let rt = rt();
+    rt.block_on(async {
+        let mut c = connect(&src.endpoint(), None).await;
+        load(&mut c, "prom", 2_000).await;
+    });
+    let f = Ferry::new();
+    ok(
+        &f.start(
+            &src.url("prom"),
+            &tgt.url("prom"),
+            &["--source.read-only=external"],
+        ),
+        "start",
+    );
+    f.wait_for("caught up", Duration::from_secs(60), |s| {
+        all_streaming(s) && max_lag(s) == 0
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus/ferry-alerts.yml");
+    let config = format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: ferry\n    scheme: https\n    tls_config:\n      ca_file: {}\n    static_configs:\n      - targets: [\"127.0.0.1:{}\"]\n",
+        rules.display(),
+        f.journal().join("agent-ca.pem").display(),
+        f.port
+    );
+    std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
+    let port = ferry_testkit::free_port().unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let _prom = Child(
+        std::process::Command::new(prometheus)
+            .arg(format!(
+                "--config.file={}",
+                dir.path().join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let (applied, lag, up) = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Prometheus never had the agent's series"
+        );
+        let applied = query(&addr, "sum(ferry_replay_applied_events_total)");
+        let lag = query(&addr, "max(ferry_replay_lag_events)");
+        let up = query(&addr, "up{job=\"ferry\"}");
+        if !applied.is_empty() && !lag.is_empty() && !up.is_empty() {
+            break (applied, lag, up);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let value =
+        |r: &[serde_json::Value]| -> f64 { r[0]["value"][1].as_str().unwrap().parse().unwrap() };
+    assert_eq!(value(&up), 1.0, "the scrape over HTTPS works: {up:?}");
+    assert!(value(&applied) >= 2_000.0, "applied events: {applied:?}");
+    assert_eq!(value(&lag), 0.0, "lag: {lag:?}");
+    // The rules loaded and are evaluated.
+    let r = ferry_testkit::http::get(&addr, "/api/v1/rules", &[]).unwrap();
+    assert!(
+        r.body.contains("FerryReplicationStalled") && r.body.contains("\"health\":\"ok\""),
+        "{}",
+        r.body
+    );
+    ok(&f.run(&["stop", "--abort"]), "stop --abort");
+    f.wait_agent_exit(Duration::from_secs(30));
+}

@@ -373,7 +373,10 @@ fn the_shipped_alert_rules_pass_promtool_and_query_only_exported_metrics() {
                 .find_map(|s| name.strip_suffix(s))
                 .unwrap_or(&name);
             if name.starts_with("ferry_") && !exported.contains(base) {
-                panic!("{} queries {name}, which the agent does not export", file.display());
+                panic!(
+                    "{} queries {name}, which the agent does not export",
+                    file.display()
+                );
             }
             used += 1;
         }

@@ -166,6 +166,11 @@ pub fn promtool() -> Result<std::path::PathBuf, TestkitError> {
     process::find_program("promtool", "promtool", "FERRY_PROMTOOL", false)
 }
 
+/// Debian `prometheus`'s server (or `FERRY_PROMETHEUS`).
+pub fn prometheus() -> Result<std::path::PathBuf, TestkitError> {
+    process::find_program("prometheus", "prometheus", "FERRY_PROMETHEUS", false)
+}
+
 pub fn require<T>(r: Result<T, TestkitError>) -> Option<T> {
     match r {
         Ok(v) => Some(v),
