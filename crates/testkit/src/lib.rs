@@ -150,16 +150,6 @@ impl TestkitError {
     }
 }
 
-/// Unwraps a server start for a test.
-///
-/// - `Ok(server)` gives `Some(server)`.
-/// - In CI (`CI` is `true` or `1`) any error panics: a server that is missing
-///   in CI is a broken CI set-up, and a silent skip would hide it.
-/// - Elsewhere a [`TestkitError::Missing`] prints
-///   `skipping: <server> not installed; run deploy/local/install.sh` to stderr
-///   and gives `None`; the test should return early.
-/// - Any other error panics: an installed server that will not start is a bug.
-#[track_caller]
 /// Debian `prometheus`'s `promtool` (or `FERRY_PROMTOOL`): checks and
 /// unit-tests alert rules.
 pub fn promtool() -> Result<std::path::PathBuf, TestkitError> {
@@ -171,6 +161,16 @@ pub fn prometheus() -> Result<std::path::PathBuf, TestkitError> {
     process::find_program("prometheus", "prometheus", "FERRY_PROMETHEUS", false)
 }
 
+/// Unwraps a server start for a test.
+///
+/// - `Ok(server)` gives `Some(server)`.
+/// - In CI (`CI` is `true` or `1`) any error panics: a server that is missing
+///   in CI is a broken CI set-up, and a silent skip would hide it.
+/// - Elsewhere a [`TestkitError::Missing`] prints
+///   `skipping: <server> not installed; run deploy/local/install.sh` to stderr
+///   and gives `None`; the test should return early.
+/// - Any other error panics: an installed server that will not start is a bug.
+#[track_caller]
 pub fn require<T>(r: Result<T, TestkitError>) -> Option<T> {
     match r {
         Ok(v) => Some(v),
