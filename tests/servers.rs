@@ -383,3 +383,51 @@ fn the_shipped_alert_rules_pass_promtool_and_query_only_exported_metrics() {
         assert!(used > 0, "{} queries no Ferry metric", file.display());
     }
 }
+
+/// The shipped systemd unit passes `systemd-analyze verify` without a
+/// single warning (an unknown or misspelt key is only a warning there, so
+/// any output fails the test), pointed at this build's `ferry`, and keeps
+/// the settings the deployment depends on.
+#[test]
+fn the_systemd_unit_verifies_cleanly() {
+    let Some(analyze) = require(ferry_testkit::systemd_analyze()) else {
+        return;
+    };
+    let unit = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd/ferry.service"),
+    )
+    .unwrap();
+    for needed in [
+        "StateDirectory=ferry",
+        "Environment=FERRY_JOURNAL=/var/lib/ferry/journal",
+        "EnvironmentFile=/etc/ferry/ferry.env",
+        "ExecStart=/usr/local/bin/ferry start --foreground --no-monitor",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "CapabilityBoundingSet=\n",
+    ] {
+        assert!(unit.contains(needed), "the unit lacks {needed:?}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ferry.service");
+    let ferry = ferry_tests::ferry_bin();
+    std::fs::write(
+        &path,
+        unit.replace("/usr/local/bin/ferry", &ferry.display().to_string()),
+    )
+    .unwrap();
+    let out = Command::new(analyze)
+        .args(["verify", "--man=no"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "systemd-analyze verify: {said}"
+    );
+}

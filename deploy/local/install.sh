@@ -48,6 +48,8 @@ DEB_PACKAGES=(
     wine64
     # promtool checks and unit-tests the shipped alert rules.
     prometheus
+    # systemd-analyze verifies the shipped unit.
+    systemd
 )
 
 die() {

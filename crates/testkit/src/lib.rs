@@ -156,6 +156,16 @@ pub fn promtool() -> Result<std::path::PathBuf, TestkitError> {
     process::find_program("promtool", "promtool", "FERRY_PROMTOOL", false)
 }
 
+/// `systemd-analyze` (Debian `systemd`, or `FERRY_SYSTEMD_ANALYZE`).
+pub fn systemd_analyze() -> Result<std::path::PathBuf, TestkitError> {
+    process::find_program(
+        "systemd-analyze",
+        "systemd-analyze",
+        "FERRY_SYSTEMD_ANALYZE",
+        false,
+    )
+}
+
 /// Debian `prometheus`'s server (or `FERRY_PROMETHEUS`).
 pub fn prometheus() -> Result<std::path::PathBuf, TestkitError> {
     process::find_program("prometheus", "prometheus", "FERRY_PROMETHEUS", false)
