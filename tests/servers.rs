@@ -431,3 +431,100 @@ fn the_systemd_unit_verifies_cleanly() {
         "systemd-analyze verify: {said}"
     );
 }
+
+/// The YAML documents of `file`, parsed by PyYAML (safe loader) into JSON.
+fn yaml_documents(file: &std::path::Path) -> Vec<Value> {
+    let python = require(ferry_testkit::venv_python()).expect("the tools venv");
+    let out = Command::new(python)
+        .args([
+            "-c",
+            "import sys, json, yaml; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))",
+        ])
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{} does not parse: {}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The Kubernetes manifests and the compose file parse and hold what a
+/// deployment needs: the journal on a volume, the credentials in a Secret,
+/// probes, the API port, a ServiceMonitor; and the real stores beside Ferry.
+#[test]
+fn the_kubernetes_manifests_and_the_compose_file_hold_what_a_deployment_needs() {
+    if require(ferry_testkit::venv_python()).is_none() {
+        return;
+    }
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let docs = yaml_documents(&deploy.join("kubernetes/ferry.yaml"));
+    let kind = |k: &str| -> &Value {
+        docs.iter()
+            .find(|d| d["kind"] == k)
+            .unwrap_or_else(|| panic!("no {k} in the manifests"))
+    };
+    let secret = kind("Secret");
+    assert!(
+        secret["stringData"]["FERRY_SOURCE"].is_string()
+            && secret["stringData"]["FERRY_TARGET"].is_string()
+    );
+    let sts = &kind("StatefulSet")["spec"];
+    assert_eq!(sts["replicas"], 1, "one agent per migration");
+    let c = &sts["template"]["spec"]["containers"][0];
+    assert_eq!(c["args"], json!(["start", "--foreground", "--no-monitor"]));
+    assert!(c["envFrom"][0]["secretRef"]["name"] == secret["metadata"]["name"]);
+    assert!(c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["name"] == "FERRY_JOURNAL" && e["value"] == "/var/lib/ferry/journal"));
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert_eq!(c[probe]["httpGet"]["scheme"], "HTTPS", "{probe}");
+        assert_eq!(c[probe]["httpGet"]["port"], 8629, "{probe}");
+    }
+    let mount = &c["volumeMounts"][0];
+    assert_eq!(mount["mountPath"], "/var/lib/ferry");
+    assert_eq!(
+        sts["volumeClaimTemplates"][0]["metadata"]["name"],
+        mount["name"]
+    );
+    assert_eq!(kind("Service")["spec"]["ports"][0]["port"], 8629);
+    let sm = &kind("ServiceMonitor")["spec"]["endpoints"][0];
+    assert_eq!(sm["scheme"], "https");
+    assert_eq!(sm["path"], "/metrics");
+
+    let compose = &yaml_documents(&deploy.join("compose/compose.yaml"))[0]["services"];
+    for s in ["etcd-old", "etcd-new", "mongo", "vault", "kafka", "ferry"] {
+        assert!(compose[s]["image"].is_string(), "compose has no {s} image");
+    }
+    assert!(compose["mongo"]["image"]
+        .as_str()
+        .unwrap()
+        .starts_with("mongo:"));
+    assert!(compose["kafka"]["image"]
+        .as_str()
+        .unwrap()
+        .contains("kafka"));
+    let deps: Vec<&str> = compose["ferry"]["depends_on"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(deps.len(), 5, "ferry starts after every store: {deps:?}");
+    assert_eq!(
+        compose["ferry"]["environment"]["FERRY_JOURNAL"],
+        "/var/lib/ferry/journal"
+    );
+    assert!(
+        compose["ferry"]["ports"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:"),
+        "the agent's port is published on loopback only"
+    );
+}

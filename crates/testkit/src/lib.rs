@@ -166,6 +166,20 @@ pub fn systemd_analyze() -> Result<std::path::PathBuf, TestkitError> {
     )
 }
 
+/// The tools venv's Python (`install.sh` makes it; PyYAML comes with moto),
+/// to parse the shipped YAML files.
+pub fn venv_python() -> Result<std::path::PathBuf, TestkitError> {
+    let p = tools_dir().join("venv/bin/python");
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(TestkitError::Missing {
+            server: "the tools venv",
+            hint: format!("no {}; run deploy/local/install.sh", p.display()),
+        })
+    }
+}
+
 /// Debian `prometheus`'s server (or `FERRY_PROMETHEUS`).
 pub fn prometheus() -> Result<std::path::PathBuf, TestkitError> {
     process::find_program("prometheus", "prometheus", "FERRY_PROMETHEUS", false)
