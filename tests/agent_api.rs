@@ -198,7 +198,11 @@ fn client_certificates_are_required_with_client_ca() {
         &f.start(
             &src.url("tls"),
             &tgt.url("tls"),
-            &["--source.read-only=external", &ca_arg],
+            &[
+                "--source.read-only=external",
+                "--allow-empty-source",
+                &ca_arg,
+            ],
         ),
         "start with client CA",
     );
@@ -514,4 +518,66 @@ fn prometheus_scrapes_the_agent_and_answers_on_lag_and_applied_events() {
     );
     ok(&f.run(&["stop", "--abort"]), "stop --abort");
     f.wait_agent_exit(Duration::from_secs(30));
+}
+
+/// A source prefix that holds nothing stops the pre-check, and the sentence
+/// says where the keys are: keys under `/app/…` need `etcd://h//app`, as the
+/// URL path is the prefix without its leading slash.
+#[test]
+fn an_empty_source_is_refused_and_the_sentence_names_where_the_keys_are() {
+    let (Some(src), Some(tgt)) = (require(Etcd::start()), require(Etcd::start())) else {
+        return;
+    };
+    let rt = rt();
+    rt.block_on(async {
+        let mut c = connect(&src.endpoint(), None).await;
+        for i in 0..7 {
+            c.put(format!("/app/key-{i}"), "v", None).await.unwrap();
+        }
+    });
+    let f = Ferry::new();
+    let out = f.start(
+        &src.url("app"),
+        &tgt.url("app"),
+        &["--source.read-only=external"],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let said = stderr(&out);
+    assert_eq!(said.lines().count(), 1, "{said}");
+    assert!(
+        said.contains("holds no key under the prefix `app`")
+            && said.contains("`/app` holds 7 keys")
+            && said.contains(&format!("etcd://{}//app", src.endpoint())),
+        "{said}"
+    );
+    assert!(
+        !f.journal().join("agent.log").exists(),
+        "nothing was started"
+    );
+    // With the leading slash the keys are found and copied.
+    ok(
+        &f.start(
+            &format!("etcd://{}//app", src.endpoint()),
+            &tgt.url("app"),
+            &["--source.read-only=external"],
+        ),
+        "start with the right prefix",
+    );
+    f.wait_for("copied", Duration::from_secs(60), |s| {
+        all_streaming(s) && max_lag(s) == 0
+    });
+    ok(&f.run(&["stop", "--abort"]), "stop --abort");
+    f.wait_agent_exit(Duration::from_secs(30));
+    // An empty source on purpose starts with the flag.
+    let g = Ferry::new();
+    ok(
+        &g.start(
+            &src.url("nothing"),
+            &tgt.url("nothing"),
+            &["--source.read-only=external", "--allow-empty-source"],
+        ),
+        "start an empty source on purpose",
+    );
+    ok(&g.run(&["stop", "--abort"]), "stop --abort");
+    g.wait_agent_exit(Duration::from_secs(30));
 }

@@ -117,6 +117,10 @@ pub struct StartArgs {
     /// Fail instead of re-snapshotting when the source compacted past the journal.
     #[arg(long, env = "FERRY_NO_RESNAPSHOT")]
     pub no_resnapshot: bool,
+    /// Start even though a source holds nothing (by default an empty source
+    /// stops the pre-check: it usually means a wrong prefix or selection).
+    #[arg(long, env = "FERRY_ALLOW_EMPTY_SOURCE")]
+    pub allow_empty_source: bool,
     /// Longest one write to a target may take before it counts as failed
     /// and is retried, with the error shown in `status` (e.g. 30s, 2m).
     #[arg(

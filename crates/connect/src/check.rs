@@ -62,4 +62,6 @@ pub struct CheckContext {
     pub shards: u32,
     /// Where this source's tailer resumes, when resuming.
     pub checkpoint: Option<Position>,
+    /// `--allow-empty-source`: a source that holds nothing may start.
+    pub allow_empty_source: bool,
 }

@@ -68,6 +68,48 @@ fn prefix_of(url: &StoreUrl) -> &str {
     }
 }
 
+/// The sentence for a source prefix that holds no key, naming where the
+/// keys are when the prefix with (or without) a leading `/` holds some: the
+/// URL path is the prefix without its leading slash, as in Cells'
+/// `etcd://h:2379/config`, so keys under `/app/…` need `etcd://h:2379//app`.
+async fn empty_source(url: &StoreUrl) -> String {
+    let prefix = prefix_of(url);
+    let other = match prefix.strip_prefix('/') {
+        Some(bare) => bare.to_string(),
+        None => format!("/{prefix}"),
+    };
+    let mut elsewhere = String::new();
+    if let StoreUrl::Etcd {
+        tls,
+        endpoints,
+        user,
+        password,
+        params,
+        ..
+    } = url.clone()
+    {
+        let alt = StoreUrl::Etcd {
+            tls,
+            endpoints,
+            prefix: other.clone(),
+            user,
+            password,
+            params,
+        };
+        if let Ok(store) = EtcdStore::connect(&alt).await {
+            if let Ok(n) = store.count_prefix().await {
+                if n > 0 {
+                    elsewhere =
+                        format!("; the prefix `{other}` holds {n} keys: write {alt} to copy those");
+                }
+            }
+        }
+    }
+    format!(
+        "{url} holds no key under the prefix `{prefix}` (the URL path is the prefix without its leading slash){elsewhere}; or pass --allow-empty-source to start from an empty source"
+    )
+}
+
 /// A prefix of an etcd cluster, as a source.
 pub struct EtcdSource {
     url: StoreUrl,
@@ -159,6 +201,9 @@ impl Source for EtcdSource {
                     .unwrap_or_default()
             ),
         );
+        if count == 0 && !ctx.resuming && !ctx.allow_empty_source {
+            return Err(Refusal::refused(empty_source(&self.url).await));
+        }
         let auth = src.auth_enabled().await.map_err(refused)?;
         if ctx.external_read_only {
             line("source", "read-only at cutover: external (you stop the writers; Ferry refuses to open the target if it sees a write after the fence)");

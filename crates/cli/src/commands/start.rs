@@ -128,6 +128,7 @@ pub fn run(args: StartArgs) -> Result<(), CliError> {
             resnapshot: !args.no_resnapshot,
             shards: args.shards,
             checkpoint,
+            allow_empty_source: args.allow_empty_source,
         };
         rt.block_on(precheck::route(route, &ctx))?;
     }
