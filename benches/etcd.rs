@@ -251,17 +251,7 @@ fn main() {
         );
         f.wait_caught_up(Duration::from_secs(300));
         let stop = Arc::new(AtomicBool::new(false));
-        let load_task = {
-            let (ep, stop) = (src.endpoint(), Arc::clone(&stop));
-            rt.spawn(async move {
-                let mut c = connect(&ep, Some(("app", "apppw"))).await;
-                let mut i = 0u64;
-                while !stop.load(Ordering::Relaxed) && i < 10_000_000 {
-                    let _ = c.put(format!("bench/load-{}", i % 5000), "x", None).await;
-                    i += 1;
-                }
-            })
-        };
+        let load_task = write_load(&rt, src.endpoint(), "bench", Arc::clone(&stop));
         std::thread::sleep(Duration::from_secs(2));
         let proof = f.stop();
         stop.store(true, Ordering::Relaxed);

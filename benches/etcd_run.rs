@@ -181,3 +181,24 @@ pub async fn enable_auth(c: &mut Client, prefix: &str) {
     c.user_grant_role("app", "app").await.expect("app role");
     c.auth_enable().await.expect("auth");
 }
+
+/// Keeps changing `prefix/load-0` … `load-4999` as the application user
+/// until `stop` (at most ten million puts): the write load a cutover runs
+/// under; after the source turns read-only the puts fail and go on.
+pub fn write_load(
+    rt: &tokio::runtime::Runtime,
+    endpoint: String,
+    prefix: &'static str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    rt.spawn(async move {
+        let mut c = connect(&endpoint, Some(("app", "apppw"))).await;
+        let mut i = 0u64;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) && i < 10_000_000 {
+            let _ = c
+                .put(format!("{prefix}/load-{}", i % 5000), "x", None)
+                .await;
+            i += 1;
+        }
+    })
+}

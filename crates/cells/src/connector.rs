@@ -167,13 +167,7 @@ fn expand(home: &Path, targets: &[StoreUrl], registry: &Registry) -> Result<Expa
     for (service, path) in &home.bolts {
         services.push(service.name());
         routes.push(Planned {
-            source: Arc::new(BoltSource {
-                url: StoreUrl::Bolt { path: path.clone() },
-                path: path.clone(),
-                service: *service,
-                opts,
-                db: db.clone(),
-            }),
+            source: Arc::new(BoltSource::new(path, *service, opts, &db)),
             targets: vec![Arc::new(CellsTarget {
                 inner: MongoTarget::new(mongo),
                 service: *service,
@@ -272,13 +266,7 @@ fn publish(
         let topic = topic_of(kafka, service.name());
         topics.push(topic.to_string());
         routes.push(Planned {
-            source: Arc::new(BoltSource {
-                url: StoreUrl::Bolt { path: path.clone() },
-                path: path.clone(),
-                service: *service,
-                opts,
-                db: db.clone(),
-            }),
+            source: Arc::new(BoltSource::new(path, *service, opts, &db)),
             targets: vec![registry.target(&topic)?],
         });
     }
@@ -329,6 +317,18 @@ pub struct BoltSource {
 }
 
 impl BoltSource {
+    fn new(path: &Path, service: Service, opts: MapOptions, db: &str) -> Self {
+        BoltSource {
+            url: StoreUrl::Bolt {
+                path: path.to_path_buf(),
+            },
+            path: path.to_path_buf(),
+            service,
+            opts,
+            db: db.to_string(),
+        }
+    }
+
     async fn head(&self) -> Result<ferry_bolt::Meta, String> {
         let p = self.path.clone();
         tokio::task::spawn_blocking(move || ferry_bolt::BoltFile::open(&p).and_then(|f| f.head()))
