@@ -96,6 +96,32 @@ impl KafkaSink {
             .map_err(|e| SinkError::fatal(e.to_string()))?
             .map_err(|e| SinkError::transient(format!("{}: {e}", self.name)))?;
         let ours = tail.journal.as_deref() == Some(self.journal_id.as_str());
+        if let (true, Some((key, headers))) = (ours, &tail.missing_tombstone) {
+            // A crash between a delete and its tombstone: the delete's
+            // sequence counts as published, so its tombstone goes out now.
+            let mut h = OwnedHeaders::new();
+            for (k, v) in headers {
+                h = h.insert(Header {
+                    key: k,
+                    value: Some(v.as_slice()),
+                });
+            }
+            let producer = self
+                .producer
+                .lock()
+                .expect("kafka sink lock poisoned")
+                .clone();
+            let r: FutureRecord<'_, Vec<u8>, Vec<u8>> = FutureRecord::to(&self.topic)
+                .partition(self.partition(shard))
+                .key(key)
+                .headers(h);
+            let mut pending = Vec::new();
+            self.send(&producer, shard, r, &mut pending).await?;
+            for f in pending {
+                self.delivered(shard, f.await)?;
+            }
+            tracing::info!(target = %self.name, %shard, "published the tombstone a crash left out after its delete");
+        }
         let state = ShardState {
             published: if ours { tail.seq.unwrap_or(0) } else { 0 },
             snapshot: ours && tail.snapshot,

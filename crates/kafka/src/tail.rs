@@ -33,7 +33,13 @@ pub struct Tail {
     pub snapshot: bool,
     /// The sequence of that snapshot's begin marker (its records say).
     pub snapshot_begin: Option<u64>,
+    /// The last record is a delete whose tombstone never landed (a crash
+    /// between the two): its key and headers, to publish the tombstone.
+    pub missing_tombstone: Option<(Vec<u8>, Vec<RecordHeader>)>,
 }
+
+/// A record header: name and value.
+pub type RecordHeader = (String, Vec<u8>);
 
 pub(crate) fn header(m: &impl Message, name: &str) -> Option<String> {
     let h = m.headers()?;
@@ -145,6 +151,25 @@ pub fn read(
                         journal: header(&m, HEADER_JOURNAL),
                         snapshot: snapshot.as_deref().is_some_and(|s| s != "false"),
                         snapshot_begin: snapshot.and_then(|s| s.parse().ok()),
+                        missing_tombstone: m
+                            .payload()
+                            .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
+                            .filter(|v| v["op"] == "d")
+                            .and_then(|_| {
+                                let headers = m.headers()?;
+                                Some((
+                                    m.key()?.to_vec(),
+                                    headers
+                                        .iter()
+                                        .map(|h| {
+                                            (
+                                                h.key.to_string(),
+                                                h.value.unwrap_or_default().to_vec(),
+                                            )
+                                        })
+                                        .collect(),
+                                ))
+                            }),
                     });
                     if done {
                         break;
