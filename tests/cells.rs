@@ -71,6 +71,23 @@ fn live_writer(bin: &Path, home: &Path, secs: u64) -> Child {
         .unwrap()
 }
 
+/// Stops the live writer as Cells stops (SIGTERM: it closes the files and
+/// releases their locks); checks it ended well and returns its report.
+fn stop_writer(writer: Child) -> String {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(writer.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = writer.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
 fn start(f: &Ferry, source: &str, targets: &[String], extra: &[&str]) -> std::process::Output {
     let listen = format!("127.0.0.1:{}", f.port);
     let mut args = vec![
@@ -190,18 +207,7 @@ fn a_live_cells_home_migrates_with_one_command_and_cuts_over() {
     let all = format!("{}{}", stdout(&out), stderr(&out));
     assert!(all.contains("is Cells still running"), "{all}");
     // Cells stops: its writer closes the files and releases their locks.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(writer.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let out = writer.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let written = String::from_utf8_lossy(&out.stdout).to_string();
+    let written = stop_writer(writer);
     assert!(fixture::field(&written, "docstore-puts") > 0, "{written}");
     f.wait_for("caught up", Duration::from_secs(120), |s| {
         all_streaming(s) && max_lag(s) == 0
@@ -462,17 +468,7 @@ fn a_live_cells_home_publishes_each_service_to_its_own_topic() {
         );
     }
     f.wait_for("streaming", Duration::from_secs(120), all_streaming);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(writer.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let out = writer.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    stop_writer(writer);
     f.wait_for("caught up", Duration::from_secs(120), |s| {
         all_streaming(s) && max_lag(s) == 0
     });

@@ -143,12 +143,7 @@ fn sigkill_at_random_moments_resumes_and_converges() {
     f.wait_for("caught up again", Duration::from_secs(120), |s| {
         all_streaming(s) && max_lag(s) == 0
     });
-    ok(&f.run(&["stop", "--timeout", "120s"]), "ferry stop");
-    f.wait_agent_exit(Duration::from_secs(30));
-    ok(
-        &f.run(&["verify", "--source", &source_url, "--target", &target_url]),
-        "verify after crashes",
-    );
+    f.cut_over_and_verify(&source_url, &target_url, "120s", "verify after crashes");
 }
 
 #[test]
@@ -233,12 +228,7 @@ fn compaction_past_the_journal_resnapshots_and_converges() {
         Duration::from_secs(120),
         |s| all_streaming(s) && max_lag(s) == 0,
     );
-    ok(&f.run(&["stop", "--timeout", "60s"]), "stop");
-    f.wait_agent_exit(Duration::from_secs(30));
-    ok(
-        &f.run(&["verify", "--source", &source_url, "--target", &target_url]),
-        "verify after compaction",
-    );
+    f.cut_over_and_verify(&source_url, &target_url, "60s", "verify after compaction");
 }
 
 #[test]
@@ -284,12 +274,7 @@ fn target_outage_of_twenty_seconds_is_ridden_out() {
     f.wait_for("lag back near zero", Duration::from_secs(120), |s| {
         max_lag(s) == 0
     });
-    ok(&f.run(&["stop", "--timeout", "60s"]), "stop");
-    f.wait_agent_exit(Duration::from_secs(30));
-    ok(
-        &f.run(&["verify", "--source", &source_url, "--target", &target_url]),
-        "verify after outage",
-    );
+    f.cut_over_and_verify(&source_url, &target_url, "60s", "verify after outage");
 }
 
 #[test]
@@ -441,10 +426,5 @@ fn a_hung_target_shows_its_error_in_status_and_recovers() {
     f.wait_for("recovered", Duration::from_secs(120), |s| {
         max_lag(s) == 0 && error_of(s).is_none()
     });
-    ok(&f.run(&["stop", "--timeout", "60s"]), "stop");
-    f.wait_agent_exit(Duration::from_secs(30));
-    ok(
-        &f.run(&["verify", "--source", &source_url, "--target", &target_url]),
-        "verify after the hang",
-    );
+    f.cut_over_and_verify(&source_url, &target_url, "60s", "verify after the hang");
 }

@@ -95,6 +95,20 @@ impl Ferry {
         panic!("timed out after {timeout:?} waiting for {what}; last status: {last:#?}\nagent log:\n{}", self.agent_log());
     }
 
+    /// `ferry stop` (the cutover, within `timeout`), the agent gone, then
+    /// `ferry verify` of `source` against `target`: each must succeed.
+    pub fn cut_over_and_verify(&self, source: &str, target: &str, timeout: &str, what: &str) {
+        ok(
+            &self.run(&["stop", "--timeout", timeout]),
+            &format!("stop ({what})"),
+        );
+        self.wait_agent_exit(Duration::from_secs(30));
+        ok(
+            &self.run(&["verify", "--source", source, "--target", target]),
+            &format!("verify ({what})"),
+        );
+    }
+
     /// Polls the agent's log until it holds `needle`; panics with the log after `timeout`.
     pub fn wait_log(&self, needle: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;

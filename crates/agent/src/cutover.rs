@@ -219,33 +219,21 @@ impl Cutover<'_> {
                     // Verified continuously: only what changed since (the
                     // dirty ranges) is compared inside the window.
                     let verifier = r.sinks.get(i).and_then(|s| s.verifier.as_ref());
-                    if let Some(v) = verifier.filter(|v| v.ready()) {
-                        let w = v
-                            .verify_dirty()
+                    let report = match verifier.filter(|v| v.ready()) {
+                        Some(v) => v.verify_dirty().await.map(|w| {
+                            let c = w.comparison();
+                            window_checks.insert(turl.to_string(), w);
+                            c
+                        }),
+                        None => {
+                            crate::routes::compare(
+                                r.route.source.as_ref(),
+                                t.as_ref(),
+                                crate::config::DEFAULT_VERIFY_TTL_TOLERANCE_S,
+                            )
                             .await
-                            .map_err(|e| failed(CutoverPhase::Verifying, e))?;
-                        verified += w.compared_keys;
-                        differences += w.difference_count;
-                        if w.difference_count > 0 {
-                            return Err(failed(
-                                CutoverPhase::Verifying,
-                                format!(
-                                    "verification found {} differences between {} and {turl}; the target was not opened (first: {})",
-                                    w.difference_count,
-                                    r.route.source.url(),
-                                    w.differences.first().map(|d| format!("{} {:?} {}", d.key_suffix, d.kind, d.detail)).unwrap_or_default()
-                                ),
-                            ));
                         }
-                        window_checks.insert(turl.to_string(), w);
-                        continue;
                     }
-                    let report = crate::routes::compare(
-                        r.route.source.as_ref(),
-                        t.as_ref(),
-                        crate::config::DEFAULT_VERIFY_TTL_TOLERANCE_S,
-                    )
-                    .await
                     .map_err(|e| failed(CutoverPhase::Verifying, e))?;
                     verified += report.compared;
                     if !report.positions.is_empty() {

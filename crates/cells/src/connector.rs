@@ -142,24 +142,6 @@ fn expand(home: &Path, targets: &[StoreUrl], registry: &Registry) -> Result<Expa
         one(StoreKind::Vault)?,
     );
     let (config_key, vault_key) = cells_etcd_keys(etcd)?;
-    let with_prefix = |prefix: String| match etcd.clone() {
-        StoreUrl::Etcd {
-            tls,
-            endpoints,
-            user,
-            password,
-            params,
-            ..
-        } => StoreUrl::Etcd {
-            tls,
-            endpoints,
-            prefix,
-            user,
-            password,
-            params,
-        },
-        other => other,
-    };
     let keyring = cells_keyring_target(vault)?;
     let db = mongo_db(mongo);
     let mut routes = Vec::new();
@@ -176,8 +158,8 @@ fn expand(home: &Path, targets: &[StoreUrl], registry: &Registry) -> Result<Expa
             })],
         });
     }
-    let config_target = with_prefix(config_key);
-    let vault_target = with_prefix(vault_key);
+    let config_target = etcd.with_prefix(config_key);
+    let vault_target = etcd.with_prefix(vault_key);
     for (file, target) in [
         (&home.config, &config_target),
         (&home.vault, &vault_target),
@@ -231,17 +213,9 @@ fn expand(home: &Path, targets: &[StoreUrl], registry: &Registry) -> Result<Expa
 
 /// `topic` with `.suffix` appended: `kafka://b/cells` → `kafka://b/cells.config`.
 fn topic_of(url: &StoreUrl, suffix: &str) -> StoreUrl {
-    match url.clone() {
-        StoreUrl::Kafka {
-            brokers,
-            topic,
-            params,
-        } => StoreUrl::Kafka {
-            brokers,
-            topic: format!("{topic}.{suffix}"),
-            params,
-        },
-        other => other,
+    match url {
+        StoreUrl::Kafka { topic, .. } => url.with_topic(format!("{topic}.{suffix}")),
+        other => other.clone(),
     }
 }
 
@@ -355,9 +329,8 @@ impl Source for BoltSource {
         &self,
         key: &[u8],
         value: Option<&[u8]>,
-        meta: &ferry_core::StoreMeta,
+        _meta: &ferry_core::StoreMeta,
     ) -> ferry_connect::Rendered {
-        let _ = meta;
         let service = self.service.name();
         let (buckets, key) = match ferry_bolt::decode_key(key) {
             Some(ferry_bolt::KeyRef::Value { buckets, key }) => (buckets, key),
@@ -373,12 +346,9 @@ impl Source for BoltSource {
         let (buckets, key) = (buckets.as_slice(), key.as_slice());
         match map(self.service, &self.opts, buckets, key, value) {
             Ok(Some(m)) => {
-                let after = m.doc.map(|d| {
-                    let mut with = Document::new();
-                    with.insert("_id", m.id.clone());
-                    with.extend(d);
-                    Bson::Document(with).into_relaxed_extjson()
-                });
+                let after = m
+                    .doc
+                    .map(|d| Bson::Document(with_id(&m.id, d)).into_relaxed_extjson());
                 ferry_connect::Rendered {
                     key: serde_json::json!({ "service": service, "collection": m.collection, "id": m.id }),
                     after,

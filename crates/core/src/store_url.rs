@@ -579,6 +579,26 @@ impl StoreUrl {
             _ => None,
         }
     }
+
+    /// The same etcd cluster and credentials under another key prefix
+    /// (any other URL unchanged).
+    pub fn with_prefix(&self, prefix: impl Into<String>) -> StoreUrl {
+        let mut u = self.clone();
+        if let StoreUrl::Etcd { prefix: p, .. } = &mut u {
+            *p = prefix.into();
+        }
+        u
+    }
+
+    /// The same Kafka brokers and parameters with another topic (any other
+    /// URL unchanged).
+    pub fn with_topic(&self, topic: impl Into<String>) -> StoreUrl {
+        let mut u = self.clone();
+        if let StoreUrl::Kafka { topic: t, .. } = &mut u {
+            *t = topic.into();
+        }
+        u
+    }
 }
 
 #[cfg(test)]

@@ -78,33 +78,16 @@ async fn empty_source(url: &StoreUrl) -> String {
         Some(bare) => bare.to_string(),
         None => format!("/{prefix}"),
     };
-    let mut elsewhere = String::new();
-    if let StoreUrl::Etcd {
-        tls,
-        endpoints,
-        user,
-        password,
-        params,
-        ..
-    } = url.clone()
-    {
-        let alt = StoreUrl::Etcd {
-            tls,
-            endpoints,
-            prefix: other.clone(),
-            user,
-            password,
-            params,
-        };
-        if let Ok(store) = EtcdStore::connect(&alt).await {
-            if let Ok(n) = store.count_prefix().await {
-                if n > 0 {
-                    elsewhere =
-                        format!("; the prefix `{other}` holds {n} keys: write {alt} to copy those");
-                }
-            }
-        }
-    }
+    let alt = url.with_prefix(other.as_str());
+    let held = match EtcdStore::connect(&alt).await {
+        Ok(store) => store.count_prefix().await.unwrap_or(0),
+        Err(_) => 0,
+    };
+    let elsewhere = if held > 0 {
+        format!("; the prefix `{other}` holds {held} keys: write {alt} to copy those")
+    } else {
+        String::new()
+    };
     format!(
         "{url} holds no key under the prefix `{prefix}` (the URL path is the prefix without its leading slash){elsewhere}; or pass --allow-empty-source to start from an empty source"
     )

@@ -139,6 +139,19 @@ pub async fn ensure_topic(bootstrap: &str, topic: &str, needed: u32) -> Result<(
     }
 }
 
+/// The end of every partition, read concurrently.
+pub(crate) async fn ends(bootstrap: &str, topic: &str, n: usize) -> Result<Vec<i64>, String> {
+    let reads = (0..n as i32).map(|p| {
+        let (b, t) = (bootstrap.to_string(), topic.to_string());
+        tokio::task::spawn_blocking(move || tail::end(&b, &t, p, TAIL_TIMEOUT))
+    });
+    futures::future::join_all(reads)
+        .await
+        .into_iter()
+        .map(|r| r.map_err(|e| e.to_string())?)
+        .collect()
+}
+
 fn too_few(topic: &str, have: usize, needed: u32) -> String {
     format!("topic {topic} has {have} partitions, fewer than the {needed} shards of its route (each shard keeps its order in one partition); give another topic, or recreate it with {needed} partitions or more")
 }
@@ -178,17 +191,11 @@ impl Target for KafkaTarget {
                 return Err(Refusal::refused(too_few(&self.topic, n, needed)))
             }
             Some(n) => {
-                let (b, t) = (self.bootstrap.clone(), self.topic.clone());
-                let records = tokio::task::spawn_blocking(move || {
-                    let mut total = 0;
-                    for p in 0..n as i32 {
-                        total += tail::end(&b, &t, p, TAIL_TIMEOUT)?;
-                    }
-                    Ok::<i64, String>(total)
-                })
-                .await
-                .map_err(|e| Refusal::runtime(e.to_string()))?
-                .map_err(Refusal::refused)?;
+                let records: i64 = ends(&self.bootstrap, &self.topic, n)
+                    .await
+                    .map_err(Refusal::refused)?
+                    .iter()
+                    .sum();
                 if records > 0 && !ctx.force && !ctx.resuming {
                     return Err(Refusal::refused(format!(
                         "topic {} already holds {records} records; Ferry would add its events after them: pass --force to go ahead or choose an empty topic",

@@ -111,11 +111,8 @@ impl KafkaSink {
                 .lock()
                 .expect("kafka sink lock poisoned")
                 .clone();
-            let r: FutureRecord<'_, Vec<u8>, Vec<u8>> = FutureRecord::to(&self.topic)
-                .partition(self.partition(shard))
-                .key(key)
-                .headers(h);
             let mut pending = Vec::new();
+            let r = self.tombstone(self.partition(shard), key, h);
             self.send(&producer, shard, r, &mut pending).await?;
             for f in pending {
                 self.delivered(shard, f.await)?;
@@ -253,10 +250,7 @@ impl KafkaSink {
                     .key(key)
                     .payload(&body)
                     .headers(headers.clone()),
-                FutureRecord::to(&self.topic)
-                    .partition(partition)
-                    .key(key)
-                    .headers(headers),
+                self.tombstone(partition, key, headers),
             ] {
                 self.send(&producer, end.shard, r, &mut pending).await?;
             }
@@ -266,6 +260,19 @@ impl KafkaSink {
         }
         tracing::info!(target = %self.name, shard = %end.shard, deleted = stale.len(), "the snapshot's sweep published deletes for keys the new snapshot no longer has");
         Ok(stale.len())
+    }
+
+    /// The tombstone of `key`: no value, so a compacted topic forgets it.
+    fn tombstone<'a>(
+        &'a self,
+        partition: i32,
+        key: &'a Vec<u8>,
+        headers: OwnedHeaders,
+    ) -> FutureRecord<'a, Vec<u8>, Vec<u8>> {
+        FutureRecord::to(&self.topic)
+            .partition(partition)
+            .key(key)
+            .headers(headers)
     }
 
     /// Queues `r`; on a full queue, waits for what is in flight first.
@@ -389,10 +396,7 @@ impl KafkaSink {
                 // A delete is followed by its tombstone (same key, no value).
                 vec![
                     event.headers(headers.clone()),
-                    FutureRecord::to(&self.topic)
-                        .partition(partition)
-                        .key(&key)
-                        .headers(headers),
+                    self.tombstone(partition, &key, headers),
                 ]
             } else {
                 vec![event.headers(headers)]

@@ -100,6 +100,21 @@ fn high_watermark(
     }
 }
 
+/// When `m` is a delete event (its tombstone is then the next record): its
+/// key and headers, for the tombstone.
+fn missing_tombstone(m: &impl Message) -> Option<(Vec<u8>, Vec<RecordHeader>)> {
+    let v: serde_json::Value = serde_json::from_slice(m.payload()?).ok()?;
+    if v["op"] != "d" {
+        return None;
+    }
+    let headers = m
+        .headers()?
+        .iter()
+        .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+        .collect();
+    Some((m.key()?.to_vec(), headers))
+}
+
 /// Reads the tail of `topic`'s partition `partition` (blocking; call from
 /// `spawn_blocking`).
 pub fn read(
@@ -151,25 +166,7 @@ pub fn read(
                         journal: header(&m, HEADER_JOURNAL),
                         snapshot: snapshot.as_deref().is_some_and(|s| s != "false"),
                         snapshot_begin: snapshot.and_then(|s| s.parse().ok()),
-                        missing_tombstone: m
-                            .payload()
-                            .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
-                            .filter(|v| v["op"] == "d")
-                            .and_then(|_| {
-                                let headers = m.headers()?;
-                                Some((
-                                    m.key()?.to_vec(),
-                                    headers
-                                        .iter()
-                                        .map(|h| {
-                                            (
-                                                h.key.to_string(),
-                                                h.value.unwrap_or_default().to_vec(),
-                                            )
-                                        })
-                                        .collect(),
-                                ))
-                            }),
+                        missing_tombstone: missing_tombstone(&m),
                     });
                     if done {
                         break;

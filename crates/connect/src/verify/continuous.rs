@@ -119,6 +119,23 @@ pub struct WindowCheck {
     pub difference_count: u64,
 }
 
+impl WindowCheck {
+    /// As the cutover's comparison of this target: the keys compared
+    /// inside the window and what differed.
+    pub fn comparison(&self) -> super::Comparison {
+        super::Comparison {
+            compared: self.compared_keys,
+            differences: self.difference_count,
+            details: self.differences.iter().take(20).map(kv::detail_line).collect(),
+            summary: format!(
+                "compared {} of {} ranges inside the window ({} keys); {} verified before and untouched since",
+                self.compared_ranges, self.ranges, self.compared_keys, self.clean_ranges
+            ),
+            ..Default::default()
+        }
+    }
+}
+
 /// The continuous verifier of one key-value route (one target).
 pub struct RangeVerifier {
     source: Arc<dyn KvReader>,
@@ -293,9 +310,9 @@ impl RangeVerifier {
                 let n = self.with(|s| s.keys_read);
                 tokio::time::sleep(pace(n).saturating_sub(t.elapsed())).await;
             }
-            let n = self.with(|s| s.ranges.len());
-            let mut order: Vec<usize> = (0..n).collect();
-            order.sort_by_key(|&i| !self.with(|s| s.dirty(i)));
+            let dirty: Vec<bool> = self.with(|s| (0..s.ranges.len()).map(|i| s.dirty(i)).collect());
+            let mut order: Vec<usize> = (0..dirty.len()).collect();
+            order.sort_by_key(|&i| !dirty[i]);
             for i in order {
                 if stop() {
                     return;
@@ -338,11 +355,7 @@ impl RangeVerifier {
             let (keys, report) = self.check(i, true).await?;
             w.compared_ranges += 1;
             w.compared_keys += keys;
-            let diff = report.missing_on_target
-                + report.extra_on_target
-                + report.value_differs
-                + report.lease_differs;
-            w.difference_count += diff;
+            w.difference_count += report.difference_count();
             for d in report.differences {
                 if w.differences.len() < kv::MAX_LISTED {
                     w.differences.push(d);

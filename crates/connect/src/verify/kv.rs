@@ -78,10 +78,20 @@ pub struct VerifyReport {
 }
 
 impl VerifyReport {
+    /// Differing keys of every kind.
+    pub fn difference_count(&self) -> u64 {
+        self.missing_on_target + self.extra_on_target + self.value_differs + self.lease_differs
+    }
+
     /// True when no difference was found.
     pub fn is_equal(&self) -> bool {
-        self.missing_on_target + self.extra_on_target + self.value_differs + self.lease_differs == 0
+        self.difference_count() == 0
     }
+}
+
+/// One difference as a line of a [`super::Comparison`].
+pub fn detail_line(d: &Difference) -> String {
+    format!("{:?} {}: {}", d.kind, d.key_suffix, d.detail)
 }
 
 /// One side of the merge: a cursor and its current page.
@@ -337,16 +347,10 @@ fn lossy(b: &[u8]) -> String {
 
 /// The comparison's one-line summary and first differences.
 pub fn summarise(r: &VerifyReport) -> super::Comparison {
-    let diff = r.missing_on_target + r.extra_on_target + r.value_differs + r.lease_differs;
     super::Comparison {
         compared: r.source_keys,
-        differences: diff,
-        details: r
-            .differences
-            .iter()
-            .take(20)
-            .map(|d| format!("{:?} {}: {}", d.kind, d.key_suffix, d.detail))
-            .collect(),
+        differences: r.difference_count(),
+        details: r.differences.iter().take(20).map(detail_line).collect(),
         summary: format!(
             "compared {} source keys (revision {}) with {} target keys (revision {}) over {} ranges: {} equal, {} missing on the target, {} extra on the target, {} values differ, {} leases differ",
             r.source_keys, r.source_revision, r.target_keys, r.target_revision, r.ranges.len(), r.equal_keys, r.missing_on_target, r.extra_on_target, r.value_differs, r.lease_differs

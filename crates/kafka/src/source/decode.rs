@@ -12,7 +12,7 @@
 //! (`/a` for `app/a`), which a target roots under its own prefix, exactly as
 //! an etcd-to-etcd route does.
 
-use ferry_core::StoreUrl;
+use ferry_core::{Op, StoreMeta, StoreUrl, Value as EventValue};
 use serde_json::Value;
 use std::collections::HashMap;
 
@@ -35,10 +35,34 @@ pub enum Change {
 }
 
 impl Change {
-    pub fn key(&self) -> Option<&[u8]> {
+    /// The change as a journal event's key, operation and source time;
+    /// `None` for a tombstone, which applies nothing.
+    pub fn into_op(self) -> Option<(Vec<u8>, Op, u64)> {
         match self {
-            Change::Put { key, .. } | Change::Delete { key, .. } => Some(key),
             Change::Tombstone => None,
+            Change::Put {
+                key,
+                value,
+                lease,
+                ts_ms,
+            } => {
+                let meta = match lease {
+                    Some((lease_id, lease_ttl_s)) => StoreMeta::Etcd {
+                        lease_id,
+                        lease_ttl_s,
+                    },
+                    None => StoreMeta::None,
+                };
+                let value = EventValue::Plain(value);
+                Some((key, Op::Put { value, meta }, ts_ms))
+            }
+            Change::Delete { key, ts_ms } => Some((
+                key,
+                Op::Delete {
+                    meta: StoreMeta::None,
+                },
+                ts_ms,
+            )),
         }
     }
 }

@@ -43,7 +43,7 @@ pub mod decode;
 mod reader;
 mod tailer;
 
-use crate::connector::{partitions, TAIL_TIMEOUT};
+use crate::connector::{ends, partitions, TAIL_TIMEOUT};
 use crate::tail;
 use decode::Decoder;
 use ferry_connect::{
@@ -125,19 +125,6 @@ fn first_record(bootstrap: &str, topic: &str, p: i32, end: i64) -> Result<First,
     Err(format!(
         "timed out reading the first record of {topic}/{p}; check that the broker answers fetches"
     ))
-}
-
-/// The end of every partition, read concurrently.
-pub(crate) async fn ends(bootstrap: &str, topic: &str, n: usize) -> Result<Vec<i64>, String> {
-    let reads = (0..n as i32).map(|p| {
-        let (b, t) = (bootstrap.to_string(), topic.to_string());
-        tokio::task::spawn_blocking(move || tail::end(&b, &t, p, TAIL_TIMEOUT))
-    });
-    futures::future::join_all(reads)
-        .await
-        .into_iter()
-        .map(|r| r.map_err(|e| e.to_string())?)
-        .collect()
 }
 
 #[async_trait]

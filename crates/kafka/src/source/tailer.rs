@@ -2,11 +2,11 @@
 //! in batches, each journaled with its checkpoint before its offsets are
 //! committed to the group (see the module doc of [`super`]).
 
-use super::decode::{Change, Decoder};
+use super::decode::Decoder;
 use super::malformed;
-use crate::connector::partitions;
+use crate::connector::{ends, partitions};
 use crate::context::Quiet;
-use ferry_core::{Event, Op, Position, ShardId, ShardSpan, StoreMeta, StoreUrl, Value};
+use ferry_core::{Event, Op, Position, ShardId, ShardSpan, StoreUrl};
 use ferry_journal::SharedJournal;
 use ferry_lag::{now_ms, LagTracker, Phase};
 use ferry_replay::{FenceRequest, PollFence, Shutdown, SpanAppender};
@@ -123,7 +123,7 @@ impl KafkaTailer {
 
         // Until every partition reached the end it had at start, the route
         // catches up (shown as a snapshot: copied of about total).
-        let start_ends = super::ends(&self.bootstrap, &self.topic, n).await?;
+        let start_ends = ends(&self.bootstrap, &self.topic, n).await?;
         let total: i64 = start_ends
             .iter()
             .zip(&next)
@@ -145,6 +145,7 @@ impl KafkaTailer {
         let mut fence_wait: Option<(Goal, FenceRequest)> = None;
         let mut commit_warned = false;
         let mut last_commit = next.clone();
+        let mut order = position(&next).order;
 
         while !shutdown.is_stopping() {
             let mut batch = app.empty();
@@ -184,40 +185,15 @@ impl KafkaTailer {
                                 continue;
                             }
                         };
+                        // The position's order is the sum of every
+                        // partition's next offset, kept as it moves.
+                        order += (m.offset() + 1 - next[p].max(0)) as u64;
                         next[p] = m.offset() + 1;
                         copied += 1;
-                        let order = next.iter().map(|&o| o.max(0) as u64).sum::<u64>();
                         let shard = self.shard_of(p);
-                        let op = match change {
-                            Change::Tombstone => continue,
-                            Change::Put {
-                                key,
-                                value,
-                                lease,
-                                ts_ms,
-                            } => (
-                                key,
-                                Op::Put {
-                                    value: Value::Plain(value),
-                                    meta: match lease {
-                                        Some((lease_id, lease_ttl_s)) => StoreMeta::Etcd {
-                                            lease_id,
-                                            lease_ttl_s,
-                                        },
-                                        None => StoreMeta::None,
-                                    },
-                                },
-                                ts_ms,
-                            ),
-                            Change::Delete { key, ts_ms } => (
-                                key,
-                                Op::Delete {
-                                    meta: StoreMeta::None,
-                                },
-                                ts_ms,
-                            ),
+                        let Some((key, op, ts_ms)) = change.into_op() else {
+                            continue;
                         };
-                        let (key, op, ts_ms) = op;
                         self.fence.saw_change(&key, order);
                         batch[app.index(shard)].push(Event {
                             shard,
@@ -241,8 +217,8 @@ impl KafkaTailer {
                     }
                 }
             }
-            let moved = next != last_commit;
-            if count > 0 || moved {
+            // Events move the offsets on, and so do tombstones alone.
+            if next != last_commit {
                 app.append(batch, Some(position(&next)))
                     .await
                     .map_err(|e| e.to_string())?;
@@ -280,7 +256,7 @@ impl KafkaTailer {
             }
             if fence_wait.is_none() {
                 if let Some(req) = self.fence.take_request() {
-                    match super::ends(&self.bootstrap, &self.topic, n).await {
+                    match ends(&self.bootstrap, &self.topic, n).await {
                         Ok(ends) => {
                             tracing::info!(source = %self.name, ?ends, "fencing at the end of every partition");
                             fence_wait = Some((
