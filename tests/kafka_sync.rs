@@ -289,9 +289,16 @@ fn mongodb_to_kafka_publishes_each_document_once_keyed_by_namespace_and_id() {
     for e in &c.events {
         assert!(seen.insert(*e), "{e:?} twice");
     }
-    let key =
-        |id: i64| serde_json::json!({"db": "app", "collection": "users", "id": id}).to_string();
-    let live = |id: i64| c.last.get(&key(id)).cloned().flatten();
+    // The key's `_id` and the `after` string are canonical extended JSON.
+    let key = |id: i64| {
+        serde_json::json!({"db": "app", "collection": "users", "id": {"$numberLong": id.to_string()}})
+            .to_string()
+    };
+    let live = |id: i64| {
+        c.last.get(&key(id)).cloned().flatten().map(|after| {
+            serde_json::from_str::<Value>(after.as_str().expect("`after` is a string")).unwrap()
+        })
+    };
     assert_eq!(live(0).unwrap()["name"], "user-0");
     assert_eq!(live(1).unwrap()["name"], "renamed");
     assert!(
@@ -299,6 +306,11 @@ fn mongodb_to_kafka_publishes_each_document_once_keyed_by_namespace_and_id() {
         "the deleted document ends in a tombstone"
     );
     assert_eq!(live(1000).unwrap()["name"], "late");
+    assert_eq!(
+        live(0).unwrap()["_id"],
+        serde_json::json!({"$numberLong": "0"}),
+        "a 64-bit `_id` stays one"
+    );
     let live_docs = c.last.values().filter(|v| v.is_some()).count();
     assert_eq!(live_docs, 500, "499 copied + 1 inserted documents are live");
     assert_eq!(c.ops.get("r").copied(), Some(500), "{:?}", c.ops);
@@ -621,4 +633,287 @@ fn a_malformed_record_on_a_kafka_source_is_named_and_nothing_of_it_written() {
     );
     ok(&f.run(&["stop", "--abort"]), "stop --abort");
     f.wait_agent_exit(Duration::from_secs(30));
+}
+
+/// Documents of every common BSON type, in two collections.
+async fn mongo_typed_load(uri: &str, n: i64) {
+    use mongodb::bson::{doc, oid::ObjectId, Binary, DateTime, Document};
+    let c = mongodb::Client::with_uri_str(uri).await.unwrap();
+    let db = c.database("app");
+    let docs: Vec<Document> = (0..n)
+        .map(|i| {
+            doc! {
+                "_id": i, "small": i as i32, "ratio": i as f64 / 4.0, "whole": 2.0f64,
+                "at": DateTime::from_millis(1_700_000_000_000 + i),
+                "bytes": Binary { subtype: mongodb::bson::spec::BinarySubtype::Generic, bytes: vec![0, 255, i as u8] },
+                "nested": {"tags": ["a", i as i32], "none": null},
+            }
+        })
+        .collect();
+    db.collection::<Document>("typed")
+        .insert_many(docs)
+        .await
+        .unwrap();
+    let oids: Vec<Document> = (0..50)
+        .map(|i| doc! {"_id": ObjectId::new(), "n": i})
+        .collect();
+    db.collection::<Document>("oids")
+        .insert_many(oids)
+        .await
+        .unwrap();
+}
+
+#[test]
+fn mongodb_to_kafka_to_mongodb_across_two_agents_keeps_every_type() {
+    use mongodb::bson::{doc, Document};
+    let (Some(src), Some(far), Some(kafka)) = (
+        require(ferry_testkit::Mongod::start()),
+        require(ferry_testkit::Mongod::start()),
+        require(Kafka::start()),
+    ) else {
+        return;
+    };
+    let rt = rt();
+    rt.block_on(mongo_typed_load(&src.uri(), 800));
+    let (up, down) = (Ferry::new(), Ferry::new());
+    let source_url = format!("{}/app", src.uri());
+    let far_url = format!("{}/app", far.uri());
+    let relay = format!("{}&events=mongodb", relay_url(&kafka, "docs", "far"));
+    let external = ["--source.read-only=external", "--shards", "2"];
+    ok(
+        &up.start(&source_url, &kafka.url("docs"), &external),
+        "upstream start",
+    );
+    up.wait_for("upstream copied", Duration::from_secs(120), |s| {
+        all_streaming(s) && max_lag(s) == 0
+    });
+    // Without `events=mongodb` the pair is refused, naming the parameter.
+    let wrong = down.start(
+        &relay_url(&kafka, "docs", "far"),
+        &far_url,
+        &["--source.read-only=external"],
+    );
+    assert_eq!(wrong.status.code(), Some(2), "{}", stderr(&wrong));
+    assert!(
+        stderr(&wrong).contains("&events=mongodb"),
+        "{}",
+        stderr(&wrong)
+    );
+    ok(
+        &down.start(&relay, &far_url, &["--source.read-only=external"]),
+        "downstream start",
+    );
+    // Live changes while the downstream agent is killed twice.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    for round in 0..2i64 {
+        assert!(Instant::now() < deadline, "the test exceeded its bound");
+        rt.block_on(async {
+            let c = mongodb::Client::with_uri_str(src.uri()).await.unwrap();
+            let typed = c.database("app").collection::<Document>("typed");
+            typed
+                .update_one(
+                    doc! {"_id": round},
+                    doc! {"$set": {"small": 7i32, "big": 9_000_000_000i64}},
+                )
+                .await
+                .unwrap();
+            typed.delete_one(doc! {"_id": 10 + round}).await.unwrap();
+            typed
+                .insert_one(doc! {"_id": 5_000 + round, "late": true})
+                .await
+                .unwrap();
+        });
+        std::thread::sleep(Duration::from_millis(700));
+        down.kill_agent();
+        ok(
+            &down.start(&relay, &far_url, &["--source.read-only=external"]),
+            &format!("downstream restart {round}"),
+        );
+    }
+    up.wait_for("upstream caught up", Duration::from_secs(120), |s| {
+        all_streaming(s) && max_lag(s) == 0
+    });
+    ok(&up.run(&["stop", "--timeout", "120s"]), "upstream stop");
+    up.wait_agent_exit(Duration::from_secs(30));
+    down.wait_for(
+        "downstream streaming",
+        Duration::from_secs(120),
+        all_streaming,
+    );
+    ok(&down.run(&["stop", "--timeout", "120s"]), "downstream stop");
+    down.wait_agent_exit(Duration::from_secs(30));
+    let proof: Value =
+        serde_json::from_slice(&std::fs::read(down.journal().join("cutover-proof.json")).unwrap())
+            .unwrap();
+    assert!(
+        proof["verified_keys"].as_u64().unwrap_or(0) >= 800 && proof["differences"] == 0,
+        "the downstream cutover verified the far target against the topic: {proof}"
+    );
+    // The real check: mongod's own documents, byte for byte and type for
+    // type, at both ends.
+    ok(
+        &down.run(&["verify", "--source", &source_url, "--target", &far_url]),
+        "verify the source against the far target directly",
+    );
+    rt.block_on(async {
+        let c = mongodb::Client::with_uri_str(far.uri()).await.unwrap();
+        let typed = c.database("app").collection::<Document>("typed");
+        let d = typed.find_one(doc! {"_id": 1i64}).await.unwrap().unwrap();
+        assert_eq!(
+            d.get("big"),
+            Some(&mongodb::bson::Bson::Int64(9_000_000_000))
+        );
+        assert_eq!(d.get("small"), Some(&mongodb::bson::Bson::Int32(7)));
+        assert_eq!(d.get("whole"), Some(&mongodb::bson::Bson::Double(2.0)));
+        let long_ids = typed
+            .count_documents(doc! {"_id": {"$type": "long"}})
+            .await
+            .unwrap();
+        assert_eq!(
+            long_ids, 800,
+            "798 copied + 2 inserted, every `_id` still a long"
+        );
+        assert!(typed.find_one(doc! {"_id": 10i64}).await.unwrap().is_none());
+        let oids = c.database("app").collection::<Document>("oids");
+        assert_eq!(oids.count_documents(doc! {}).await.unwrap(), 50);
+    });
+}
+
+/// One Debezium MongoDB connector event with the JSON converter's schema
+/// wrapper: (record key, value).
+fn debezium(op: &str, id: &str, after: Option<&str>) -> (String, Vec<u8>) {
+    let key = serde_json::json!({"schema": {"type": "struct"}, "payload": {"id": id}});
+    let value = serde_json::json!({
+        "schema": {"type": "struct", "name": "dbserver1.inventory.customers.Envelope"},
+        "payload": {
+            "after": after, "patch": null, "filter": null, "op": op, "ts_ms": 1_700_000_000_500u64,
+            "source": {"version": "2.5.0.Final", "connector": "mongodb", "name": "dbserver1",
+                       "ts_ms": 1_700_000_000_000u64, "snapshot": "false", "db": "inventory",
+                       "rs": "rs0", "collection": "customers", "ord": 1}
+        }
+    });
+    (key.to_string(), serde_json::to_vec(&value).unwrap())
+}
+
+#[test]
+fn debezium_mongodb_events_on_a_topic_reach_mongodb_with_their_types() {
+    use mongodb::bson::{doc, Bson, Document};
+    let (Some(far), Some(kafka)) = (
+        require(ferry_testkit::Mongod::start()),
+        require(Kafka::start()),
+    ) else {
+        return;
+    };
+    let rt = rt();
+    rt.block_on(ferry_kafka::connector::ensure_topic(
+        &kafka.bootstrap(),
+        "dbserver1.inventory.customers",
+        1,
+    ))
+    .unwrap();
+    let records = [
+        debezium(
+            "r",
+            "1001",
+            Some(
+                r#"{"_id": {"$numberLong": "1001"}, "first_name": "Sally", "n": 3, "score": 1.0, "at": {"$date": 1700000000123}}"#,
+            ),
+        ),
+        debezium(
+            "r",
+            "1002",
+            Some(
+                r#"{"_id": {"$numberLong": "1002"}, "first_name": "George", "bin": {"$binary": "AP8=", "$type": "00"}}"#,
+            ),
+        ),
+        debezium(
+            "c",
+            "1003",
+            Some(
+                r#"{"_id": {"$numberLong": "1003"}, "first_name": "Edward", "re": {"$regex": "^e", "$options": "i"}}"#,
+            ),
+        ),
+        debezium(
+            "u",
+            "1001",
+            Some(
+                r#"{"_id": {"$numberLong": "1001"}, "first_name": "Sally", "n": 4, "score": 1.5, "at": {"$date": 1700000000123}}"#,
+            ),
+        ),
+        debezium("d", "1002", None),
+    ];
+    let mut raw: Vec<(&str, &[u8])> = records
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_slice()))
+        .collect();
+    // The delete's tombstone: a record with the key and no value.
+    let tombstone_key = records[4].0.clone();
+    produce_raw(&kafka.bootstrap(), "dbserver1.inventory.customers", &raw);
+    produce_tombstone(
+        &kafka.bootstrap(),
+        "dbserver1.inventory.customers",
+        &tombstone_key,
+    );
+    raw.clear();
+    let f = Ferry::new();
+    let source = format!(
+        "{}?group=far&events=mongodb",
+        kafka.url("dbserver1.inventory.customers")
+    );
+    let target = format!("{}/inventory", far.uri());
+    ok(
+        &f.start(&source, &target, &["--source.read-only=external"]),
+        "start",
+    );
+    f.wait_for("streamed", Duration::from_secs(120), |s| {
+        all_streaming(s) && max_lag(s) == 0
+    });
+    ok(&f.run(&["stop", "--timeout", "120s"]), "stop");
+    f.wait_agent_exit(Duration::from_secs(30));
+    rt.block_on(async {
+        let c = mongodb::Client::with_uri_str(far.uri()).await.unwrap();
+        let customers = c.database("inventory").collection::<Document>("customers");
+        assert_eq!(customers.count_documents(doc! {}).await.unwrap(), 2);
+        let sally = customers
+            .find_one(doc! {"_id": 1001i64})
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(sally.get("_id"), Some(&Bson::Int64(1001)));
+        assert_eq!(sally.get("n"), Some(&Bson::Int32(4)), "the update's full document");
+        assert_eq!(sally.get("score"), Some(&Bson::Double(1.5)));
+        assert_eq!(
+            sally.get("at"),
+            Some(&Bson::DateTime(mongodb::bson::DateTime::from_millis(
+                1_700_000_000_123
+            )))
+        );
+        let keys: Vec<&str> = sally.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["_id", "first_name", "n", "score", "at"]);
+        assert!(customers
+            .find_one(doc! {"_id": 1002i64})
+            .await
+            .unwrap()
+            .is_none());
+        let edward = customers
+            .find_one(doc! {"_id": 1003i64})
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(edward.get("re"), Some(Bson::RegularExpression(r)) if r.pattern == "^e" && r.options == "i"),
+            "{edward}"
+        );
+    });
+}
+
+fn produce_tombstone(bootstrap: &str, topic: &str, key: &str) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    p.send(BaseRecord::<str, [u8]>::to(topic).partition(0).key(key))
+        .unwrap();
+    p.flush(Duration::from_secs(30)).unwrap();
 }

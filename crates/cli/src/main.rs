@@ -5,6 +5,7 @@
 mod cli;
 mod client;
 mod commands;
+mod config_file;
 mod error;
 
 use clap::Parser;
@@ -14,7 +15,12 @@ fn main() {
     // user; RocksDB creates its own files, so the process umask is the one
     // place to say so.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-    let args = cli::Cli::parse();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Err(e) = config_file::apply(&argv) {
+        eprintln!("ferry: {e}");
+        std::process::exit(ferry_core::ExitCode::Usage.code());
+    }
+    let args = cli::Cli::parse_from(argv);
     init_logging();
     let code = match commands::run(args) {
         Ok(()) => ferry_core::ExitCode::Success,

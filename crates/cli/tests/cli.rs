@@ -386,3 +386,83 @@ fn damaged_record_is_reported_and_repaired() {
         bad - first
     );
 }
+
+/// `ferry start --config F` with the environment given (and nothing else
+/// of the caller's `FERRY_*`), in a fresh directory.
+fn with_config(dir: &Path, toml: &str, mode: u32, env: &[(&str, &str)], args: &[&str]) -> Output {
+    use std::os::unix::fs::PermissionsExt;
+    let f = dir.join("ferry.toml");
+    std::fs::write(&f, toml).unwrap();
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
+    let mut c = Command::new(FERRY);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("FERRY_") {
+            c.env_remove(k);
+        }
+    }
+    c.current_dir(dir)
+        .args(["start", "--config", f.to_str().unwrap()])
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run ferry")
+}
+
+#[test]
+fn a_config_file_is_checked_and_flags_and_environment_override_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A misspelt key: file, line and column, exit 2, nothing written.
+    let out = with_config(
+        d,
+        "shards = 4\n[source]\nurl = [\"etcd://127.0.0.1:1/app\"]\n",
+        0o644,
+        &[],
+        &[],
+    );
+    refused(&out, 2, &["ferry.toml:3:1: unknown field `url`", "README"]);
+    assert!(!d.join("ferry-journal").exists(), "nothing written");
+    // A secret in a file others may read.
+    let out = with_config(
+        d,
+        "[source]\nurls = [\"mongodb://u:hunter2@127.0.0.1:1/app\"]\n[target]\nurls = [\"mongodb://127.0.0.1:2/app\"]\n",
+        0o644,
+        &[],
+        &[],
+    );
+    let e = refused(&out, 2, &["source.urls", "chmod 600"]);
+    assert!(!e.contains("hunter2"), "the secret is not echoed: {e}");
+    // The file's source is a bad URL; the flag's wins, so the error is
+    // about the flag's store (unreachable), not the file's scheme.
+    let file = "[source]\nurls = [\"nope://x\"]\n[target]\nurls = [\"etcd://127.0.0.1:9/t\"]\n";
+    let out = with_config(d, file, 0o600, &[], &["--check-only"]);
+    refused(&out, 2, &["unknown store scheme `nope`"]);
+    let out = with_config(
+        d,
+        file,
+        0o600,
+        &[],
+        &["--check-only", "--source", "etcd://127.0.0.1:9/s"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("nope"),
+        "the flag overrides the file: {stderr}"
+    );
+    assert_eq!(out.status.code(), Some(3), "unreachable etcd: {stderr}");
+    // The environment overrides the file too: FERRY_SHARDS=0 is refused
+    // by the flag's own range check although the file says 4.
+    let out = with_config(
+        d,
+        &format!("shards = 4\n{file}"),
+        0o600,
+        &[("FERRY_SHARDS", "0")],
+        &["--check-only"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("'0'") && stderr.contains("--shards"),
+        "{stderr}"
+    );
+}

@@ -53,6 +53,7 @@
 //! 3. One line in `ferry-stores`' registry. Nothing in the agent or the CLI.
 
 pub mod check;
+pub mod doc_key;
 pub mod model;
 pub mod place;
 pub mod state;
@@ -141,6 +142,14 @@ pub trait Source: Send + Sync + 'static {
             self.url(),
             self.url().kind().name()
         )))
+    }
+
+    /// How the source could hold one of `wanted` instead of its
+    /// [`Source::model`] (a Kafka topic: `&events=mongodb`), as words
+    /// ending the sentence of a pair that cannot run. `None` by default.
+    fn model_hint(&self, wanted: &[DataModel]) -> Option<String> {
+        let _ = wanted;
+        None
     }
 
     /// Whether its values are secrets (Vault, the keyring, `pydio.json`): a
@@ -526,8 +535,12 @@ pub fn check_pair(
     target: &dyn Target,
 ) -> Result<(), String> {
     if !target.accepts().contains(&source.model()) {
+        let hint = source
+            .model_hint(target.accepts())
+            .map(|h| format!("; {h}"))
+            .unwrap_or_default();
         return Err(format!(
-            "{} cannot feed {}: {} holds {} and {} takes {}; this build moves {}",
+            "{} cannot feed {}: {} holds {} and {} takes {}; this build moves {}{hint}",
             source.url(),
             target.url(),
             source.url().kind().name(),

@@ -93,6 +93,12 @@ impl Source for MongoSource {
     fn url(&self) -> &StoreUrl {
         &self.url
     }
+    /// Key `{"db", "collection", "id"}` with the `_id` as canonical
+    /// extended JSON, and `after` as a string of the document in canonical
+    /// extended JSON, as Debezium's MongoDB connector gives it (a string
+    /// its consumers parse with a BSON JSON reader): canonical, because
+    /// relaxed JSON loses which numbers are 32-bit, 64-bit or doubles, and
+    /// a Kafka source reads these records back into a MongoDB target.
     fn render(
         &self,
         key: &[u8],
@@ -104,7 +110,7 @@ impl Source for MongoSource {
                 .ok()
                 .flatten()
                 .and_then(|v| Bson::try_from(v.to_raw_bson()).ok())
-                .map_or(serde_json::Value::Null, Bson::into_relaxed_extjson)
+                .map_or(serde_json::Value::Null, Bson::into_canonical_extjson)
         };
         let key = match crate::key::decode(key) {
             Ok((ns, filter)) => {
@@ -117,7 +123,9 @@ impl Source for MongoSource {
                 .ok()
                 .and_then(|d| d.to_document().ok())
             {
-                Some(d) => Bson::Document(d).into_relaxed_extjson(),
+                Some(d) => serde_json::Value::String(
+                    Bson::Document(d).into_canonical_extjson().to_string(),
+                ),
                 None => serde_json::json!({ "base64": ferry_connect::base64(v) }),
             }
         });
@@ -380,10 +388,25 @@ impl Target for MongoTarget {
         let t = &self.url;
         let tgt = MongoStore::connect(t).await.map_err(refusal)?;
         let Some(src) = source.as_any().downcast_ref::<MongoSource>() else {
-            return Err(Refusal::usage(format!(
-                "{}: MongoDB takes documents from a MongoDB source",
-                t
-            )));
+            // Documents from elsewhere (a Kafka topic of document events):
+            // the namespaces are those its reader holds.
+            let Ok(Reader::Documents(reader)) = source.reader() else {
+                return Err(Refusal::usage(format!(
+                    "{t}: MongoDB takes documents from a MongoDB source or a topic of document events"
+                )));
+            };
+            let namespaces = reader.namespaces().await.map_err(Refusal::refused)?;
+            tgt.check_target_empty(&namespaces, ctx.force || ctx.resuming)
+                .await
+                .map_err(refusal)?;
+            line(
+                "target",
+                format!(
+                    "{t}: reachable; the {} namespaces the source holds now are empty here",
+                    namespaces.len()
+                ),
+            );
+            return self.protection_line(source, &tgt).await;
         };
         let src = src.store().map_err(Refusal::runtime)?;
         let namespaces = crate::precheck(src, &tgt, ctx.force || ctx.resuming)

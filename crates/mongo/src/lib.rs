@@ -33,7 +33,7 @@
 pub mod catalog;
 pub mod connector;
 mod error;
-pub mod key;
+pub use ferry_connect::doc_key as key;
 mod namespace;
 pub mod readonly;
 mod sink;

@@ -2,8 +2,9 @@
 //!
 //! The remote half of a sync across a boundary: one agent publishes an
 //! etcd prefix to a topic, another reads the topic into a target far away.
-//! Records are Ferry's envelope ([`decode`]); this build reads the
-//! key-value events of an etcd source, into any target of that model.
+//! Records are Ferry's envelope, or Debezium's MongoDB connector's
+//! ([`decode`]); `?events=` chooses etcd key-value events (the default,
+//! into any key-value target) or MongoDB documents (into MongoDB).
 //!
 //! # Positions, and why a restart never loses or repeats a change
 //!
@@ -45,7 +46,7 @@ mod tailer;
 
 use crate::connector::{ends, partitions, TAIL_TIMEOUT};
 use crate::tail;
-use decode::Decoder;
+use decode::{Decoder, Events};
 use ferry_connect::{
     async_trait, CheckContext, DataModel, Reader, Refusal, Source, TailContext, Tailing,
 };
@@ -62,6 +63,7 @@ pub struct KafkaSource {
     bootstrap: String,
     topic: String,
     group: String,
+    events: Events,
 }
 
 impl KafkaSource {
@@ -74,11 +76,19 @@ impl KafkaSource {
         .ok_or_else(|| {
             format!("{url}: a Kafka source needs a consumer group to commit its offsets to: add ?group=NAME, e.g. kafka://127.0.0.1:9092/{topic}?group=ferry")
         })?;
+        let events = match url {
+            StoreUrl::Kafka { params, .. } => {
+                Events::from_param(params.get("events").map(String::as_str))
+            }
+            _ => Ok(Events::Etcd),
+        }
+        .map_err(|e| format!("{url}: {e}"))?;
         Ok(KafkaSource {
             url: url.clone(),
             bootstrap,
             topic,
             group,
+            events,
         })
     }
 
@@ -133,7 +143,16 @@ impl Source for KafkaSource {
         &self.url
     }
     fn model(&self) -> DataModel {
-        DataModel::KeyValue
+        self.events.model()
+    }
+    fn model_hint(&self, wanted: &[DataModel]) -> Option<String> {
+        [Events::Etcd, Events::Mongodb]
+            .into_iter()
+            .find(|e| *e != self.events && wanted.contains(&e.model()))
+            .map(|e| match e {
+                Events::Mongodb => "to read a topic of MongoDB document events, add `&events=mongodb` to the source URL".to_string(),
+                Events::Etcd => "to read a topic of etcd key-value events, drop `events=` from the source URL".to_string(),
+            })
     }
     async fn connect(&self) -> Result<(), String> {
         self.partition_count().await.map(drop)
@@ -149,7 +168,7 @@ impl Source for KafkaSource {
         let ends = ends(&self.bootstrap, &self.topic, n)
             .await
             .map_err(Refusal::refused)?;
-        let mut decoder = Decoder::default();
+        let mut decoder = Decoder::new(self.events);
         for (p, end) in ends.iter().enumerate() {
             let (b, t, end) = (self.bootstrap.clone(), self.topic.clone(), *end);
             let first = tokio::task::spawn_blocking(move || first_record(&b, &t, p as i32, end))
@@ -172,10 +191,11 @@ impl Source for KafkaSource {
         ferry_connect::check::line(
             "source",
             format!(
-                "{}: reachable; topic {} has {n} partitions and {} records of Ferry's etcd events; group {} (offsets committed after each durable journal batch; a restart resumes from the journal); fence: every partition read to its end once its writer stopped (--source.read-only=external)",
+                "{}: reachable; topic {} has {n} partitions and {} records of {}; group {} (offsets committed after each durable journal batch; a restart resumes from the journal); fence: every partition read to its end once its writer stopped (--source.read-only=external)",
                 self.url,
                 self.topic,
                 ends.iter().sum::<i64>(),
+                self.events.describe(),
                 self.group
             ),
         );
@@ -188,6 +208,7 @@ impl Source for KafkaSource {
             bootstrap: self.bootstrap.clone(),
             topic: self.topic.clone(),
             group: self.group.clone(),
+            events: self.events,
             span: ctx.span,
             fence: fence.clone(),
         };
@@ -198,12 +219,22 @@ impl Source for KafkaSource {
         })
     }
     fn reader(&self) -> Result<Reader, String> {
-        Ok(Reader::KeyValue(Arc::new(reader::TopicKv {
+        let topic = reader::Topic {
             name: self.url.to_string(),
             bootstrap: self.bootstrap.clone(),
             topic: self.topic.clone(),
-            ttls: Default::default(),
-        })))
+            events: self.events,
+        };
+        Ok(match self.events {
+            Events::Etcd => Reader::KeyValue(Arc::new(reader::TopicKv {
+                topic,
+                ttls: Default::default(),
+            })),
+            Events::Mongodb => Reader::Documents(Arc::new(reader::TopicDocs {
+                topic,
+                fold: Default::default(),
+            })),
+        })
     }
     fn as_any(&self) -> &dyn Any {
         self

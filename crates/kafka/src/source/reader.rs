@@ -1,62 +1,90 @@
 //! Verification of a Kafka source: the topic read to the end of every
 //! partition, folded into each key's last state (a put's value and lease,
-//! or gone after a delete), then served in key order like a store's range.
-//! The fold holds every live key in memory: a topic is compared whole, as
-//! a store's reader pins one revision.
+//! or gone after a delete), then served like a store: keys in key order
+//! for key-value events, documents by namespace for document events. The
+//! fold holds every live key in memory: a topic is compared whole, as a
+//! store's reader pins one revision.
 
-use super::decode::{Change, Decoder};
+use super::decode::{lease, Change, Decoder, Events};
 use super::malformed;
 use crate::connector::partitions;
 use crate::tail;
-use ferry_connect::async_trait;
-use ferry_connect::verify::{KvCursor, KvEntry, KvReader};
-use ferry_core::StoreUrl;
+use bson::{Bson, Document, RawBson, RawDocumentBuf};
+use ferry_connect::verify::{DocumentsReader, KvCursor, KvEntry, KvReader};
+use ferry_connect::{async_trait, doc_key, Namespace};
+use ferry_core::{StoreMeta, StoreUrl};
+use futures::stream::{self, BoxStream, StreamExt};
 use rdkafka::message::Message;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub struct TopicKv {
+/// The topic a reader folds.
+#[derive(Clone)]
+pub struct Topic {
     pub name: String,
     pub bootstrap: String,
     pub topic: String,
+    pub events: Events,
+}
+
+/// Every key's last state: value and meta.
+type Fold = BTreeMap<Vec<u8>, (Vec<u8>, StoreMeta)>;
+
+impl Topic {
+    /// The topic read to its end and folded; and how many records it held.
+    async fn fold(&self) -> Result<(Fold, i64), String> {
+        let me = self.clone();
+        let n = partitions(&me.bootstrap, &me.topic).await?.unwrap_or(0);
+        tokio::task::spawn_blocking(move || me.fold_blocking(n))
+            .await
+            .map_err(|e| e.to_string())?
+    }
+
+    fn fold_blocking(&self, n: usize) -> Result<(Fold, i64), String> {
+        let url = StoreUrl::parse(&self.name).map_err(|e| e.to_string())?;
+        let mut state = Fold::new();
+        let mut decoder = Decoder::new(self.events);
+        let mut total = 0;
+        for p in 0..n as i32 {
+            total += tail::scan(
+                &self.bootstrap,
+                &self.topic,
+                p,
+                Duration::from_secs(600),
+                |m| {
+                    decoder.set_record_key(m.key());
+                    match decoder
+                        .decode(m.payload())
+                        .map_err(|why| malformed(&url, &self.topic, p, m.offset(), &why))?
+                    {
+                        Change::Put {
+                            key, value, meta, ..
+                        } => {
+                            state.insert(key, (value, meta));
+                        }
+                        Change::Delete { key, .. } => {
+                            state.remove(&key);
+                        }
+                        Change::Tombstone => {}
+                    }
+                    Ok(())
+                },
+            )?;
+        }
+        Ok((state, total))
+    }
+}
+
+/// Key-value events, as a key-value store.
+pub struct TopicKv {
+    pub topic: Topic,
     /// Each lease's TTL as last captured, filled by a cursor's read.
     pub ttls: Arc<Mutex<HashMap<i64, i64>>>,
 }
 
-/// Every key's last state: value, (lease id, TTL).
-type Fold = BTreeMap<Vec<u8>, (Vec<u8>, Option<(i64, i64)>)>;
-
-fn fold(name: &str, bootstrap: &str, topic: &str, n: usize) -> Result<(Fold, i64), String> {
-    let url = StoreUrl::parse(name).map_err(|e| e.to_string())?;
-    let mut state = Fold::new();
-    let mut decoder = Decoder::default();
-    let mut total = 0;
-    for p in 0..n as i32 {
-        total += tail::scan(bootstrap, topic, p, Duration::from_secs(600), |m| {
-            decoder.set_record_key(m.key());
-            match decoder
-                .decode(m.payload())
-                .map_err(|why| malformed(&url, topic, p, m.offset(), &why))?
-            {
-                Change::Put {
-                    key, value, lease, ..
-                } => {
-                    state.insert(key, (value, lease));
-                }
-                Change::Delete { key, .. } => {
-                    state.remove(&key);
-                }
-                Change::Tombstone => {}
-            }
-            Ok(())
-        })?;
-    }
-    Ok((state, total))
-}
-
 struct Cursor {
-    reader: (String, String, String),
+    topic: Topic,
     pages: Option<std::vec::IntoIter<Vec<KvEntry>>>,
     position: i64,
     ttls: Arc<Mutex<HashMap<i64, i64>>>,
@@ -66,25 +94,21 @@ struct Cursor {
 impl KvCursor for Cursor {
     async fn next_page(&mut self) -> Result<Option<Vec<KvEntry>>, String> {
         if self.pages.is_none() {
-            let (name, b, t) = self.reader.clone();
-            let n = partitions(&b, &t).await?.unwrap_or(0);
-            let (state, total) = tokio::task::spawn_blocking(move || fold(&name, &b, &t, n))
-                .await
-                .map_err(|e| e.to_string())??;
+            let (state, total) = self.topic.fold().await?;
             self.position = total;
             let mut ttls = self.ttls.lock().expect("ttl lock poisoned");
-            for (_, lease) in state.values() {
-                if let Some((id, ttl)) = lease {
-                    ttls.insert((*id).max(1), *ttl);
+            for (_, meta) in state.values() {
+                if let Some((id, ttl)) = lease(meta) {
+                    ttls.insert(id.max(1), ttl);
                 }
             }
             drop(ttls);
             let entries: Vec<KvEntry> = state
                 .into_iter()
-                .map(|(suffix, (value, lease))| KvEntry {
+                .map(|(suffix, (value, meta))| KvEntry {
                     suffix,
                     value,
-                    lease: lease.map_or(0, |(id, _)| id.max(1)),
+                    lease: lease(&meta).map_or(0, |(id, _)| id.max(1)),
                 })
                 .collect();
             let pages: Vec<Vec<KvEntry>> = entries.chunks(1000).map(<[KvEntry]>::to_vec).collect();
@@ -100,15 +124,11 @@ impl KvCursor for Cursor {
 #[async_trait]
 impl KvReader for TopicKv {
     fn name(&self) -> &str {
-        &self.name
+        &self.topic.name
     }
     fn cursor(&self) -> Box<dyn KvCursor> {
         Box::new(Cursor {
-            reader: (
-                self.name.clone(),
-                self.bootstrap.clone(),
-                self.topic.clone(),
-            ),
+            topic: self.topic.clone(),
             pages: None,
             position: 0,
             ttls: Arc::clone(&self.ttls),
@@ -125,7 +145,98 @@ impl KvReader for TopicKv {
             .expect("ttl lock poisoned")
             .get(&lease)
             .copied();
-        ttl.map(|t| (0, t))
-            .ok_or_else(|| format!("{}: no record of the topic names lease {lease}", self.name))
+        ttl.map(|t| (0, t)).ok_or_else(|| {
+            format!(
+                "{}: no record of the topic names lease {lease}",
+                self.topic.name
+            )
+        })
+    }
+}
+
+/// Document events, as a MongoDB deployment: each namespace's documents
+/// by event key. A verification starts by listing the namespaces, which
+/// folds the topic afresh; its scans and lookups read that fold.
+pub struct TopicDocs {
+    pub topic: Topic,
+    pub fold: Mutex<Option<Arc<DocFold>>>,
+}
+
+/// Namespace → event key → document.
+type DocFold = BTreeMap<Namespace, BTreeMap<Vec<u8>, Vec<u8>>>;
+
+impl TopicDocs {
+    async fn refold(&self) -> Result<Arc<DocFold>, String> {
+        let (state, _) = self.topic.fold().await?;
+        let mut docs = DocFold::new();
+        for (key, (value, _)) in state {
+            let (ns, _) = doc_key::decode(&key)?;
+            docs.entry(ns).or_default().insert(key, value);
+        }
+        let docs = Arc::new(docs);
+        *self.fold.lock().expect("fold lock poisoned") = Some(Arc::clone(&docs));
+        Ok(docs)
+    }
+
+    async fn current(&self) -> Result<Arc<DocFold>, String> {
+        let cached = self.fold.lock().expect("fold lock poisoned").clone();
+        match cached {
+            Some(f) => Ok(f),
+            None => self.refold().await,
+        }
+    }
+}
+
+fn raw(bytes: &[u8]) -> Result<RawDocumentBuf, String> {
+    RawDocumentBuf::from_bytes(bytes.to_vec()).map_err(|e| e.to_string())
+}
+
+#[async_trait]
+impl DocumentsReader for TopicDocs {
+    fn name(&self) -> &str {
+        &self.topic.name
+    }
+    async fn namespaces(&self) -> Result<Vec<Namespace>, String> {
+        Ok(self.refold().await?.keys().cloned().collect())
+    }
+    async fn scan(
+        &self,
+        ns: &Namespace,
+    ) -> Result<BoxStream<'static, Result<RawDocumentBuf, String>>, String> {
+        let fold = self.current().await?;
+        let docs: Vec<Result<RawDocumentBuf, String>> = fold
+            .get(ns)
+            .map(|m| m.values().map(|d| raw(d)).collect())
+            .unwrap_or_default();
+        Ok(stream::iter(docs).boxed())
+    }
+    /// By the `_id` as given and, for an integral one, as the 64-bit
+    /// integer a Debezium event's key holds (see [`super::decode`]).
+    async fn lookup(&self, ns: &Namespace, ids: Vec<Bson>) -> Result<Vec<RawDocumentBuf>, String> {
+        let fold = self.current().await?;
+        let Some(docs) = fold.get(ns) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for id in ids {
+            let wide = match &id {
+                Bson::Int32(n) => Some(Bson::Int64(i64::from(*n))),
+                _ => None,
+            };
+            for candidate in std::iter::once(id).chain(wide) {
+                let Ok(r) = RawBson::try_from(candidate) else {
+                    continue;
+                };
+                if let Some(d) = docs.get(&doc_key::encode(ns, r.as_raw_bson_ref())) {
+                    out.push(raw(d)?);
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+    /// A topic carries no indexes.
+    async fn indexes(&self, _ns: &Namespace) -> Result<Vec<Document>, String> {
+        Ok(Vec::new())
     }
 }

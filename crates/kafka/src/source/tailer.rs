@@ -2,7 +2,7 @@
 //! in batches, each journaled with its checkpoint before its offsets are
 //! committed to the group (see the module doc of [`super`]).
 
-use super::decode::Decoder;
+use super::decode::{Decoder, Events};
 use super::malformed;
 use crate::connector::{ends, partitions};
 use crate::context::Quiet;
@@ -31,6 +31,7 @@ pub struct KafkaTailer {
     pub bootstrap: String,
     pub topic: String,
     pub group: String,
+    pub events: Events,
     pub span: ShardSpan,
     pub fence: PollFence,
 }
@@ -138,7 +139,7 @@ impl KafkaTailer {
             copied: 0,
             total: total as u64,
         });
-        let mut decoder = Decoder::default();
+        let mut decoder = Decoder::new(self.events);
         let mut heard: Vec<Option<Instant>> = vec![None; n];
         let mut eof: Vec<Option<Instant>> = vec![None; n];
         let mut stopped: Vec<bool> = vec![false; n];

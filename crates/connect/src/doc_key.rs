@@ -1,4 +1,4 @@
-//! Event keys: canonical bytes of (database, collection, `_id`).
+//! The documents model's event keys: canonical bytes of (database, collection, `_id`).
 //!
 //! Layout: `db 0x00 coll 0x00 element`, where `element` is the BSON
 //! element `_id` exactly as in a document (type byte, `"_id\0"`, value).
@@ -8,7 +8,7 @@
 //! change event's `documentKey`.
 
 use crate::Namespace;
-use mongodb::bson::{RawBsonRef, RawDocument, RawDocumentBuf};
+use bson::{RawBsonRef, RawDocument, RawDocumentBuf};
 
 /// The key of the document with `id` in `ns`.
 pub fn encode(ns: &Namespace, id: RawBsonRef<'_>) -> Vec<u8> {
@@ -53,7 +53,7 @@ pub fn id_text(filter: &RawDocument) -> String {
     match filter.get("_id") {
         Ok(Some(v)) => match v.to_raw_bson().try_into() {
             Ok(b) => {
-                let b: mongodb::bson::Bson = b;
+                let b: bson::Bson = b;
                 let s = b.to_string();
                 s.chars().take(120).collect()
             }
@@ -66,7 +66,7 @@ pub fn id_text(filter: &RawDocument) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mongodb::bson::{oid::ObjectId, rawdoc, Bson};
+    use bson::{oid::ObjectId, rawdoc, Bson};
 
     #[test]
     fn round_trip_keeps_type() {
@@ -78,7 +78,7 @@ mod tests {
             Bson::String("x\u{e9}".into()),
             Bson::ObjectId(ObjectId::new()),
         ] {
-            let raw = mongodb::bson::RawBson::try_from(id.clone()).unwrap();
+            let raw = bson::RawBson::try_from(id.clone()).unwrap();
             let k = encode(&ns, raw.as_raw_bson_ref());
             let (n, doc) = decode(&k).unwrap();
             assert_eq!(n, ns);
