@@ -108,6 +108,31 @@ async fn direct(
     t0.elapsed()
 }
 
+/// CPU seconds (user + system) a process has used so far, from
+/// `/proc/<pid>/stat`; `None` for this process.
+fn cpu_s(pid: Option<u32>) -> f64 {
+    let path = pid.map_or("/proc/self/stat".to_string(), |p| format!("/proc/{p}/stat"));
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime and
+    // stime are the 12th and 13th after its closing parenthesis.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let hz = 100.0; // USER_HZ on Linux
+    f.iter().sum::<f64>() / hz
+}
+
+/// CPU seconds of (this process, the broker) spent in `f`.
+async fn cpu_of<T>(kafka: &Kafka, f: impl std::future::Future<Output = T>) -> (T, f64, f64) {
+    let (me, broker) = (cpu_s(None), cpu_s(kafka.pid()));
+    let out = f.await;
+    (out, cpu_s(None) - me, cpu_s(kafka.pid()) - broker)
+}
+
 fn caught_up(lag: &LagTracker, target: &str) -> bool {
     lag.snapshot().shards.iter().all(|sh| {
         sh.phase == Phase::Streaming
@@ -120,6 +145,8 @@ fn caught_up(lag: &LagTracker, target: &str) -> bool {
 
 struct Run {
     apply: Duration,
+    /// CPU seconds of (this process, the broker) while publishing.
+    cpu: (f64, f64),
     lag_us: Vec<u64>,
     record: (usize, usize),
 }
@@ -192,6 +219,7 @@ async fn ferry(etcd: &Etcd, kafka: &Kafka, topic: &str, shards: u32, lag_puts: u
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let t0 = Instant::now();
+    let cpu0 = (cpu_s(None), cpu_s(kafka.pid()));
     let mut workers = Vec::new();
     for shard in span.iter() {
         let (j, k, l, s) = (
@@ -210,6 +238,7 @@ async fn ferry(etcd: &Etcd, kafka: &Kafka, topic: &str, shards: u32, lag_puts: u
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let apply = t0.elapsed();
+    let cpu = (cpu_s(None) - cpu0.0, cpu_s(kafka.pid()) - cpu0.1);
 
     // One record's sizes, from the topic itself.
     let c: BaseConsumer = rdkafka::config::ClientConfig::new()
@@ -286,6 +315,7 @@ async fn ferry(etcd: &Etcd, kafka: &Kafka, topic: &str, shards: u32, lag_puts: u
     tail.await.unwrap().unwrap();
     Run {
         apply,
+        cpu,
         lag_us,
         record,
     }
@@ -302,8 +332,8 @@ fn main() {
         load(&etcd.endpoint(), keys).await;
         let run = ferry(&etcd, &kafka, "ferry", shards, lag_puts).await;
         let (k, v) = run.record;
-        let d1 = direct(&kafka, "direct1", keys, shards, k, v).await;
-        let d2 = direct(&kafka, "direct2", keys, shards, k, v).await;
+        let (d1, c1, b1) = cpu_of(&kafka, direct(&kafka, "direct1", keys, shards, k, v)).await;
+        let (d2, c2, b2) = cpu_of(&kafka, direct(&kafka, "direct2", keys, shards, k, v)).await;
         let ceiling = d1.min(d2);
         let per_s = |d: Duration| keys as f64 / d.as_secs_f64();
         let pct = |q: f64| {
@@ -316,6 +346,8 @@ fn main() {
         println!("etcd to Kafka: {keys} keys of 256 B, {shards} shards / partitions, tansu (memory) on loopback; records of {k} B key + {v} B value");
         println!("  broker ceiling (rdkafka producer, same settings): {:>8.0} records/s (runs {d1:?}, {d2:?})", per_s(ceiling));
         println!("  ferry publishing (journal to topic):             {:>8.0} records/s = {:.2}x the ceiling", per_s(run.apply), ceiling.as_secs_f64() / run.apply.as_secs_f64());
+        let us = |cpu: f64| cpu * 1e6 / keys as f64;
+        println!("  CPU per record, producer process / broker: direct {:.1} / {:.1} us and {:.1} / {:.1} us; ferry {:.1} / {:.1} us", us(c1), us(b1), us(c2), us(b2), us(run.cpu.0), us(run.cpu.1));
         println!("  end-to-end lag, source put to readable record ({} puts at ~400/s): p50 {:.1} ms, p99 {:.1} ms", run.lag_us.len(), pct(0.5), pct(0.99));
     });
 }
