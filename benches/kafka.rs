@@ -144,6 +144,8 @@ fn caught_up(lag: &LagTracker, target: &str) -> bool {
 }
 
 struct Run {
+    /// The sink's start (tail reads), before publishing.
+    start: Duration,
     apply: Duration,
     /// CPU seconds of (this process, the broker) while publishing.
     cpu: (f64, f64),
@@ -218,6 +220,20 @@ async fn ferry(etcd: &Etcd, kafka: &Kafka, topic: &str, shards: u32, lag_puts: u
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The sink's start: each partition's tail read, once its end settled
+    // (see ferry_kafka::sink), timed apart from the publishing.
+    let s0 = Instant::now();
+    let mut starts = Vec::new();
+    for shard in span.iter() {
+        let k = Arc::clone(&sink);
+        starts.push(tokio::spawn(async move {
+            ferry_replay::Sink::durable_checkpoint(k.as_ref(), shard).await
+        }));
+    }
+    for st in starts {
+        st.await.unwrap().unwrap();
+    }
+    let start = s0.elapsed();
     let t0 = Instant::now();
     let cpu0 = (cpu_s(None), cpu_s(kafka.pid()));
     let mut workers = Vec::new();
@@ -314,6 +330,7 @@ async fn ferry(etcd: &Etcd, kafka: &Kafka, topic: &str, shards: u32, lag_puts: u
     }
     tail.await.unwrap().unwrap();
     Run {
+        start,
         apply,
         cpu,
         lag_us,
@@ -346,6 +363,7 @@ fn main() {
         println!("etcd to Kafka: {keys} keys of 256 B, {shards} shards / partitions, tansu (memory) on loopback; records of {k} B key + {v} B value");
         println!("  broker ceiling (rdkafka producer, same settings): {:>8.0} records/s (runs {d1:?}, {d2:?})", per_s(ceiling));
         println!("  ferry publishing (journal to topic):             {:>8.0} records/s = {:.2}x the ceiling", per_s(run.apply), ceiling.as_secs_f64() / run.apply.as_secs_f64());
+        println!("  ferry's start before it (every partition's tail read once its end settled): {:?}; with it: {:.2}x", run.start, ceiling.as_secs_f64() / (run.apply + run.start).as_secs_f64());
         let us = |cpu: f64| cpu * 1e6 / keys as f64;
         println!("  CPU per record, producer process / broker: direct {:.1} / {:.1} us and {:.1} / {:.1} us; ferry {:.1} / {:.1} us", us(c1), us(b1), us(c2), us(b2), us(run.cpu.0), us(run.cpu.1));
         println!("  end-to-end lag, source put to readable record ({} puts at ~400/s): p50 {:.1} ms, p99 {:.1} ms", run.lag_us.len(), pct(0.5), pct(0.99));

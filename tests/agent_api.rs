@@ -581,3 +581,211 @@ fn an_empty_source_is_refused_and_the_sentence_names_where_the_keys_are() {
     ok(&g.run(&["stop", "--abort"]), "stop --abort");
     g.wait_agent_exit(Duration::from_secs(30));
 }
+
+/// The status page in a real Chromium: see `tests/browser/status_page.cjs`.
+#[test]
+fn the_status_page_logs_in_shows_the_shards_and_cuts_over_in_chromium() {
+    let (Some(src), Some(tgt), Some(chromium), Some((node, playwright))) = (
+        require(Etcd::start()),
+        require(Etcd::start()),
+        require(ferry_testkit::chromium()),
+        require(ferry_testkit::playwright()),
+    ) else {
+        return;
+    };
+    let rt = rt();
+    rt.block_on(async {
+        let mut c = connect(&src.endpoint(), None).await;
+        load(&mut c, "p", 4_000).await;
+    });
+    let f = Ferry::new();
+    let source = src.url("p");
+    // Rate-limited, so the browser sees the copy in progress.
+    ok(
+        &f.start(
+            &source,
+            &tgt.url("p"),
+            &[
+                "--source.read-only=external",
+                "--rate-limit",
+                "400",
+                "--shards",
+                "2",
+            ],
+        ),
+        "start",
+    );
+    f.wait_for("the agent answers", Duration::from_secs(60), |s| {
+        s["lag"]["shards"].as_array().is_some_and(|a| !a.is_empty())
+    });
+    let base = format!("https://127.0.0.1:{}", f.port);
+    let token = std::fs::read_to_string(f.journal().join("agent.token")).unwrap();
+    let token = token.trim();
+    // Outside the browser: the page holds no data, carries its policy,
+    // and a token in a URL opens nothing.
+    let http = client(&f.journal().join("agent-ca.pem"), None);
+    rt.block_on(async {
+        let r = http.get(format!("{base}/")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let csp = r.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(csp.contains("default-src 'none'"), "{csp}");
+        assert_eq!(r.headers()["cache-control"], "no-store");
+        let body = r.text().await.unwrap();
+        assert!(!body.contains(&source), "the page shell holds no data");
+        let r = http
+            .get(format!("{base}/v1/status?token={token}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "a token in the URL is not accepted");
+    });
+    let out = std::process::Command::new(node)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("browser/status_page.cjs"))
+        .env("PLAYWRIGHT_CORE", &playwright)
+        .env("CHROMIUM", &chromium)
+        .env("AGENT", &base)
+        .env("TOKEN", token)
+        .env("SOURCE", &source)
+        .env(
+            "SCREENSHOT",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png"),
+        )
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value =
+        serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
+    assert_eq!(seen["ok"], true, "{seen}");
+    f.wait_agent_exit(Duration::from_secs(30));
+    let proof: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(f.journal().join("cutover-proof.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        proof["differences"], 0,
+        "the page's cutover verified: {proof}"
+    );
+}
+
+/// Runs `ferry args…` on a pseudo-terminal `columns` wide (util-linux
+/// `script`) for about `secs` seconds; what it drew, escape codes removed.
+fn on_a_terminal(f: &Ferry, args: &[&str], columns: u16, secs: u64) -> String {
+    let mut line = ferry_tests::ferry_bin().display().to_string();
+    for a in args {
+        line.push(' ');
+        line.push_str(&format!("'{a}'"));
+    }
+    let mut c = std::process::Command::new("script");
+    c.args([
+        "-qfec",
+        &format!("stty cols {columns} rows 40; exec {line}"),
+        "/dev/null",
+    ])
+    .env("FERRY_JOURNAL", f.journal())
+    .env("TERM", "xterm")
+    .env_remove("COLUMNS")
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::null());
+    let mut child = c.spawn().expect("script (util-linux) runs");
+    std::thread::sleep(Duration::from_secs(secs));
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let raw = String::from_utf8_lossy(&out.stdout).to_string();
+    // CSI sequences (colours, cursor moves, clears) out; lines split on
+    // the carriage returns and newlines a redraw uses.
+    let mut text = String::new();
+    let mut chars = raw.chars().peekable();
+    while let Some(ch) = chars.next() {
+        if ch == '\x1b' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        text.push(if ch == '\r' { '\n' } else { ch });
+    }
+    text
+}
+
+#[test]
+fn progress_is_drawn_on_a_terminal_fits_a_narrow_one_and_stays_plain_when_piped() {
+    let (Some(src), Some(tgt)) = (require(Etcd::start()), require(Etcd::start())) else {
+        return;
+    };
+    let rt = rt();
+    rt.block_on(async {
+        let mut c = connect(&src.endpoint(), None).await;
+        load(&mut c, "w", 2_000).await;
+    });
+    let f = Ferry::new();
+    let (s, t) = (src.url("w"), tgt.url("w"));
+    ok(&f.start(&s, &t, &["--source.read-only=external"]), "start");
+    f.wait_for("caught up", Duration::from_secs(60), |st| {
+        all_streaming(st) && max_lag(st) == 0
+    });
+    // `start` again monitors the running agent: bars on a wide terminal.
+    let wide = on_a_terminal(
+        &f,
+        &[
+            "start",
+            "--source",
+            &s,
+            "--target",
+            &t,
+            "--source.read-only=external",
+        ],
+        120,
+        4,
+    );
+    assert!(
+        wide.contains(&format!("{t} [")) && wide.contains("applied, lag 0 events"),
+        "a bar per target: {wide}"
+    );
+    // `status --watch` on 40 columns: every line of the redraw fits.
+    let narrow = on_a_terminal(&f, &["status", "--watch"], 40, 3);
+    assert!(narrow.contains("shard"), "{narrow}");
+    for l in narrow.lines() {
+        assert!(
+            l.chars().count() <= 40,
+            "a line wider than the terminal: {l:?}"
+        );
+    }
+    // The monitor on 40 columns drops the bar itself and fits its lines.
+    let small = on_a_terminal(
+        &f,
+        &[
+            "start",
+            "--source",
+            &s,
+            "--target",
+            &t,
+            "--source.read-only=external",
+        ],
+        40,
+        4,
+    );
+    assert!(small.contains("applied"), "{small}");
+    assert!(
+        !small.contains(" ["),
+        "no bar on a narrow terminal: {small}"
+    );
+    // Piped: plain text, no escape codes.
+    let out = f.run(&["status"]);
+    ok(&out, "status");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains('\x1b'));
+    ok(&f.run(&["stop", "--abort"]), "stop --abort");
+    f.wait_agent_exit(Duration::from_secs(30));
+}

@@ -375,6 +375,11 @@ fn vault_to_kafka_needs_the_flag_and_then_publishes_every_version() {
         });
     assert_eq!(last["version"], 3, "{last}");
     assert_eq!(last["data"]["password"], "pw-3", "{last}");
+    assert_eq!(
+        last["metadata"]["version"], 3,
+        "the version's metadata rides along: {last}"
+    );
+    assert_eq!(last["metadata"]["destroyed"], false, "{last}");
     assert_eq!(c.events.len(), 3, "one event per version: {:?}", c.ops);
 }
 
@@ -916,4 +921,182 @@ fn produce_tombstone(bootstrap: &str, topic: &str, key: &str) {
     p.send(BaseRecord::<str, [u8]>::to(topic).partition(0).key(key))
         .unwrap();
     p.flush(Duration::from_secs(30)).unwrap();
+}
+
+#[test]
+fn vault_to_kafka_to_vault_keeps_versions_states_and_settings() {
+    use ferry_testkit::{http, OpenBao};
+    let (Some(src), Some(far), Some(kafka)) = (
+        require(OpenBao::start()),
+        require(OpenBao::start()),
+        require(Kafka::start()),
+    ) else {
+        return;
+    };
+    let post = |bao: &OpenBao, path: &str, body: serde_json::Value| {
+        let r = http::post(
+            &bao.endpoint(),
+            path,
+            &[("X-Vault-Token", bao.token())],
+            &body.to_string(),
+        )
+        .unwrap();
+        assert!(r.status < 300, "{path}: {}", r.body);
+    };
+    for v in 1..=3 {
+        post(
+            &src,
+            "/v1/secret/data/app/db",
+            serde_json::json!({"data": {"password": format!("pw-{v}"), "n": v}}),
+        );
+    }
+    post(
+        &src,
+        "/v1/secret/metadata/app/db",
+        serde_json::json!({"max_versions": 5, "custom_metadata": {"owner": "ops"}}),
+    );
+    post(
+        &src,
+        "/v1/secret/delete/app/db",
+        serde_json::json!({"versions": [2]}),
+    );
+    post(
+        &src,
+        "/v1/secret/data/app/nested/api",
+        serde_json::json!({"data": {"key": "k-1"}}),
+    );
+    let (up, down) = (Ferry::new(), Ferry::new());
+    let source_url = format!("vault://root@{}/secret/app", src.endpoint());
+    let far_url = format!("vault://root@{}/secret/app", far.endpoint());
+    let relay = format!("{}&events=vault", relay_url(&kafka, "vault", "far"));
+    ok(
+        &up.start(
+            &source_url,
+            &kafka.url("vault"),
+            &[
+                "--source.read-only=external",
+                "--kafka.publish-secrets",
+                "--vault.poll-ms",
+                "200",
+            ],
+        ),
+        "upstream start",
+    );
+    up.wait_for("upstream copied", Duration::from_secs(60), |s| {
+        all_streaming(s) && max_lag(s) == 0
+    });
+    ok(
+        &down.start(&relay, &far_url, &["--source.read-only=external"]),
+        "downstream start",
+    );
+    // A live version while both agents run.
+    post(
+        &src,
+        "/v1/secret/data/app/db",
+        serde_json::json!({"data": {"password": "pw-4", "n": 4}}),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    up.wait_for("upstream caught up", Duration::from_secs(60), |s| {
+        all_streaming(s) && max_lag(s) == 0
+    });
+    ok(&up.run(&["stop", "--timeout", "60s"]), "upstream stop");
+    up.wait_agent_exit(Duration::from_secs(30));
+    down.wait_for(
+        "downstream streaming",
+        Duration::from_secs(60),
+        all_streaming,
+    );
+    ok(&down.run(&["stop", "--timeout", "60s"]), "downstream stop");
+    down.wait_agent_exit(Duration::from_secs(30));
+    let proof: Value =
+        serde_json::from_slice(&std::fs::read(down.journal().join("cutover-proof.json")).unwrap())
+            .unwrap();
+    assert_eq!(proof["differences"], 0, "{proof}");
+    // Vault's own answers at the far end, then Ferry's comparison of both
+    // Vaults version by version.
+    let meta: Value = serde_json::from_str(
+        &http::get(
+            &far.endpoint(),
+            "/v1/secret/metadata/app/db",
+            &[("X-Vault-Token", far.token())],
+        )
+        .unwrap()
+        .body,
+    )
+    .unwrap();
+    let d = &meta["data"];
+    assert_eq!(d["current_version"], 4, "{meta}");
+    assert_eq!(d["max_versions"], 5, "{meta}");
+    assert_eq!(d["custom_metadata"]["owner"], "ops", "{meta}");
+    assert_ne!(d["versions"]["2"]["deletion_time"], "", "{meta}");
+    assert_eq!(d["versions"]["3"]["deletion_time"], "", "{meta}");
+    let v3: Value = serde_json::from_str(
+        &http::get(
+            &far.endpoint(),
+            "/v1/secret/data/app/db?version=3",
+            &[("X-Vault-Token", far.token())],
+        )
+        .unwrap()
+        .body,
+    )
+    .unwrap();
+    assert_eq!(v3["data"]["data"]["password"], "pw-3", "{v3}");
+    assert_eq!(v3["data"]["data"]["n"], 3, "{v3}");
+    ok(
+        &down.run(&["verify", "--source", &source_url, "--target", &far_url]),
+        "verify the source Vault against the far Vault directly",
+    );
+}
+
+#[test]
+fn a_json_file_through_kafka_lands_in_an_etcd_key_as_equal_json() {
+    let (Some(far), Some(kafka)) = (require(Etcd::start()), require(Kafka::start())) else {
+        return;
+    };
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("app.json");
+    let doc =
+        serde_json::json!({"db": {"host": "10.0.0.1", "port": 5432}, "list": [1, "two", null]});
+    std::fs::write(&file, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
+    let (up, down) = (Ferry::new(), Ferry::new());
+    ok(
+        &up.start(
+            file.to_str().unwrap(),
+            &kafka.url("conf"),
+            &["--source.read-only=external", "--kafka.publish-secrets"],
+        ),
+        "upstream start",
+    );
+    up.wait_for("upstream copied", Duration::from_secs(60), |s| {
+        all_streaming(s) && max_lag(s) == 0
+    });
+    let far_url = far.url("config");
+    let relay = format!("{}&events=file", relay_url(&kafka, "conf", "far"));
+    ok(
+        &down.start(&relay, &far_url, &["--source.read-only=external"]),
+        "downstream start",
+    );
+    // The file changes while both run.
+    let changed = serde_json::json!({"db": {"host": "10.0.0.2", "port": 5432}, "list": []});
+    std::fs::write(&file, serde_json::to_string_pretty(&changed).unwrap()).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    up.wait_for("upstream caught up", Duration::from_secs(60), |s| {
+        all_streaming(s) && max_lag(s) == 0
+    });
+    ok(&up.run(&["stop", "--timeout", "60s"]), "upstream stop");
+    up.wait_agent_exit(Duration::from_secs(30));
+    down.wait_for(
+        "downstream streaming",
+        Duration::from_secs(60),
+        all_streaming,
+    );
+    ok(&down.run(&["stop", "--timeout", "60s"]), "downstream stop");
+    down.wait_agent_exit(Duration::from_secs(30));
+    let stored = source_state(&rt, &far.endpoint(), "config");
+    let value: Value = serde_json::from_str(&stored["config"]).unwrap();
+    assert_eq!(
+        value, changed,
+        "the etcd key holds the file's last document"
+    );
 }

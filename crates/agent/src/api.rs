@@ -4,7 +4,8 @@
 //! [`StopRequest`] → [`StopResponse`]. Both need `Authorization: Bearer
 //! <token>` (the token is in the journal directory) unless the agent
 //! requires client certificates. `GET /metrics` is Prometheus text and
-//! needs no token. `GET /?token=…` is a status page for a browser.
+//! needs no token. `GET /` is a status page for a browser (see
+//! [`crate::page`]).
 
 use ferry_lag::LagSnapshot;
 use serde::{Deserialize, Serialize};

@@ -1,60 +1,61 @@
-//! The status page for a browser: the same data as `ferry status`.
+//! The status page for a browser (`GET /` and `GET /page.js`): a static
+//! shell and a script, with no external resource, that read `/v1/status`
+//! every second and draw it: per shard the phase, a progress bar with
+//! copied/total, rate and ETA during the snapshot, lag in events and
+//! seconds, errors with their sentence, a chart of the largest lag over
+//! the last ten minutes, the continuous verifier, and after `stop` the
+//! cutover proof; and the two control actions (cut over, abort).
+//!
+//! The page itself holds no data, so `/` needs no token and shows nothing
+//! but the login until one is given. The script asks for the token once
+//! and keeps it in the tab's `sessionStorage`, sending it as a bearer
+//! header: it never travels in a URL, so it stays out of the history,
+//! referrers and server logs. An agent that requires client certificates
+//! needs no token, and the page opens without asking. The responses carry
+//! a content security policy that allows nothing but this script, its own
+//! styles and requests to the agent itself.
+//!
+//! Written by hand, not with a front-end framework: the page is one table,
+//! a chart of one line and two buttons, and a framework would bring a
+//! build step and megabytes for it.
 
-use crate::api::StatusResponse;
+/// The page's HTML.
+pub const INDEX_HTML: &str = include_str!("page/index.html");
+/// The page's script.
+pub const PAGE_JS: &str = include_str!("page/page.js");
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
+/// Headers for both: no caching, no referrer, and a policy that allows
+/// only the page's own script, its inline styles and requests to the agent.
+pub const SECURITY_HEADERS: [(&str, &str); 5] = [
+    ("cache-control", "no-store"),
+    ("referrer-policy", "no-referrer"),
+    ("x-content-type-options", "nosniff"),
+    ("x-frame-options", "DENY"),
+    (
+        "content-security-policy",
+        "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'",
+    ),
+];
 
-pub fn render(s: &StatusResponse) -> String {
-    let mut rows = String::new();
-    for sh in &s.lag.shards {
-        for (t, p) in &sh.targets {
-            let phase = serde_json::to_value(&sh.phase)
-                .ok()
-                .and_then(|v| v.get("phase").and_then(|p| p.as_str()).map(str::to_string))
-                .unwrap_or_default();
-            rows.push_str(&format!(
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.0}</td><td>{}</td></tr>",
-                sh.shard,
-                esc(&phase),
-                esc(t),
-                sh.journaled_seq,
-                p.applied_seq,
-                p.lag_events,
-                p.lag_seconds,
-                p.rate_per_s,
-                esc(p.error.as_deref().unwrap_or(""))
-            ));
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_page_loads_nothing_from_elsewhere_and_writes_data_as_text() {
+        for src in [INDEX_HTML, PAGE_JS] {
+            assert!(!src.contains("http://") || src.contains("http://www.w3.org/2000/svg"));
+            assert!(!src.contains("https://"), "no external resource");
         }
+        assert!(!PAGE_JS.contains("innerHTML"), "data goes in as text nodes");
+        assert!(
+            !PAGE_JS.contains("localStorage"),
+            "the token stays in the tab"
+        );
+        assert!(
+            !PAGE_JS.contains("?token"),
+            "the token never travels in a URL"
+        );
+        assert!(INDEX_HTML.contains(r#"<script src="/page.js"></script>"#));
     }
-    let proof = s
-        .proof
-        .as_ref()
-        .map(|p| {
-            format!(
-                "<p>Cutover proof: fence at {}, {} keys verified, {} differences, read-only window {} ms.</p>",
-                p.fence_position, p.verified_keys, p.differences, p.read_only_window_ms
-            )
-        })
-        .unwrap_or_default();
-    format!(
-        r#"<!doctype html><html><head><meta charset="utf-8"><meta http-equiv="refresh" content="2"><title>Ferry</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}</style></head>
-<body><h1>Ferry: {state:?}</h1><p>{sources} → {targets}</p><p>Cutover: {phase:?} {msg}</p>{proof}{error}
-<table><tr><th>shard</th><th>phase</th><th>target</th><th>journaled</th><th>applied</th><th>lag (events)</th><th>lag (s)</th><th>rate/s</th><th>error</th></tr>{rows}</table></body></html>"#,
-        state = s.state,
-        sources = esc(&s.sources.join(", ")),
-        targets = esc(&s.targets.join(", ")),
-        phase = s.cutover.phase,
-        msg = esc(&s.cutover.message),
-        error = s
-            .error
-            .as_deref()
-            .map(|e| format!("<p><b>Error:</b> {}</p>", esc(e)))
-            .unwrap_or_default(),
-    )
 }

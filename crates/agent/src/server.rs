@@ -8,13 +8,12 @@
 
 use crate::api::{StatusResponse, StopRequest, StopResponse};
 use crate::security::token_matches;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
-use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,6 +60,9 @@ pub async fn serve(
     });
     let app = Router::new()
         .route("/", get(page))
+        .route("/page.js", get(page_js))
+        // Browsers ask for it on their own; there is none.
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/v1/status", get(status))
         .route("/v1/stop", post(stop))
         .route("/metrics", get(metrics_text))
@@ -78,7 +80,7 @@ pub async fn serve(
         .await
 }
 
-fn authorized(state: &ApiState, headers: &HeaderMap, query: Option<&str>) -> bool {
+fn authorized(state: &ApiState, headers: &HeaderMap) -> bool {
     if !state.token_required {
         return true;
     }
@@ -86,9 +88,7 @@ fn authorized(state: &ApiState, headers: &HeaderMap, query: Option<&str>) -> boo
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    bearer
-        .or(query)
-        .is_some_and(|t| token_matches(t.trim(), &state.token))
+    bearer.is_some_and(|t| token_matches(t.trim(), &state.token))
 }
 
 fn unauthorized() -> Response {
@@ -100,7 +100,7 @@ fn unauthorized() -> Response {
 }
 
 async fn status(State(s): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
-    if !authorized(&s, &headers, None) {
+    if !authorized(&s, &headers) {
         return unauthorized();
     }
     Json(s.control.status()).into_response()
@@ -111,7 +111,7 @@ async fn stop(
     headers: HeaderMap,
     body: Option<Json<StopRequest>>,
 ) -> Response {
-    if !authorized(&s, &headers, None) {
+    if !authorized(&s, &headers) {
         return unauthorized();
     }
     let req = body.map(|Json(b)| b).unwrap_or_default();
@@ -132,17 +132,22 @@ async fn metrics_text(State(s): State<Arc<ApiState>>) -> Response {
         .into_response()
 }
 
-async fn page(
-    State(s): State<Arc<ApiState>>,
-    headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    if !authorized(&s, &headers, q.get("token").map(String::as_str)) {
-        return (
-            StatusCode::UNAUTHORIZED,
-            Html("<p>Open this page as <code>/?token=…</code>; the token is in the journal directory's <code>agent.token</code>.</p>".to_string()),
-        )
-            .into_response();
+/// The status page's shell: no data, so no token (see [`crate::page`]).
+async fn page() -> Response {
+    with_page_headers("text/html; charset=utf-8", crate::page::INDEX_HTML)
+}
+
+async fn page_js() -> Response {
+    with_page_headers("text/javascript; charset=utf-8", crate::page::PAGE_JS)
+}
+
+fn with_page_headers(content_type: &'static str, body: &'static str) -> Response {
+    let mut r = ([(header::CONTENT_TYPE, content_type)], body).into_response();
+    for (k, v) in crate::page::SECURITY_HEADERS {
+        r.headers_mut().insert(
+            header::HeaderName::from_static(k),
+            header::HeaderValue::from_static(v),
+        );
     }
-    Html(crate::page::render(&s.control.status())).into_response()
+    r
 }

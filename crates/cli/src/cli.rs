@@ -39,9 +39,19 @@ pub enum Command {
     /// Inspect, verify or repair a journal directory.
     #[command(subcommand)]
     Journal(JournalCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(CompletionsArgs),
+    /// Print the man page (roff), e.g. `ferry man > /usr/local/share/man/man1/ferry.1`.
+    Man,
     /// Run the agent in this process (what `ferry start` launches).
     #[command(hide = true)]
     Agent(AgentArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    /// The shell, e.g. bash: `ferry completions bash > /etc/bash_completion.d/ferry`.
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Args, Debug, Clone)]

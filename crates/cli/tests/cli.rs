@@ -466,3 +466,51 @@ fn a_config_file_is_checked_and_flags_and_environment_override_it() {
         "{stderr}"
     );
 }
+
+#[test]
+fn completions_and_the_man_page_come_from_the_cli_definition() {
+    let out = ferry(&["completions", "bash"]);
+    assert!(out.status.success());
+    let script = String::from_utf8(out.stdout).unwrap();
+    for word in [
+        "start",
+        "status",
+        "stop",
+        "verify",
+        "--source",
+        "--source.read-only",
+        "--config",
+    ] {
+        assert!(
+            script.contains(word),
+            "`{word}` missing from the bash completion"
+        );
+    }
+    // bash itself parses it.
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("ferry.bash");
+    std::fs::write(&f, &script).unwrap();
+    let check = Command::new("bash").arg("-n").arg(&f).output().unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    for shell in ["zsh", "fish"] {
+        let out = ferry(&["completions", shell]);
+        assert!(out.status.success() && !out.stdout.is_empty(), "{shell}");
+    }
+    let out = ferry(&["completions", "tcsh"]);
+    assert_eq!(out.status.code(), Some(2), "an unknown shell is bad usage");
+    let man = ferry(&["man"]);
+    assert!(man.status.success());
+    let page = String::from_utf8(man.stdout).unwrap();
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH ferry"),
+        "{}",
+        &page[..200.min(page.len())]
+    );
+    for word in ["start", "verify", "Exit codes"] {
+        assert!(page.contains(word), "`{word}` missing from the man page");
+    }
+}

@@ -33,6 +33,33 @@ pub fn producer(bootstrap: &str) -> Result<FutureProducer<Quiet>, KafkaError> {
         .create_with_context(Quiet::default())
 }
 
+/// How long a partition's end must stay where it is before its tail is
+/// trusted as the checkpoint. A writer killed mid-batch (an earlier agent,
+/// or this one's producer after a failed delivery) may have produce
+/// requests the broker appends after the tail was read: read then, the
+/// sink would publish those events again. So the end is read again after
+/// this pause, and the tail read again until the end stays put.
+const SETTLE: Duration = Duration::from_secs(1);
+
+/// The tail of partition `p`, once its end has settled (blocking).
+fn settled_tail(bootstrap: &str, topic: &str, p: i32) -> Result<tail::Tail, String> {
+    let deadline = std::time::Instant::now() + TAIL_TIMEOUT;
+    loop {
+        let t = tail::read(bootstrap, topic, p, TAIL_TIMEOUT)?;
+        std::thread::sleep(SETTLE);
+        let end = tail::end(bootstrap, topic, p, TAIL_TIMEOUT)?;
+        if end == t.end {
+            return Ok(t);
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!(
+                "partition {topic}/{p} keeps growing (end {} then {end}): another producer writes to it; give each agent a topic of its own",
+                t.end
+            ));
+        }
+    }
+}
+
 #[derive(Clone, Copy)]
 struct ShardState {
     /// Events up to this sequence are in the partition already.
@@ -91,7 +118,7 @@ impl KafkaSink {
             self.topic.clone(),
             self.partition(shard),
         );
-        let tail = tokio::task::spawn_blocking(move || tail::read(&b, &t, p, TAIL_TIMEOUT))
+        let tail = tokio::task::spawn_blocking(move || settled_tail(&b, &t, p))
             .await
             .map_err(|e| SinkError::fatal(e.to_string()))?
             .map_err(|e| SinkError::transient(format!("{}: {e}", self.name)))?;
@@ -466,8 +493,19 @@ impl Sink for KafkaSink {
             .map_err(SinkError::fatal)
     }
 
+    /// The partition's tail, read once per process (and again after a
+    /// failed delivery): later calls answer from what this sink published.
     async fn durable_checkpoint(&self, shard: ShardId) -> Result<Option<Seq>, SinkError> {
-        let s = self.read_tail(shard).await?;
+        let cached = self
+            .shards
+            .lock()
+            .expect("kafka sink lock poisoned")
+            .get(&shard.0)
+            .copied();
+        let s = match cached {
+            Some(s) => s,
+            None => self.read_tail(shard).await?,
+        };
         Ok((s.published > 0).then_some(s.published))
     }
 

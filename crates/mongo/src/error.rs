@@ -28,11 +28,13 @@ pub enum MongoError {
     #[error("MongoDB {store} is a standalone server without change streams; run it as a replica set (even a single member: --replSet) so Ferry can follow its changes")]
     NoChangeStreams { store: String },
 
-    #[error("the namespace selection of MongoDB {store} (include {include}, exclude {exclude}) matches no collection; fix the include/exclude patterns (db.coll, db.*) or create the collections first")]
+    #[error("the namespace selection of MongoDB {store} (include {include}, exclude {exclude}) matches no collection; the server holds {databases}: fix the include/exclude patterns (db.coll, db.*) or the URL's database, or create the collections first")]
     NothingSelected {
         store: String,
         include: String,
         exclude: String,
+        /// The databases the server does hold, as words.
+        databases: String,
     },
 
     #[error("the target MongoDB {store} already holds {documents} documents in {namespaces}; copying overwrites them, so empty those collections or pass --force")]

@@ -239,10 +239,26 @@ impl MongoStore {
     pub async fn selected_namespaces(&self) -> Result<Vec<Namespace>, MongoError> {
         let ns = self.namespaces().await?;
         if ns.is_empty() {
+            let mut names: Vec<String> = self
+                .0
+                .client
+                .list_database_names()
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|d| !matches!(d.as_str(), "admin" | "local" | "config"))
+                .collect();
+            names.sort();
+            let databases = match names.as_slice() {
+                [] => "no database of its users".to_string(),
+                [one] => format!("database {one}"),
+                many => format!("databases {}", many.join(", ")),
+            };
             return Err(MongoError::NothingSelected {
                 store: self.0.name.clone(),
                 include: self.0.filter.include_text(),
                 exclude: self.0.filter.exclude_text(),
+                databases,
             });
         }
         Ok(ns)

@@ -30,14 +30,16 @@ pub type RateLimiter = governor::DefaultDirectRateLimiter;
 /// than its burst, so a whole batch passes at the configured rate.
 pub async fn throttle(limiter: &RateLimiter, n: usize) {
     let mut left = u32::try_from(n).unwrap_or(u32::MAX);
+    // The limiter's burst is its rate per second; a step larger than it is
+    // refused with the burst, which then bounds every step.
+    let mut most = 1000;
     while left > 0 {
-        let step = left.min(1000);
+        let step = left.min(most);
         let permits = std::num::NonZeroU32::new(step).expect("step > 0");
-        if limiter.until_n_ready(permits).await.is_err() {
-            // The burst is smaller than the step: take what the limiter can give.
-            limiter.until_ready().await;
+        match limiter.until_n_ready(permits).await {
+            Ok(()) => left -= step,
+            Err(governor::InsufficientCapacity(burst)) => most = burst.max(1),
         }
-        left -= step;
     }
 }
 

@@ -188,3 +188,21 @@ async fn permanent_error_stops_the_shard_and_is_reported() {
     stop.send(true).unwrap();
     w.await.unwrap().unwrap();
 }
+
+/// Under a limit below the batch size a batch still takes its time: 500
+/// operations at 200/s (burst 200) need at least 1.5 s (200 at once, 200 a
+/// second later, 100 half a second after that). Only a lower bound: a slow
+/// machine makes it longer, never shorter.
+#[tokio::test]
+async fn a_batch_larger_than_the_burst_is_throttled_to_the_rate() {
+    let limiter = governor::RateLimiter::direct(governor::Quota::per_second(
+        std::num::NonZeroU32::new(200).unwrap(),
+    ));
+    let t0 = std::time::Instant::now();
+    crate::throttle(&limiter, 500).await;
+    assert!(
+        t0.elapsed() >= std::time::Duration::from_millis(1400),
+        "500 operations at 200/s passed in {:?}",
+        t0.elapsed()
+    );
+}

@@ -180,6 +180,26 @@ pub fn venv_python() -> Result<std::path::PathBuf, TestkitError> {
     }
 }
 
+/// Debian `chromium` (or `FERRY_CHROMIUM`), for the status page's test.
+pub fn chromium() -> Result<std::path::PathBuf, TestkitError> {
+    process::find_program("chromium", "chromium", "FERRY_CHROMIUM", false)
+}
+
+/// npm's `playwright-core`, as `install.sh` puts it under the tools
+/// directory (`node/node_modules/playwright-core`), and `node` to run it.
+pub fn playwright() -> Result<(std::path::PathBuf, std::path::PathBuf), TestkitError> {
+    let module = tools_dir().join("node/node_modules/playwright-core");
+    let node = process::find_program("node", "node", "FERRY_NODE", false)?;
+    if module.join("package.json").is_file() {
+        Ok((node, module))
+    } else {
+        Err(TestkitError::Missing {
+            server: "playwright-core",
+            hint: format!("no {}; run deploy/local/install.sh", module.display()),
+        })
+    }
+}
+
 /// Debian `prometheus`'s server (or `FERRY_PROMETHEUS`).
 pub fn prometheus() -> Result<std::path::PathBuf, TestkitError> {
     process::find_program("prometheus", "prometheus", "FERRY_PROMETHEUS", false)

@@ -88,16 +88,22 @@ impl Source for VaultSource {
         value: Option<&[u8]>,
         meta: &ferry_core::StoreMeta,
     ) -> ferry_connect::Rendered {
-        let version = match meta {
-            ferry_core::StoreMeta::Vault(m) => Some(m.version),
-            _ => None,
+        let (version, metadata) = match meta {
+            ferry_core::StoreMeta::Vault(m) => (
+                Some(m.version),
+                serde_json::to_value(m.as_ref()).unwrap_or(Value::Null),
+            ),
+            _ => (None, Value::Null),
         };
         ferry_connect::Rendered {
             key: serde_json::json!({ "path": String::from_utf8_lossy(key) }),
+            // The version's metadata rides along whole, so a Kafka source
+            // downstream gives a Vault target the same version states and
+            // settings.
             after: value.map(|v| {
                 let data = serde_json::from_slice::<Value>(v)
                     .unwrap_or_else(|_| ferry_connect::text_or_base64(v));
-                serde_json::json!({ "version": version, "data": data })
+                serde_json::json!({ "version": version, "data": data, "metadata": metadata })
             }),
             created: version.map(|v| v == 1),
         }
@@ -375,5 +381,32 @@ impl VersionedPlace for VersionsPlace {
     }
     fn as_any(&self) -> &dyn Any {
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_core::{StoreMeta, VaultVersionMeta};
+
+    #[test]
+    fn an_event_renders_with_its_version_and_whole_metadata() {
+        let s = VaultSource {
+            url: StoreUrl::parse("vault://127.0.0.1:8200/secret/app").unwrap(),
+            store: Connection::default(),
+        };
+        let meta = StoreMeta::Vault(Box::new(VaultVersionMeta {
+            version: 2,
+            deletion_time: "deleted".into(),
+            max_versions: 5,
+            ..Default::default()
+        }));
+        let r = s.render(b"db", Some(br#"{"password":"x"}"#), &meta);
+        let after = r.after.unwrap();
+        assert_eq!(after["version"], 2);
+        assert_eq!(after["data"]["password"], "x");
+        assert_eq!(after["metadata"]["max_versions"], 5);
+        assert_eq!(after["metadata"]["deletion_time"], "deleted");
+        assert_eq!(r.created, Some(false));
     }
 }

@@ -1,6 +1,7 @@
 //! One module per command.
 
 mod agent;
+mod completions;
 mod config;
 mod journal;
 mod mode;
@@ -27,5 +28,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Journal(JournalCommand::Inspect(a)) => journal::inspect(&a),
         Command::Journal(JournalCommand::Repair(a)) => journal::repair(&a.dir),
         Command::Journal(JournalCommand::Demo(a)) => journal::demo(&a),
+        Command::Completions(a) => completions::completions(a.shell),
+        Command::Man => completions::man(),
     }
 }

@@ -1,14 +1,18 @@
 //! Showing progress: the `start` monitor, `status` and `status --watch`.
 //!
-//! On a terminal the monitor redraws one line in place; otherwise it prints
-//! a plain line every few seconds, so logs stay readable.
+//! On a terminal the monitor draws one progress bar per target with
+//! `indicatif` (copied of total during the snapshot, with its rate and
+//! ETA; then applied of journaled and the lag), under a line with the
+//! agent's state; a terminal narrower than 80 columns gets the same bars
+//! without the bar itself. Otherwise (piped, a log) it prints a plain line
+//! every few seconds, so logs stay readable.
 
 use crate::client::AgentTarget;
 use crate::error::CliError;
 use ferry_agent::api::{AgentState, CutoverPhase, StatusResponse};
 use ferry_core::ExitCode;
 use ferry_lag::Phase;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 /// Totals over all shards: (copied, total) of snapshots still running.
@@ -154,6 +158,154 @@ fn finished(s: &StatusResponse) -> bool {
     )
 }
 
+/// The monitor's bars on a terminal: one per target, under a header.
+struct Bars {
+    multi: indicatif::MultiProgress,
+    header: indicatif::ProgressBar,
+    bars: std::collections::BTreeMap<String, indicatif::ProgressBar>,
+    style: indicatif::ProgressStyle,
+}
+
+impl Bars {
+    fn new() -> Bars {
+        let multi = indicatif::MultiProgress::new();
+        let header = multi.add(indicatif::ProgressBar::new_spinner());
+        header
+            .set_style(indicatif::ProgressStyle::with_template("{msg}").expect("a valid template"));
+        let narrow = console_width() < 80;
+        let template = if narrow {
+            "{prefix} {pos}/{len} {per_sec} {msg}"
+        } else {
+            "{prefix:.bold} [{wide_bar:.cyan/blue}] {pos}/{len} {per_sec} ETA {eta} {msg}"
+        };
+        let style = indicatif::ProgressStyle::with_template(template)
+            .expect("a valid template")
+            .progress_chars("=> ");
+        Bars {
+            multi,
+            header,
+            bars: Default::default(),
+            style,
+        }
+    }
+
+    fn draw(&mut self, s: &StatusResponse) {
+        let mut head = format!("{:?}", s.state);
+        if s.cutover.phase != CutoverPhase::NotStarted {
+            head.push_str(&format!(
+                " | cutover {:?}: {}",
+                s.cutover.phase, s.cutover.message
+            ));
+        }
+        if let Some(e) = &s.error {
+            head.push_str(&format!(" | error: {e}"));
+        }
+        self.header.set_message(head);
+        for p in per_target(s) {
+            let bar = self.bars.entry(p.name.clone()).or_insert_with(|| {
+                let b = self.multi.add(indicatif::ProgressBar::new(0));
+                b.set_style(self.style.clone());
+                b.set_prefix(short(&p.name, 40));
+                b
+            });
+            let (pos, len, what) = match p.snapshot {
+                Some((copied, total)) => (copied, total.max(copied), "snapshot"),
+                None => (p.applied, p.journaled.max(p.applied), "applied"),
+            };
+            bar.set_length(len);
+            bar.set_position(pos);
+            let mut msg = format!("{what}, lag {} events ({:.1} s)", p.lag_events, p.lag_s);
+            if let Some(e) = &p.error {
+                msg.push_str(&format!(", error: {e}"));
+            }
+            bar.set_message(msg);
+        }
+    }
+
+    fn finish(&self) {
+        for b in self.bars.values() {
+            b.abandon();
+        }
+        self.header.abandon();
+    }
+}
+
+/// One target's figures over its shards.
+struct TargetFigures {
+    name: String,
+    snapshot: Option<(u64, u64)>,
+    applied: u64,
+    journaled: u64,
+    lag_events: u64,
+    lag_s: f64,
+    error: Option<String>,
+}
+
+fn per_target(s: &StatusResponse) -> Vec<TargetFigures> {
+    let mut out: std::collections::BTreeMap<&str, TargetFigures> = Default::default();
+    for sh in &s.lag.shards {
+        for (name, t) in &sh.targets {
+            let f = out.entry(name).or_insert_with(|| TargetFigures {
+                name: name.clone(),
+                snapshot: None,
+                applied: 0,
+                journaled: 0,
+                lag_events: 0,
+                lag_s: 0.0,
+                error: None,
+            });
+            if let Phase::Snapshot { copied, total } = sh.phase {
+                // One figure for the whole source, repeated per shard.
+                f.snapshot.get_or_insert((copied, total));
+            }
+            if let Phase::Stopped { error } = &sh.phase {
+                f.error.get_or_insert(error.clone());
+            }
+            f.applied += t.applied_seq;
+            f.journaled += sh.journaled_seq;
+            f.lag_events += t.lag_events;
+            f.lag_s = f.lag_s.max(t.lag_seconds);
+            if let Some(e) = &t.error {
+                f.error.get_or_insert(e.clone());
+            }
+        }
+    }
+    out.into_values().collect()
+}
+
+/// The terminal's width in columns (`COLUMNS` first, for tests).
+fn console_width() -> usize {
+    std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| console::Term::stdout().size().1 as usize)
+}
+
+fn short(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(n - 1).collect();
+        t.push('…');
+        t
+    }
+}
+
+/// `text` with every line cut to `width` columns, for a table redrawn in
+/// a narrow terminal (a wrapped line would break the redraw).
+pub fn fit(text: &str, width: usize) -> String {
+    text.lines()
+        .map(|l| short(l, width.max(10)))
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+/// The terminal width for `status --watch`.
+pub fn watch_width() -> usize {
+    console_width()
+}
+
 /// Follows the agent until it finishes or goes away, or `until` passes.
 /// With `cutover`, a failed cutover (the agent goes back to syncing) ends it too.
 pub async fn follow(
@@ -162,14 +314,19 @@ pub async fn follow(
     cutover: bool,
 ) -> Result<(), CliError> {
     let tty = std::io::stdout().is_terminal();
+    let mut bars = tty.then(Bars::new);
     let mut last_plain = Instant::now() - Duration::from_secs(60);
     let mut last: Option<StatusResponse> = None;
+    let done = |bars: &Option<Bars>| {
+        if let Some(b) = bars {
+            b.finish();
+        }
+    };
     loop {
         match target.status().await {
             Ok(s) => {
-                if tty {
-                    print!("\r\x1b[2K{}", summary(&s));
-                    let _ = std::io::stdout().flush();
+                if let Some(b) = bars.as_mut() {
+                    b.draw(&s);
                 } else if last_plain.elapsed() >= Duration::from_secs(5) || finished(&s) {
                     println!("{}", summary(&s));
                     last_plain = Instant::now();
@@ -178,9 +335,7 @@ pub async fn follow(
                     && s.state == AgentState::Syncing
                     && s.cutover.phase == CutoverPhase::Failed
                 {
-                    if tty {
-                        println!();
-                    }
+                    done(&bars);
                     return Err(CliError::new(
                         ExitCode::Runtime,
                         format!(
@@ -190,9 +345,7 @@ pub async fn follow(
                     ));
                 }
                 if finished(&s) {
-                    if tty {
-                        println!();
-                    }
+                    done(&bars);
                     if let Some(p) = &s.proof {
                         print!("{}", proof_text(p));
                     }
@@ -207,9 +360,7 @@ pub async fn follow(
                 last = Some(s);
             }
             Err(e) => {
-                if tty {
-                    println!();
-                }
+                done(&bars);
                 // The agent went away: after a finished cutover that is normal.
                 return match last {
                     Some(l) if finished(&l) => Ok(()),

@@ -30,7 +30,11 @@ pub fn run(a: StatusArgs) -> Result<(), CliError> {
                 );
             } else if a.watch && std::io::stdout().is_terminal() {
                 // Redraw in place: home, clear, table.
-                print!("\x1b[H\x1b[2J{}", super::monitor::table(&s));
+                let width = super::monitor::watch_width();
+                print!(
+                    "\x1b[H\x1b[2J{}",
+                    super::monitor::fit(&super::monitor::table(&s), width)
+                );
             } else {
                 print!("{}", super::monitor::table(&s));
             }

@@ -27,6 +27,18 @@
 //!   document (MongoDB matches `_id`s of both widths by value; the
 //!   document itself keeps its own type).
 //!
+//! - `events=vault`, versioned secrets: Ferry's envelope of a Vault source,
+//!   the record key `{"path"}` (relative to the source's path), `after`
+//!   `{"version", "data", "metadata"}` with every field of the version's
+//!   metadata, so a Vault target gets the same versions in the same states
+//!   with the same settings.
+//! - `events=file` (one JSON document) and `events=dir` (a directory of
+//!   them): Ferry's envelope of a file source, the record key `{"path",
+//!   "key"}`, `after` the document as JSON (`{"base64"}` for bytes that
+//!   are not). A document goes back as its JSON, compact: the topic keeps
+//!   no formatting, so a target that keeps bytes (an etcd key) gets JSON
+//!   equal to the file, not the file's bytes.
+//!
 //! `op` is `r`, `c`, `u` or `d`, bare or inside a JSON converter's
 //! `{"schema", "payload"}` wrapper; a record without a value is a delete's
 //! tombstone and carries nothing more.
@@ -45,7 +57,22 @@ pub enum Events {
     Etcd,
     /// A MongoDB source's documents, Ferry's or Debezium's.
     Mongodb,
+    /// A Vault source's versioned secrets.
+    Vault,
+    /// A JSON file's document.
+    File,
+    /// A directory's documents.
+    Dir,
 }
+
+/// Every kind, for hints.
+pub const ALL_EVENTS: [Events; 5] = [
+    Events::Etcd,
+    Events::Mongodb,
+    Events::Vault,
+    Events::File,
+    Events::Dir,
+];
 
 impl Events {
     /// From the URL's `events` parameter.
@@ -53,8 +80,11 @@ impl Events {
         match param {
             None | Some("etcd") => Ok(Events::Etcd),
             Some("mongodb") => Ok(Events::Mongodb),
+            Some("vault") => Ok(Events::Vault),
+            Some("file") => Ok(Events::File),
+            Some("dir") => Ok(Events::Dir),
             Some(other) => Err(format!(
-                "`events={other}` is not one this build reads: give events=etcd (the default: key-value events of an etcd source) or events=mongodb (documents, from Ferry or Debezium's MongoDB connector)"
+                "`events={other}` is not one this build reads: give events=etcd (the default: key-value events of an etcd source), mongodb (documents, from Ferry or Debezium's MongoDB connector), vault (versioned secrets), file (one JSON document) or dir (a directory of documents)"
             )),
         }
     }
@@ -63,6 +93,20 @@ impl Events {
         match self {
             Events::Etcd => DataModel::KeyValue,
             Events::Mongodb => DataModel::Documents,
+            Events::Vault => DataModel::Secrets,
+            Events::File => DataModel::Document,
+            Events::Dir => DataModel::Files,
+        }
+    }
+
+    /// The URL parameter that reads these events.
+    pub fn param(self) -> &'static str {
+        match self {
+            Events::Etcd => "events=etcd",
+            Events::Mongodb => "events=mongodb",
+            Events::Vault => "events=vault",
+            Events::File => "events=file",
+            Events::Dir => "events=dir",
         }
     }
 
@@ -71,6 +115,9 @@ impl Events {
         match self {
             Events::Etcd => "etcd key-value events",
             Events::Mongodb => "MongoDB document events",
+            Events::Vault => "Vault secret version events",
+            Events::File => "JSON document events",
+            Events::Dir => "directory document events",
         }
     }
 }
@@ -172,24 +219,32 @@ impl Decoder {
         let events = match (connector, kind) {
             (Some("mongodb"), _) | (_, "mongodb") => Events::Mongodb,
             (_, "etcd") => Events::Etcd,
+            (_, "vault") => Events::Vault,
+            // A file and a directory are both `file` sources.
+            (_, "file") if matches!(self.events, Events::File | Events::Dir) => self.events,
+            (_, "file") => Events::File,
             _ => {
                 return Err(format!(
-                    "the event comes from {} source; a Kafka source reads the events of an etcd or a MongoDB source (Ferry's, or those of Debezium's MongoDB connector)",
+                    "the event comes from {} source; a Kafka source reads the events of an etcd, MongoDB, Vault or file source (Ferry's, or those of Debezium's MongoDB connector)",
                     if kind.is_empty() { "an unnamed".to_string() } else { format!("a `{kind}`") }
                 ))
             }
         };
         if events != self.events {
-            return Err(match events {
-                Events::Mongodb => "the topic holds MongoDB document events: read it into a MongoDB target with `&events=mongodb` on the source URL".to_string(),
-                Events::Etcd => "the topic holds etcd key-value events: read it into an etcd target, without `events=mongodb` on the source URL".to_string(),
-            });
+            return Err(format!(
+                "the topic holds {}: read it with `&{}` on the source URL, into a target that takes {}",
+                events.describe(),
+                events.param(),
+                events.model().describe()
+            ));
         }
         let ts_ms = source.get("ts_ms").and_then(Value::as_u64).unwrap_or(0);
         match (events, connector) {
             (Events::Etcd, _) => self.key_value(&v, &op, ts_ms),
             (Events::Mongodb, Some("mongodb")) => self.debezium_document(&v, &op, ts_ms),
             (Events::Mongodb, _) => self.ferry_document(&v, &op, ts_ms),
+            (Events::Vault, _) => self.secret_version(&v, &op, ts_ms),
+            (Events::File | Events::Dir, _) => self.file_document(&v, &op, ts_ms),
         }
     }
 
@@ -304,6 +359,78 @@ impl Decoder {
         }
         let doc = document(v, op, true)?;
         put(ns, doc, true, ts_ms)
+    }
+
+    /// A text field of the record key.
+    fn record_key_field(&self, f: &str) -> Result<String, String> {
+        self.record_key
+            .as_ref()
+            .and_then(|k| k.get(f))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| format!("the record key has no `{f}`"))
+    }
+
+    /// Ferry's envelope of a Vault source: one version of a secret.
+    fn secret_version(&mut self, v: &Value, op: &str, ts_ms: u64) -> Result<Change, String> {
+        let key = self.record_key_field("path")?.into_bytes();
+        if op == "d" {
+            return Ok(Change::Delete {
+                key,
+                meta: StoreMeta::None,
+                ts_ms,
+            });
+        }
+        let after = v
+            .get("after")
+            .filter(|a| a.is_object())
+            .ok_or_else(|| format!("a `{op}` event has no `after`"))?;
+        let data = after
+            .get("data")
+            .filter(|d| d.is_object())
+            .ok_or("`after.data` is not a JSON object")?;
+        let meta: ferry_core::VaultVersionMeta = serde_json::from_value(
+            after
+                .get("metadata")
+                .cloned()
+                .ok_or("`after` has no `metadata` (a Vault event of this build carries it)")?,
+        )
+        .map_err(|e| format!("`after.metadata` is not a version's metadata ({e})"))?;
+        let version = after.get("version").and_then(Value::as_u64);
+        if version != Some(meta.version) {
+            return Err("`after.version` and `after.metadata.version` differ".into());
+        }
+        Ok(Change::Put {
+            key,
+            value: serde_json::to_vec(data).expect("JSON serialises"),
+            meta: StoreMeta::Vault(Box::new(meta)),
+            ts_ms,
+        })
+    }
+
+    /// Ferry's envelope of a file or directory source.
+    fn file_document(&mut self, v: &Value, op: &str, ts_ms: u64) -> Result<Change, String> {
+        let key = self.record_key_field("key")?.into_bytes();
+        if op == "d" {
+            return Ok(Change::Delete {
+                key,
+                meta: StoreMeta::None,
+                ts_ms,
+            });
+        }
+        let value = match v.get("after") {
+            None | Some(Value::Null) => return Err(format!("a `{op}` event has no `after`")),
+            Some(Value::Object(o)) if o.len() == 1 && o.contains_key("base64") => {
+                base64_decode(o["base64"].as_str().ok_or("`after.base64` is not text")?)?
+            }
+            Some(doc) => serde_json::to_vec(doc).expect("JSON serialises"),
+        };
+        Ok(Change::Put {
+            key,
+            value,
+            meta: StoreMeta::None,
+            ts_ms,
+        })
     }
 
     fn prefix(&mut self, name: &str) -> Result<String, String> {
@@ -551,7 +678,12 @@ mod tests {
             &mut d,
             br#"{"op": "c", "after": {}, "source": {"kind": "vault", "name": "v"}}"#
         )
-        .contains("a `vault` source"));
+        .contains("&events=vault"));
+        assert!(why(
+            &mut d,
+            br#"{"op": "c", "after": {}, "source": {"kind": "bolt", "name": "b"}}"#
+        )
+        .contains("a `bolt` source"));
         assert!(why(
             &mut d,
             br#"{"op": "c", "after": {"key": "other/a", "value": "1"}, "source": {"kind": "etcd", "name": "etcd://h/app"}}"#

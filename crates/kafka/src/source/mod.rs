@@ -46,7 +46,7 @@ mod tailer;
 
 use crate::connector::{ends, partitions, TAIL_TIMEOUT};
 use crate::tail;
-use decode::{Decoder, Events};
+use decode::{Decoder, Events, ALL_EVENTS};
 use ferry_connect::{
     async_trait, CheckContext, DataModel, Reader, Refusal, Source, TailContext, Tailing,
 };
@@ -145,13 +145,18 @@ impl Source for KafkaSource {
     fn model(&self) -> DataModel {
         self.events.model()
     }
+    /// Secrets and configuration files stay secrets on their way through.
+    fn holds_secrets(&self) -> bool {
+        matches!(self.events, Events::Vault | Events::File | Events::Dir)
+    }
     fn model_hint(&self, wanted: &[DataModel]) -> Option<String> {
-        [Events::Etcd, Events::Mongodb]
+        ALL_EVENTS
             .into_iter()
-            .find(|e| *e != self.events && wanted.contains(&e.model()))
-            .map(|e| match e {
-                Events::Mongodb => "to read a topic of MongoDB document events, add `&events=mongodb` to the source URL".to_string(),
-                Events::Etcd => "to read a topic of etcd key-value events, drop `events=` from the source URL".to_string(),
+            .filter(|e| *e != self.events && wanted.contains(&e.model()))
+            .map(|e| format!("`&{}` for {}", e.param(), e.describe()))
+            .reduce(|a, b| format!("{a}, {b}"))
+            .map(|options| {
+                format!("to read a topic of other events, add {options} to the source URL")
             })
     }
     async fn connect(&self) -> Result<(), String> {
@@ -231,6 +236,15 @@ impl Source for KafkaSource {
                 ttls: Default::default(),
             })),
             Events::Mongodb => Reader::Documents(Arc::new(reader::TopicDocs {
+                topic,
+                fold: Default::default(),
+            })),
+            Events::Vault => Reader::Secrets(Arc::new(reader::TopicSecrets {
+                topic,
+                fold: Default::default(),
+            })),
+            Events::File => Reader::Document(Arc::new(reader::TopicDocument { topic })),
+            Events::Dir => Reader::Files(Arc::new(reader::TopicFiles {
                 topic,
                 fold: Default::default(),
             })),

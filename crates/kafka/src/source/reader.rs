@@ -10,9 +10,12 @@ use super::malformed;
 use crate::connector::partitions;
 use crate::tail;
 use bson::{Bson, Document, RawBson, RawDocumentBuf};
-use ferry_connect::verify::{DocumentsReader, KvCursor, KvEntry, KvReader};
+use ferry_connect::verify::{
+    DocState, DocumentReader, DocumentsReader, FilesReader, KvCursor, KvEntry, KvReader,
+    SecretMeta, SecretsReader,
+};
 use ferry_connect::{async_trait, doc_key, Namespace};
-use ferry_core::{StoreMeta, StoreUrl};
+use ferry_core::{StoreMeta, StoreUrl, VaultVersionMeta};
 use futures::stream::{self, BoxStream, StreamExt};
 use rdkafka::message::Message;
 use std::collections::{BTreeMap, HashMap};
@@ -32,18 +35,44 @@ pub struct Topic {
 type Fold = BTreeMap<Vec<u8>, (Vec<u8>, StoreMeta)>;
 
 impl Topic {
-    /// The topic read to its end and folded; and how many records it held.
+    /// The topic read to its end and folded into each key's last state;
+    /// and how many records it held.
     async fn fold(&self) -> Result<(Fold, i64), String> {
+        self.visit(Fold::new(), |state, change| match change {
+            Change::Put {
+                key, value, meta, ..
+            } => {
+                state.insert(key, (value, meta));
+            }
+            Change::Delete { key, .. } => {
+                state.remove(&key);
+            }
+            Change::Tombstone => {}
+        })
+        .await
+    }
+
+    /// Every change of the topic, partition by partition, in order, handed
+    /// to `each` with the state it builds.
+    async fn visit<S: Send + 'static>(
+        &self,
+        state: S,
+        each: impl FnMut(&mut S, Change) + Send + 'static,
+    ) -> Result<(S, i64), String> {
         let me = self.clone();
         let n = partitions(&me.bootstrap, &me.topic).await?.unwrap_or(0);
-        tokio::task::spawn_blocking(move || me.fold_blocking(n))
+        tokio::task::spawn_blocking(move || me.visit_blocking(n, state, each))
             .await
             .map_err(|e| e.to_string())?
     }
 
-    fn fold_blocking(&self, n: usize) -> Result<(Fold, i64), String> {
+    fn visit_blocking<S>(
+        &self,
+        n: usize,
+        mut state: S,
+        mut each: impl FnMut(&mut S, Change),
+    ) -> Result<(S, i64), String> {
         let url = StoreUrl::parse(&self.name).map_err(|e| e.to_string())?;
-        let mut state = Fold::new();
         let mut decoder = Decoder::new(self.events);
         let mut total = 0;
         for p in 0..n as i32 {
@@ -54,20 +83,10 @@ impl Topic {
                 Duration::from_secs(600),
                 |m| {
                     decoder.set_record_key(m.key());
-                    match decoder
+                    let change = decoder
                         .decode(m.payload())
-                        .map_err(|why| malformed(&url, &self.topic, p, m.offset(), &why))?
-                    {
-                        Change::Put {
-                            key, value, meta, ..
-                        } => {
-                            state.insert(key, (value, meta));
-                        }
-                        Change::Delete { key, .. } => {
-                            state.remove(&key);
-                        }
-                        Change::Tombstone => {}
-                    }
+                        .map_err(|why| malformed(&url, &self.topic, p, m.offset(), &why))?;
+                    each(&mut state, change);
                     Ok(())
                 },
             )?;
@@ -238,5 +257,189 @@ impl DocumentsReader for TopicDocs {
     /// A topic carries no indexes.
     async fn indexes(&self, _ns: &Namespace) -> Result<Vec<Document>, String> {
         Ok(Vec::new())
+    }
+}
+
+/// Version events of a Vault source, as a Vault path: per secret, each
+/// version's last data and metadata; the secret's settings as of its last
+/// event.
+pub struct TopicSecrets {
+    pub topic: Topic,
+    pub fold: Mutex<Option<Arc<SecretFold>>>,
+}
+
+/// Path → version → (data, metadata).
+type SecretFold = BTreeMap<String, BTreeMap<u64, (Vec<u8>, VaultVersionMeta)>>;
+
+/// The prefix of the creation times Ferry keeps in `custom_metadata`
+/// (`ferry_vault`'s own keys, left out of comparisons as its reader does).
+const FERRY_CUSTOM_PREFIX: &str = "ferry-created-v";
+
+impl TopicSecrets {
+    async fn refold(&self) -> Result<Arc<SecretFold>, String> {
+        let (fold, _) = self
+            .topic
+            .visit(SecretFold::new(), |state, change| match change {
+                Change::Put {
+                    key,
+                    value,
+                    meta: StoreMeta::Vault(m),
+                    ..
+                } => {
+                    let path = String::from_utf8_lossy(&key).into_owned();
+                    state
+                        .entry(path)
+                        .or_default()
+                        .insert(m.version, (value, *m));
+                }
+                Change::Delete { key, .. } => {
+                    state.remove(String::from_utf8_lossy(&key).as_ref());
+                }
+                _ => {}
+            })
+            .await?;
+        let fold = Arc::new(fold);
+        *self.fold.lock().expect("fold lock poisoned") = Some(Arc::clone(&fold));
+        Ok(fold)
+    }
+
+    async fn current(&self) -> Result<Arc<SecretFold>, String> {
+        let cached = self.fold.lock().expect("fold lock poisoned").clone();
+        match cached {
+            Some(f) => Ok(f),
+            None => self.refold().await,
+        }
+    }
+
+    fn data(bytes: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+        serde_json::from_slice(bytes)
+            .map_err(|e| format!("a version's data is not a JSON object ({e})"))
+    }
+}
+
+#[async_trait]
+impl SecretsReader for TopicSecrets {
+    fn name(&self) -> &str {
+        &self.topic.name
+    }
+    /// Folds the topic afresh: a comparison starts here.
+    async fn list(&self) -> Result<Vec<String>, String> {
+        Ok(self.refold().await?.keys().cloned().collect())
+    }
+    fn absolute(&self, rel: &str) -> String {
+        format!("{} {rel}", self.topic.name)
+    }
+    async fn metadata(&self, rel: &str) -> Result<Option<SecretMeta>, String> {
+        let fold = self.current().await?;
+        let Some(versions) = fold.get(rel) else {
+            return Ok(None);
+        };
+        let Some((current, (_, last))) = versions.iter().next_back() else {
+            return Ok(None);
+        };
+        Ok(Some(SecretMeta {
+            current_version: *current,
+            max_versions: u64::from(last.max_versions),
+            cas_required: last.cas_required,
+            delete_version_after: last.delete_version_after.clone(),
+            custom: last
+                .custom_metadata
+                .iter()
+                .filter(|(k, _)| !k.starts_with(FERRY_CUSTOM_PREFIX))
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect(),
+            versions: versions
+                .iter()
+                .map(|(v, (_, m))| (*v, (!m.deletion_time.is_empty(), m.destroyed)))
+                .collect(),
+        }))
+    }
+    async fn read_version(
+        &self,
+        rel: &str,
+        version: u64,
+    ) -> Result<Option<serde_json::Map<String, serde_json::Value>>, String> {
+        let fold = self.current().await?;
+        match fold.get(rel).and_then(|v| v.get(&version)) {
+            Some((data, m)) if m.deletion_time.is_empty() && !m.destroyed => {
+                Self::data(data).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+    async fn current(
+        &self,
+        rel: &str,
+    ) -> Result<Option<serde_json::Map<String, serde_json::Value>>, String> {
+        let fold = TopicSecrets::current(self).await?;
+        match fold.get(rel).and_then(|v| v.iter().next_back()) {
+            Some((_, (data, m))) if m.deletion_time.is_empty() && !m.destroyed => {
+                Self::data(data).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+/// Document events of a file source: the document as the topic last holds
+/// it.
+pub struct TopicDocument {
+    pub topic: Topic,
+}
+
+/// A document's bytes as a [`DocState`].
+fn doc_state(bytes: Vec<u8>) -> DocState {
+    DocState {
+        json: serde_json::from_slice(&bytes).ok(),
+        bytes: Some(bytes),
+    }
+}
+
+#[async_trait]
+impl DocumentReader for TopicDocument {
+    fn name(&self) -> &str {
+        &self.topic.name
+    }
+    fn holder(&self) -> &'static str {
+        "topic"
+    }
+    async fn read(&self) -> Result<Option<DocState>, String> {
+        let (state, _) = self.topic.fold().await?;
+        Ok(state.into_values().next_back().map(|(v, _)| doc_state(v)))
+    }
+}
+
+/// Document events of a directory source: each document by its relative
+/// path. A comparison lists first, which folds the topic afresh.
+pub struct TopicFiles {
+    pub topic: Topic,
+    pub fold: Mutex<Option<Arc<Fold>>>,
+}
+
+#[async_trait]
+impl FilesReader for TopicFiles {
+    fn name(&self) -> &str {
+        &self.topic.name
+    }
+    async fn list(&self) -> Result<Vec<String>, String> {
+        let (state, _) = self.topic.fold().await?;
+        let names = state
+            .keys()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .collect();
+        *self.fold.lock().expect("fold lock poisoned") = Some(Arc::new(state));
+        Ok(names)
+    }
+    async fn document(&self, rel: &str) -> Result<serde_json::Value, String> {
+        let cached = self.fold.lock().expect("fold lock poisoned").clone();
+        let fold = match cached {
+            Some(f) => f,
+            None => Arc::new(self.topic.fold().await?.0),
+        };
+        let (bytes, _) = fold
+            .get(rel.as_bytes())
+            .ok_or_else(|| format!("{}: no document {rel} in the topic", self.topic.name))?;
+        serde_json::from_slice(bytes)
+            .map_err(|e| format!("{}: {rel} is not JSON ({e})", self.topic.name))
     }
 }

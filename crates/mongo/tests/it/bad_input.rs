@@ -110,6 +110,10 @@ async fn namespace_pattern_matching_nothing() {
     assert!(matches!(e, MongoError::NothingSelected { .. }), "{e:?}");
     let s = one_sentence(&e);
     assert!(s.contains("nope.*") && s.contains("app.a"), "{s}");
+    assert!(
+        s.contains("the server holds database app"),
+        "names where the data is: {s}"
+    );
     untouched(&dst.uri()).await;
 }
 
