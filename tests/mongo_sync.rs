@@ -10,6 +10,7 @@ use ferry_testkit::{require, MongoWire, Mongod};
 use ferry_tests::harness::*;
 use mongodb::bson::{doc, Document};
 use rand::{Rng, SeedableRng};
+use serde_json::Value;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -328,6 +329,107 @@ fn the_read_only_switch_blocks_applications_and_a_failed_cutover_lifts_it() {
     let out = f.run(&["set-server-mode", "--source", &s, "--mode", "default"]);
     ok(&out, "set-server-mode default");
     assert_eq!(app_insert(&rt, &src.uri(), 700_001), Ok(()));
+}
+
+/// Continuous verification on MongoDB: once every `_id` range is verified,
+/// a document changed on the target behind Ferry's back is reported in
+/// `status` within 5 seconds, by namespace and `_id`, and the cutover
+/// refuses; repaired at the target, it verifies and opens, comparing inside
+/// its window only part of the ranges.
+#[test]
+fn a_document_changed_on_the_target_is_reported_and_blocks_the_cutover_until_repaired() {
+    let (Some(src), Some(dst)) = (require(Mongod::start()), require(Mongod::start())) else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(load(&src.uri(), 5000));
+    let f = Ferry::new();
+    let (s, t) = (format!("{}/app", src.uri()), format!("{}/app", dst.uri()));
+    ok(&f.start(&s, &t, &["--shards", "2"]), "start");
+    let verified_all = |st: &Value| {
+        st["verification"][0]["ranges"].as_u64().unwrap_or(0) > 0
+            && st["verification"][0]["verified"] == st["verification"][0]["ranges"]
+    };
+    let st = f.wait_for("every range verified", Duration::from_secs(120), |st| {
+        all_streaming(st) && max_lag(st) == 0 && verified_all(st)
+    });
+    // Three collections of 5,000: two cuts each, plus each one's first range
+    // and the empty one below every namespace.
+    assert_eq!(st["verification"][0]["ranges"], 10, "{st}");
+    let orders = |uri: String| async move {
+        mongodb::Client::with_uri_str(uri)
+            .await
+            .unwrap()
+            .database("app")
+            .collection::<Document>("orders")
+    };
+    rt.block_on(async {
+        orders(dst.uri())
+            .await
+            .update_one(doc! {"_id": 4321i64}, doc! {"$set": {"stray": true}})
+            .await
+            .unwrap()
+    });
+    let written = Instant::now();
+    let st = f.wait_for("the difference reported", Duration::from_secs(5), |st| {
+        st["verification"][0]["differences"]
+            .as_array()
+            .is_some_and(|d| !d.is_empty())
+    });
+    eprintln!(
+        "the stray change was reported after {:?}",
+        written.elapsed()
+    );
+    let key = st["verification"][0]["differences"][0]["key_suffix"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(key.contains("app.orders") && key.contains("4321"), "{st}");
+    let out = f.run(&["stop", "--timeout", "60s"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("differences") && stderr(&out).contains("4321"),
+        "{}",
+        stderr(&out)
+    );
+    // Repaired: the source's document written back on the target.
+    rt.block_on(async {
+        let original = orders(src.uri())
+            .await
+            .find_one(doc! {"_id": 4321i64})
+            .await
+            .unwrap()
+            .unwrap();
+        orders(dst.uri())
+            .await
+            .replace_one(doc! {"_id": 4321i64}, original)
+            .await
+            .unwrap();
+    });
+    f.wait_for("the difference cleared", Duration::from_secs(30), |st| {
+        st["verification"][0]["differences"]
+            .as_array()
+            .is_some_and(|d| d.is_empty())
+            && st["state"] == "syncing"
+    });
+    ok(
+        &f.run(&["stop", "--timeout", "60s"]),
+        "stop after the repair",
+    );
+    f.wait_agent_exit(Duration::from_secs(30));
+    let proof: Value =
+        serde_json::from_slice(&std::fs::read(f.journal().join("cutover-proof.json")).unwrap())
+            .unwrap();
+    let w = &proof["window_checks"][&t];
+    assert!(
+        w["clean_ranges"].as_u64().unwrap_or(0) >= 1
+            && w["compared_ranges"].as_u64().unwrap_or(99) < w["ranges"].as_u64().unwrap_or(0),
+        "the window compared only part of the ranges: {proof}"
+    );
+    assert_eq!(proof["differences"], 0, "{proof}");
+    let out = f.run(&["verify", "--source", &s, "--target", &t]);
+    ok(&out, "verify");
+    assert!(stdout(&out).contains(": 0 differences"), "{}", stdout(&out));
 }
 
 /// A source whose oplog is full and spans less than twice the copy's

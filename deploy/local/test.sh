@@ -9,9 +9,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/ferry-target}"
 bash deploy/local/install.sh
-echo "== cargo fmt --check"
+echo "== cargo fmt --check ($(date +%T))"
 cargo fmt --all --check
-echo "== cargo clippy"
+echo "== cargo clippy ($(date +%T))"
 cargo clippy --workspace --all-targets -- -D warnings
-echo "== cargo test"
+echo "== cargo test ($(date +%T))"
 cargo test --workspace

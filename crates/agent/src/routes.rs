@@ -163,7 +163,8 @@ pub fn seal_key(dir: &Path) -> Result<Arc<SealKey>, String> {
 
 /// Compares a route's source with one of its targets through their readers.
 /// The continuous verifier of a route's target, where both sides read as
-/// keys and values (see [`ferry_connect::verify::continuous`]).
+/// keys and values or as documents with range reads (see
+/// [`ferry_connect::verify::continuous`]).
 pub fn range_verifier(
     source: &dyn Source,
     target: &dyn Target,
@@ -175,6 +176,11 @@ pub fn range_verifier(
                 s,
                 t,
                 crate::config::DEFAULT_VERIFY_TTL_TOLERANCE_S,
+            )),
+        ),
+        (Reader::Documents(s), Reader::Documents(t)) if s.range_reads() && t.range_reads() => Some(
+            Arc::new(ferry_connect::verify::continuous::RangeVerifier::over(
+                Box::new(ferry_connect::verify::doc_ranges::DocRanges::new(s, t)),
             )),
         ),
         _ => None,

@@ -545,6 +545,63 @@ impl DocumentsReader for Docs {
             .await
             .map_err(|e| e.to_string())
     }
+    fn range_reads(&self) -> bool {
+        true
+    }
+    async fn scan_range(
+        &self,
+        ns: &Namespace,
+        from: Option<Bson>,
+        to: Option<Bson>,
+    ) -> Result<BoxStream<'static, Result<RawDocumentBuf, String>>, String> {
+        // min/max bound the scan of the _id index in the index's own order
+        // (not bracketed by type, as $gte/$lt are); the server requires
+        // the hint with them.
+        let what = format!("reading a range of {ns}");
+        let coll = self
+            .store
+            .client()
+            .database(&ns.db)
+            .collection::<RawDocumentBuf>(&ns.coll);
+        let mut find = coll
+            .find(doc! {})
+            .hint(mongodb::options::Hint::Keys(doc! {"_id": 1}))
+            .sort(doc! {"_id": 1})
+            .batch_size(1000);
+        if let Some(id) = from {
+            find = find.min(doc! {"_id": id});
+        }
+        if let Some(id) = to {
+            find = find.max(doc! {"_id": id});
+        }
+        let cursor = find
+            .await
+            .map_err(|e| self.store.err(&what, &e).to_string())?;
+        let store = self.store.clone();
+        Ok(cursor
+            .map_err(move |e| store.err(&what, &e).to_string())
+            .boxed())
+    }
+    async fn estimated_count(&self, ns: &Namespace) -> Result<Option<u64>, String> {
+        self.store
+            .client()
+            .database(&ns.db)
+            .collection::<RawDocumentBuf>(&ns.coll)
+            .estimated_document_count()
+            .await
+            .map(Some)
+            .map_err(|e| self.store.err(&format!("counting {ns}"), &e).to_string())
+    }
+    async fn binary_string_order(&self, ns: &Namespace) -> Result<bool, String> {
+        let catalog = crate::catalog::Catalog::read(&self.store, std::slice::from_ref(ns))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(catalog.collections.iter().all(|c| {
+            c.options
+                .get_document("collation")
+                .map_or(true, |col| col.get_str("locale") == Ok("simple"))
+        }))
+    }
 }
 
 /// Documents per second a copy is assumed to make when estimating its

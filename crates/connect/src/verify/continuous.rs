@@ -1,13 +1,20 @@
-//! Continuous verification of a key-value route: the source and the target
-//! compared range by range in the background while the sync runs, so the
-//! cutover compares only what changed since.
+//! Continuous verification of a route: the source and the target compared
+//! range by range in the background while the sync runs, so the cutover
+//! compares only what changed since.
+//!
+//! The verifier is written once over a [`RangeModel`]: how a data model cuts
+//! its source into ranges, places a journaled event's key among them and
+//! compares one range on both sides. Two models implement it: keys and
+//! values ([`KvRanges`], etcd) and documents by `_id`
+//! ([`super::doc_ranges::DocRanges`], MongoDB).
 //!
 //! # Ranges, and when one stays verified
 //!
-//! The key space (suffixes below each side's prefix) is cut into ranges at
-//! every [`RANGE_KEYS`]th source key when the verifier starts; range *i*
-//! is `[bound_i, bound_{i+1})`, the first starts at the empty suffix and the
-//! last is open, so the ranges cover every key there is or will be. Each
+//! The key space is cut into ranges at every [`RANGE_KEYS`]th source key
+//! when the verifier starts; range *i* is `[bound_i, bound_{i+1})` in the
+//! order of the bounds' bytes, the first starts at the empty key and the
+//! last is open, so the ranges cover every key there is or will be. (For
+//! key-value stores a key is the suffix below each side's prefix.) Each
 //! range has a generation that every applied event touching it increases
 //! ([`RangeVerifier::touch`], called by the route's sinks after an apply).
 //!
@@ -83,6 +90,23 @@ impl State {
         Some(self.bounds.partition_point(|b| b.as_slice() <= suffix) - 1)
     }
 
+    /// The ranges a place touches.
+    fn ranges_of(&self, place: &Place) -> std::ops::Range<usize> {
+        let (key, prefix) = match place {
+            Place::Key(k) => (k, false),
+            Place::Prefix(p) => (p, true),
+            Place::Outside => return 0..0,
+        };
+        let Some(first) = self.index(key) else {
+            return 0..0;
+        };
+        let mut end = first + 1;
+        while prefix && self.bounds.get(end).is_some_and(|b| b.starts_with(key)) {
+            end += 1;
+        }
+        first..end
+    }
+
     fn dirty(&self, i: usize) -> bool {
         let r = &self.ranges[i];
         !r.standing.is_empty() || r.verified.is_none_or(|(g, _)| g != r.generation)
@@ -136,11 +160,143 @@ impl WindowCheck {
     }
 }
 
-/// The continuous verifier of one key-value route (one target).
-pub struct RangeVerifier {
+/// Where a journaled event's key falls among the ranges.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Place {
+    /// In the range holding this key: `bound_i <= key < bound_{i+1}`.
+    Key(Vec<u8>),
+    /// Somewhere among the keys that start with this prefix: the range
+    /// holding the prefix and every range whose bound starts with it.
+    Prefix(Vec<u8>),
+    /// Not one of the model's keys.
+    Outside,
+}
+
+/// What one range's comparison found.
+#[derive(Clone, Debug, Default)]
+pub struct RangeReport {
+    /// Keys (or documents) read on both sides.
+    pub keys: u64,
+    pub difference_count: u64,
+    /// The first [`kv::MAX_LISTED`].
+    pub differences: Vec<Difference>,
+}
+
+impl RangeReport {
+    pub fn is_equal(&self) -> bool {
+        self.difference_count == 0
+    }
+
+    /// Adds another report's findings (differences listed up to the cap).
+    pub fn absorb(&mut self, other: RangeReport) {
+        self.keys += other.keys;
+        self.difference_count += other.difference_count;
+        for d in other.differences {
+            if self.differences.len() < kv::MAX_LISTED {
+                self.differences.push(d);
+            }
+        }
+    }
+}
+
+/// A data model's ranges: what [`RangeVerifier`] needs of a source and a
+/// target of one model.
+///
+/// Contract: bounds come back from [`Self::cut`] sorted by their bytes,
+/// the first empty; [`Self::place`] puts every key an event may write into
+/// the range that [`Self::compare`] reads it in (or a wider span), so that
+/// an event's touch dirties the range that holds its document. `compare`
+/// reads the source first, then the target, each at its current state.
+#[async_trait]
+pub trait RangeModel: Send + Sync {
+    fn source_name(&self) -> &str;
+    fn target_name(&self) -> &str;
+    /// Reads the source once in order and returns every `every`th key as a
+    /// bound, the empty bound first, with the keys read.
+    async fn cut(&self, every: usize) -> Result<(Vec<Vec<u8>>, u64), String>;
+    /// Where the key of a journaled event falls.
+    fn place(&self, key: &[u8]) -> Place;
+    /// Compares the range `[from, to)` (`to` `None`: to the end).
+    async fn compare(&self, from: &[u8], to: Option<&[u8]>) -> Result<RangeReport, String>;
+    /// What no range covers, compared inside the window beside the dirty
+    /// ranges (documents: namespaces created since the cut, and indexes).
+    async fn window_extra(&self) -> Result<RangeReport, String> {
+        Ok(RangeReport::default())
+    }
+}
+
+/// The key-value model: suffixes below each side's prefix, compared by
+/// [`kv::compare`] over range reads.
+pub struct KvRanges {
     source: Arc<dyn KvReader>,
     target: Arc<dyn KvReader>,
     ttl_tolerance_s: i64,
+}
+
+impl KvRanges {
+    pub fn new(source: Arc<dyn KvReader>, target: Arc<dyn KvReader>, ttl_tolerance_s: i64) -> Self {
+        KvRanges {
+            source,
+            target,
+            ttl_tolerance_s,
+        }
+    }
+
+    fn slice(inner: &Arc<dyn KvReader>, from: &[u8], to: Option<&[u8]>) -> Slice {
+        Slice {
+            inner: Arc::clone(inner),
+            from: from.to_vec(),
+            to: to.map(<[u8]>::to_vec),
+        }
+    }
+}
+
+#[async_trait]
+impl RangeModel for KvRanges {
+    fn source_name(&self) -> &str {
+        self.source.name()
+    }
+    fn target_name(&self) -> &str {
+        self.target.name()
+    }
+
+    async fn cut(&self, every: usize) -> Result<(Vec<Vec<u8>>, u64), String> {
+        let mut bounds = vec![Vec::new()];
+        let mut cursor = self.source.cursor();
+        let mut n = 0usize;
+        while let Some(page) = cursor.next_page().await? {
+            for e in page {
+                n += 1;
+                if n.is_multiple_of(every) {
+                    bounds.push(e.suffix);
+                }
+            }
+        }
+        Ok((bounds, n as u64))
+    }
+
+    fn place(&self, key: &[u8]) -> Place {
+        match self.source.suffix(key) {
+            Some(s) => Place::Key(s.to_vec()),
+            None => Place::Outside,
+        }
+    }
+
+    async fn compare(&self, from: &[u8], to: Option<&[u8]>) -> Result<RangeReport, String> {
+        let src = Self::slice(&self.source, from, to);
+        let tgt = Self::slice(&self.target, from, to);
+        let r = kv::compare(&src, &tgt, self.ttl_tolerance_s).await?;
+        Ok(RangeReport {
+            keys: r.source_keys + r.target_keys,
+            difference_count: r.difference_count(),
+            differences: r.differences,
+        })
+    }
+}
+
+/// The continuous verifier of one route's target.
+pub struct RangeVerifier {
+    model: Box<dyn RangeModel>,
     state: Mutex<State>,
 }
 
@@ -171,11 +327,15 @@ fn now_ms() -> u64 {
 }
 
 impl RangeVerifier {
+    /// A key-value route's verifier.
     pub fn new(source: Arc<dyn KvReader>, target: Arc<dyn KvReader>, ttl_tolerance_s: i64) -> Self {
+        Self::over(Box::new(KvRanges::new(source, target, ttl_tolerance_s)))
+    }
+
+    /// The verifier of any model.
+    pub fn over(model: Box<dyn RangeModel>) -> Self {
         RangeVerifier {
-            source,
-            target,
-            ttl_tolerance_s,
+            model,
             state: Mutex::new(State::default()),
         }
     }
@@ -184,16 +344,12 @@ impl RangeVerifier {
         f(&mut self.state.lock().expect("verifier lock poisoned"))
     }
 
-    /// The source's suffix of an event's key (see [`KvReader::suffix`]).
-    pub fn suffix<'k>(&self, key: &'k [u8]) -> Option<&'k [u8]> {
-        self.source.suffix(key)
-    }
-
     /// Applied events touched these keys (source keys, as journaled).
     pub fn touch<'k>(&self, keys: impl IntoIterator<Item = &'k [u8]>) {
+        let places: Vec<Place> = keys.into_iter().map(|k| self.model.place(k)).collect();
         self.with(|s| {
-            for k in keys {
-                if let Some(i) = self.source.suffix(k).and_then(|x| s.index(x)) {
+            for p in &places {
+                for i in s.ranges_of(p) {
                     s.ranges[i].generation += 1;
                 }
             }
@@ -210,51 +366,35 @@ impl RangeVerifier {
     /// [`RANGE_KEYS`]th kept). Touches before the cut are not needed: every
     /// range starts unverified.
     async fn cut(&self) -> Result<(), String> {
-        let mut bounds = vec![Vec::new()];
-        let mut cursor = self.source.cursor();
-        let mut n = 0usize;
-        while let Some(page) = cursor.next_page().await? {
-            for e in page {
-                n += 1;
-                if n.is_multiple_of(RANGE_KEYS) {
-                    bounds.push(e.suffix);
-                }
-            }
+        let (bounds, n) = self.model.cut(RANGE_KEYS).await?;
+        if bounds.first().is_none_or(|b| !b.is_empty()) || !bounds.is_sorted() {
+            return Err(format!(
+                "{}: the ranges' bounds are not in order; no continuous verification",
+                self.model.source_name()
+            ));
         }
         let ranges = vec![Range::default(); bounds.len()];
         self.with(|s| {
-            s.keys_read += n as u64;
+            s.keys_read += n;
             s.bounds = bounds;
             s.ranges = ranges;
         });
         Ok(())
     }
 
-    fn slice(&self, i: usize) -> (Slice, Slice) {
-        let (from, to) = self.with(|s| (s.bounds[i].clone(), s.bounds.get(i + 1).cloned()));
-        (
-            Slice {
-                inner: Arc::clone(&self.source),
-                from: from.clone(),
-                to: to.clone(),
-            },
-            Slice {
-                inner: Arc::clone(&self.target),
-                from,
-                to,
-            },
-        )
-    }
-
     /// Checks range `i` once; `lag_zero` says whether the route had no event
-    /// in flight around the check. Returns the keys read and the report.
-    async fn check(&self, i: usize, lag_zero: bool) -> Result<(u64, kv::VerifyReport), String> {
-        let before = self.with(|s| s.ranges[i].generation);
-        let (src, tgt) = self.slice(i);
-        let report = kv::compare(&src, &tgt, self.ttl_tolerance_s).await?;
-        let keys = report.source_keys + report.target_keys;
+    /// in flight around the check.
+    async fn check(&self, i: usize, lag_zero: bool) -> Result<RangeReport, String> {
+        let (before, from, to) = self.with(|s| {
+            (
+                s.ranges[i].generation,
+                s.bounds[i].clone(),
+                s.bounds.get(i + 1).cloned(),
+            )
+        });
+        let report = self.model.compare(&from, to.as_deref()).await?;
         self.with(|s| {
-            s.keys_read += keys;
+            s.keys_read += report.keys;
             let r = &mut s.ranges[i];
             if r.generation != before {
                 // An event arrived meanwhile: nothing is concluded.
@@ -272,8 +412,8 @@ impl RangeVerifier {
                     Some((g, since)) if g == before && since.elapsed() >= STANDING_AFTER => {
                         if r.standing.is_empty() {
                             tracing::warn!(
-                                source = self.source.name(),
-                                target = self.target.name(),
+                                source = self.model.source_name(),
+                                target = self.model.target_name(),
                                 first = ?report.differences.first(),
                                 "the target differs from the source in a range no event touched: written behind Ferry's back?"
                             );
@@ -285,7 +425,7 @@ impl RangeVerifier {
                 }
             }
         });
-        Ok((keys, report))
+        Ok(report)
     }
 
     /// Background passes until `stop` resolves: the ranges are cut, then
@@ -303,7 +443,7 @@ impl RangeVerifier {
             if self.with(|s| s.bounds.is_empty()) {
                 let t = Instant::now();
                 if let Err(e) = self.cut().await {
-                    tracing::debug!(source = self.source.name(), "verifier: {e}");
+                    tracing::debug!(source = self.model.source_name(), "verifier: {e}");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
@@ -320,11 +460,11 @@ impl RangeVerifier {
                 let t = Instant::now();
                 let lag_before = lag_zero();
                 match self.check(i, lag_before).await {
-                    Ok((keys, _)) => {
-                        tokio::time::sleep(pace(keys.max(1)).saturating_sub(t.elapsed())).await
+                    Ok(r) => {
+                        tokio::time::sleep(pace(r.keys.max(1)).saturating_sub(t.elapsed())).await
                     }
                     Err(e) => {
-                        tracing::debug!(source = self.source.name(), "verifier: {e}");
+                        tracing::debug!(source = self.model.source_name(), "verifier: {e}");
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                 }
@@ -340,35 +480,34 @@ impl RangeVerifier {
     }
 
     /// Inside the cutover's window, every event up to the fence applied:
-    /// compares the ranges not verified at their current generation.
+    /// compares the ranges not verified at their current generation, and
+    /// what no range covers.
     pub async fn verify_dirty(&self) -> Result<WindowCheck, String> {
         let n = self.with(|s| s.ranges.len());
         let mut w = WindowCheck {
             ranges: n as u64,
             ..Default::default()
         };
+        let mut all = RangeReport::default();
         for i in 0..n {
             if !self.with(|s| s.dirty(i)) {
                 w.clean_ranges += 1;
                 continue;
             }
-            let (keys, report) = self.check(i, true).await?;
             w.compared_ranges += 1;
-            w.compared_keys += keys;
-            w.difference_count += report.difference_count();
-            for d in report.differences {
-                if w.differences.len() < kv::MAX_LISTED {
-                    w.differences.push(d);
-                }
-            }
+            all.absorb(self.check(i, true).await?);
         }
+        all.absorb(self.model.window_extra().await?);
+        w.compared_keys = all.keys;
+        w.difference_count = all.difference_count;
+        w.differences = all.differences;
         Ok(w)
     }
 
     pub fn status(&self) -> VerifierStatus {
         self.with(|s| VerifierStatus {
-            source: self.source.name().to_string(),
-            target: self.target.name().to_string(),
+            source: self.model.source_name().to_string(),
+            target: self.model.target_name().to_string(),
             ranges: s.ranges.len() as u64,
             verified: (0..s.ranges.len()).filter(|&i| !s.dirty(i)).count() as u64,
             passes: s.passes,

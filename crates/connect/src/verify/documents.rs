@@ -166,7 +166,7 @@ pub async fn compare(
     Ok(report)
 }
 
-fn index_differences(source: &[Document], target: &[Document]) -> Vec<String> {
+pub(crate) fn index_differences(source: &[Document], target: &[Document]) -> Vec<String> {
     let by_name = |v: &[Document]| -> HashMap<String, Document> {
         v.iter()
             .map(|d| (d.get_str("name").unwrap_or("").to_string(), d.clone()))

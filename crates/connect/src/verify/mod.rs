@@ -16,6 +16,7 @@
 //! | any | [`EventsReader`] | the stream alone: every event once, and where each partition ends |
 
 pub mod continuous;
+pub mod doc_ranges;
 pub mod documents;
 pub mod kv;
 mod simple;
@@ -107,6 +108,37 @@ pub trait DocumentsReader: Send + Sync {
     async fn lookup(&self, ns: &Namespace, ids: Vec<Bson>) -> Result<Vec<RawDocumentBuf>, String>;
     /// The namespace's indexes, normalised (`_id_` aside).
     async fn indexes(&self, ns: &Namespace) -> Result<Vec<Document>, String>;
+    /// Whether [`Self::scan_range`] reads a range of the `_id` index: the
+    /// continuous verifier runs only between two such readers.
+    fn range_reads(&self) -> bool {
+        false
+    }
+    /// The documents of `ns` whose `_id` is in `[from, to)` in the order of
+    /// the `_id` index (MongoDB's order of BSON values, not bracketed by
+    /// type; `None`: unbounded), in that order.
+    async fn scan_range(
+        &self,
+        ns: &Namespace,
+        from: Option<Bson>,
+        to: Option<Bson>,
+    ) -> Result<BoxStream<'static, Result<RawDocumentBuf, String>>, String> {
+        let _ = (ns, from, to);
+        Err(format!("{} has no range reads", self.name()))
+    }
+    /// The server's count of `ns` from its metadata (no scan), where it
+    /// keeps one: compared inside the cutover's window, it catches a
+    /// document inserted or deleted behind Ferry's back in a range that was
+    /// verified earlier.
+    async fn estimated_count(&self, ns: &Namespace) -> Result<Option<u64>, String> {
+        let _ = ns;
+        Ok(None)
+    }
+    /// Whether the `_id` index of `ns` orders strings by their bytes (no
+    /// collation), as [`continuous::DocRanges`] places them.
+    async fn binary_string_order(&self, ns: &Namespace) -> Result<bool, String> {
+        let _ = ns;
+        Ok(false)
+    }
 }
 
 /// A secret's metadata, as far as Ferry reproduces it.
