@@ -43,6 +43,8 @@ struct Cutover {
     ranges: u64,
     verify_secs: f64,
     keys_read: u64,
+    /// The proof's phases of the window, ms.
+    phases: String,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -185,6 +187,7 @@ fn measure(
         ranges: w["ranges"].as_u64().unwrap_or(0),
         verify_secs,
         keys_read,
+        phases: proof["window_phases_ms"].to_string(),
     }
 }
 
@@ -226,10 +229,10 @@ fn main() {
             for _ in 0..runs {
                 let c = cutover(&rt, store, n, continuous);
                 println!(
-                    "{} {n}, {}: window {} ms, compared inside it {} keys ({} of {} ranges); first verifier pass {:.1} s, {} keys read",
+                    "{} {n}, {}: window {} ms {}, compared inside it {} keys ({} of {} ranges); first verifier pass {:.1} s, {} keys read",
                     name(store),
                     if continuous { "continuous" } else { "all inside the window" },
-                    c.window_ms, c.compared_keys, c.compared_ranges, c.ranges, c.verify_secs, c.keys_read
+                    c.window_ms, c.phases, c.compared_keys, c.compared_ranges, c.ranges, c.verify_secs, c.keys_read
                 );
                 windows.push(c.window_ms);
                 last = Some(c);

@@ -339,31 +339,7 @@ fn a_stray_write_on_the_target_is_reported_and_blocks_the_cutover_until_repaired
         .to_vec();
     rt.block_on(target.put("cv/key-000100", value, None))
         .unwrap();
-    f.wait_for("the difference cleared", Duration::from_secs(30), |s| {
-        s["verification"][0]["differences"]
-            .as_array()
-            .is_some_and(|d| d.is_empty())
-            && s["state"] == "syncing"
-    });
-    ok(
-        &f.run(&["stop", "--timeout", "60s"]),
-        "stop after the repair",
-    );
-    f.wait_agent_exit(Duration::from_secs(30));
-    let proof: Value =
-        serde_json::from_slice(&std::fs::read(f.journal().join("cutover-proof.json")).unwrap())
-            .unwrap();
-    let w = &proof["window_checks"][&target_url];
-    assert!(
-        w["clean_ranges"].as_u64().unwrap_or(0) >= 1
-            && w["compared_ranges"].as_u64().unwrap_or(99) < w["ranges"].as_u64().unwrap_or(0),
-        "the window compared only part of the ranges: {proof}"
-    );
-    assert_eq!(proof["differences"], 0, "{proof}");
-    ok(
-        &f.run(&["verify", "--source", &source_url, "--target", &target_url]),
-        "verify",
-    );
+    f.cut_over_after_repair(&source_url, &target_url);
 }
 
 #[test]

@@ -109,6 +109,39 @@ impl Ferry {
         );
     }
 
+    /// Once a standing difference found by the continuous verifier was
+    /// repaired: waits until `status` lists none and the agent syncs again,
+    /// cuts over, and checks that the window compared only part of the
+    /// ranges of `target`, found nothing, and `verify` agrees.
+    pub fn cut_over_after_repair(&self, source: &str, target: &str) {
+        self.wait_for("the difference cleared", Duration::from_secs(30), |s| {
+            s["verification"][0]["differences"]
+                .as_array()
+                .is_some_and(|d| d.is_empty())
+                && s["state"] == "syncing"
+        });
+        ok(
+            &self.run(&["stop", "--timeout", "60s"]),
+            "stop after the repair",
+        );
+        self.wait_agent_exit(Duration::from_secs(30));
+        let proof: Value = serde_json::from_slice(
+            &std::fs::read(self.journal().join("cutover-proof.json")).unwrap(),
+        )
+        .unwrap();
+        let w = &proof["window_checks"][target];
+        assert!(
+            w["clean_ranges"].as_u64().unwrap_or(0) >= 1
+                && w["compared_ranges"].as_u64().unwrap_or(99) < w["ranges"].as_u64().unwrap_or(0),
+            "the window compared only part of the ranges: {proof}"
+        );
+        assert_eq!(proof["differences"], 0, "{proof}");
+        ok(
+            &self.run(&["verify", "--source", source, "--target", target]),
+            "verify",
+        );
+    }
+
     /// Polls the agent's log until it holds `needle`; panics with the log after `timeout`.
     pub fn wait_log(&self, needle: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;

@@ -244,95 +244,173 @@ async fn mongo_load(uri: &str, n: i64) {
         .unwrap();
 }
 
-#[test]
-fn mongodb_to_kafka_publishes_each_document_once_keyed_by_namespace_and_id() {
-    use mongodb::bson::{doc, Document};
-    let (Some(src), Some(kafka)) = (
-        require(ferry_testkit::Mongod::start()),
-        require(Kafka::start()),
-    ) else {
-        return;
-    };
-    let rt = rt();
-    rt.block_on(mongo_load(&src.uri(), 500));
-    let f = Ferry::new();
-    let (s, t) = (format!("{}/app", src.uri()), kafka.url("docs"));
-    ok(
-        &f.start(&s, &t, &["--source.read-only=external", "--shards", "2"]),
-        "start",
-    );
-    f.wait_for("copied", Duration::from_secs(120), |s| {
-        all_streaming(s) && max_lag(s) == 0
-    });
-    // Live changes: an update, a delete, an insert.
-    rt.block_on(async {
-        let c = mongodb::Client::with_uri_str(src.uri()).await.unwrap();
-        let users = c.database("app").collection::<Document>("users");
-        users
-            .update_one(doc! {"_id": 1i64}, doc! {"$set": {"name": "renamed"}})
-            .await
-            .unwrap();
-        users.delete_one(doc! {"_id": 2i64}).await.unwrap();
-        users
-            .insert_one(doc! {"_id": 1000i64, "name": "late"})
-            .await
-            .unwrap();
-    });
-    std::thread::sleep(Duration::from_millis(500));
-    f.wait_for("streamed", Duration::from_secs(60), |s| {
-        all_streaming(s) && max_lag(s) == 0
+/// `rounds` starts of `f`, each SIGKILLed after a random wait (early ones
+/// in the copy, later ones streaming), `between` run after each kill, the
+/// broker restarted on its durable storage halfway; then a final start,
+/// caught up and cut over.
+fn through_kills(
+    f: &Ferry,
+    kafka: &mut Kafka,
+    (s, t): (&str, &str),
+    args: &[&str],
+    rounds: usize,
+    mut between: impl FnMut(usize),
+) {
+    let mut rng = rand::thread_rng();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    for round in 0..rounds {
+        assert!(
+            Instant::now() < deadline,
+            "the test exceeded its time bound"
+        );
+        ok(&f.start(s, t, args), &format!("start (round {round})"));
+        let wait = if round < rounds / 2 {
+            rng.gen_range(100..1200)
+        } else {
+            rng.gen_range(400..2500)
+        };
+        std::thread::sleep(Duration::from_millis(wait));
+        f.kill_agent();
+        between(round);
+        if round == rounds / 2 {
+            kafka.restart().expect("broker restart on durable storage");
+        }
+    }
+    ok(&f.start(s, t, args), "final start");
+    f.wait_for("caught up", Duration::from_secs(180), |st| {
+        all_streaming(st) && max_lag(st) == 0
     });
     ok(&f.run(&["stop", "--timeout", "120s"]), "ferry stop");
     f.wait_agent_exit(Duration::from_secs(30));
-    let c = consume(&kafka.bootstrap(), "docs");
+}
+
+/// Every (shard, sequence, sweep) once, and every delete followed by its
+/// tombstone.
+fn assert_exactly_once(c: &Consumed) {
     let mut seen = HashSet::new();
     for e in &c.events {
         assert!(seen.insert(*e), "{e:?} twice");
     }
-    // The key's `_id` and the `after` string are canonical extended JSON.
-    let key = |id: i64| {
-        serde_json::json!({"db": "app", "collection": "users", "id": {"$numberLong": id.to_string()}})
-            .to_string()
-    };
-    let live = |id: i64| {
-        c.last.get(&key(id)).cloned().flatten().map(|after| {
-            serde_json::from_str::<Value>(after.as_str().expect("`after` is a string")).unwrap()
-        })
-    };
-    assert_eq!(live(0).unwrap()["name"], "user-0");
-    assert_eq!(live(1).unwrap()["name"], "renamed");
-    assert!(
-        c.last.get(&key(2)).is_some_and(Option::is_none),
-        "the deleted document ends in a tombstone"
-    );
-    assert_eq!(live(1000).unwrap()["name"], "late");
     assert_eq!(
-        live(0).unwrap()["_id"],
-        serde_json::json!({"$numberLong": "0"}),
-        "a 64-bit `_id` stays one"
+        c.deletes_without_tombstone, 0,
+        "a delete without its tombstone"
     );
-    let live_docs = c.last.values().filter(|v| v.is_some()).count();
-    assert_eq!(live_docs, 500, "499 copied + 1 inserted documents are live");
-    assert_eq!(c.ops.get("r").copied(), Some(500), "{:?}", c.ops);
 }
 
 #[test]
-fn vault_to_kafka_needs_the_flag_and_then_publishes_every_version() {
-    use ferry_testkit::{http, OpenBao};
-    let (Some(bao), Some(kafka)) = (require(OpenBao::start()), require(Kafka::start())) else {
+fn mongodb_to_kafka_publishes_each_document_once_through_kills_and_a_broker_restart() {
+    use mongodb::bson::{doc, Bson, Document};
+    let (Some(src), Some(mut kafka)) = (
+        require(ferry_testkit::Mongod::start()),
+        require(Kafka::start_durable()),
+    ) else {
         return;
     };
-    let token = bao.token();
-    for v in 1..=3 {
+    let rt = rt();
+    rt.block_on(mongo_load(&src.uri(), 3000));
+    let f = Ferry::new();
+    let (s, t) = (format!("{}/app", src.uri()), kafka.url("docs"));
+    let users = || {
+        let uri = src.uri();
+        async move {
+            mongodb::Client::with_uri_str(uri)
+                .await
+                .unwrap()
+                .database("app")
+                .collection::<Document>("users")
+        }
+    };
+    // Live changes after every kill: an update, a delete, an insert.
+    through_kills(
+        &f,
+        &mut kafka,
+        (&s, &t),
+        &["--source.read-only=external", "--shards", "2"],
+        10,
+        |round| {
+            let r = round as i64;
+            rt.block_on(async {
+                let u = users().await;
+                u.update_one(doc! {"_id": 10 + r}, doc! {"$set": {"name": "renamed", "round": r}})
+                    .await
+                    .unwrap();
+                u.delete_one(doc! {"_id": 100 + r}).await.unwrap();
+                u.insert_one(doc! {"_id": 10_000 + r, "name": "late", "f": 1.5, "when": mongodb::bson::DateTime::from_millis(r)})
+                    .await
+                    .unwrap();
+            })
+        },
+    );
+    let c = consume(&kafka.bootstrap(), "docs");
+    assert_exactly_once(&c);
+    // The last record per key is the source's document, read back from
+    // canonical extended JSON by the bson crate (types included); the
+    // deleted ones end in tombstones.
+    let key = |id: &Bson| {
+        serde_json::json!({"db": "app", "collection": "users", "id": id.clone().into_canonical_extjson()})
+            .to_string()
+    };
+    let source: Vec<Document> = rt.block_on(async {
+        let mut cur = users().await.find(doc! {}).await.unwrap();
+        let mut out = Vec::new();
+        while cur.advance().await.unwrap() {
+            out.push(cur.deserialize_current().unwrap());
+        }
+        out
+    });
+    assert_eq!(source.len(), 3000, "10 deleted, 10 inserted");
+    for d in &source {
+        let after = c
+            .last
+            .get(&key(d.get("_id").unwrap()))
+            .cloned()
+            .flatten()
+            .unwrap_or_else(|| panic!("{d} is live in the topic"));
+        let json: Value =
+            serde_json::from_str(after.as_str().expect("`after` is a string")).unwrap();
+        let got = Bson::try_from(json).unwrap();
+        assert_eq!(got.as_document(), Some(d), "the topic's last record of {d}");
+    }
+    for r in 0..10i64 {
+        assert!(
+            c.last
+                .get(&key(&Bson::Int64(100 + r)))
+                .is_some_and(Option::is_none),
+            "the deleted document {} ends in a tombstone",
+            100 + r
+        );
+    }
+    let live_docs = c.last.values().filter(|v| v.is_some()).count();
+    assert_eq!(live_docs, source.len(), "no extra live document");
+    assert!(c.ops.get("r").copied().unwrap_or(0) >= 3000, "{:?}", c.ops);
+    // The 64-bit `_id` stays one in the key.
+    assert!(c.last.contains_key(
+        &serde_json::json!({"db": "app", "collection": "users", "id": {"$numberLong": "0"}})
+            .to_string()
+    ));
+}
+
+#[test]
+fn vault_to_kafka_needs_the_flag_then_publishes_every_version_once_through_kills() {
+    use ferry_testkit::{http, OpenBao};
+    let (Some(bao), Some(mut kafka)) = (require(OpenBao::start()), require(Kafka::start_durable()))
+    else {
+        return;
+    };
+    let token = bao.token().to_string();
+    let write = |v: u32| {
         let body = serde_json::json!({"data": {"password": format!("pw-{v}")}}).to_string();
         let r = http::post(
             &bao.endpoint(),
             "/v1/secret/data/app/db",
-            &[("X-Vault-Token", token)],
+            &[("X-Vault-Token", token.as_str())],
             &body,
         )
         .unwrap();
         assert!(r.status < 300, "{}", r.body);
+    };
+    for v in 1..=3 {
+        write(v);
     }
     let f = Ferry::new();
     let (s, t) = (
@@ -348,19 +426,15 @@ fn vault_to_kafka_needs_the_flag_and_then_publishes_every_version() {
     );
     assert_eq!(stderr(&out).trim().lines().count(), 1, "{}", stderr(&out));
     assert!(!f.journal().exists());
-    ok(
-        &f.start(
-            &s,
-            &t,
-            &["--source.read-only=external", "--kafka.publish-secrets"],
-        ),
-        "start with the flag",
+    // A new version after every kill: 3 + 10 in all.
+    through_kills(
+        &f,
+        &mut kafka,
+        (&s, &t),
+        &["--source.read-only=external", "--kafka.publish-secrets"],
+        10,
+        |round| write(4 + round as u32),
     );
-    f.wait_for("copied", Duration::from_secs(60), |s| {
-        all_streaming(s) && max_lag(s) == 0
-    });
-    ok(&f.run(&["stop", "--timeout", "60s"]), "ferry stop");
-    f.wait_agent_exit(Duration::from_secs(30));
     let c = consume(&kafka.bootstrap(), "secrets");
     let last = c
         .last
@@ -373,14 +447,15 @@ fn vault_to_kafka_needs_the_flag_and_then_publishes_every_version() {
                 c.last.keys().collect::<Vec<_>>()
             )
         });
-    assert_eq!(last["version"], 3, "{last}");
-    assert_eq!(last["data"]["password"], "pw-3", "{last}");
+    assert_exactly_once(&c);
+    assert_eq!(last["version"], 13, "{last}");
+    assert_eq!(last["data"]["password"], "pw-13", "{last}");
     assert_eq!(
-        last["metadata"]["version"], 3,
+        last["metadata"]["version"], 13,
         "the version's metadata rides along: {last}"
     );
     assert_eq!(last["metadata"]["destroyed"], false, "{last}");
-    assert_eq!(c.events.len(), 3, "one event per version: {:?}", c.ops);
+    assert_eq!(c.events.len(), 13, "one event per version: {:?}", c.ops);
 }
 
 #[test]

@@ -406,30 +406,7 @@ fn a_document_changed_on_the_target_is_reported_and_blocks_the_cutover_until_rep
             .await
             .unwrap();
     });
-    f.wait_for("the difference cleared", Duration::from_secs(30), |st| {
-        st["verification"][0]["differences"]
-            .as_array()
-            .is_some_and(|d| d.is_empty())
-            && st["state"] == "syncing"
-    });
-    ok(
-        &f.run(&["stop", "--timeout", "60s"]),
-        "stop after the repair",
-    );
-    f.wait_agent_exit(Duration::from_secs(30));
-    let proof: Value =
-        serde_json::from_slice(&std::fs::read(f.journal().join("cutover-proof.json")).unwrap())
-            .unwrap();
-    let w = &proof["window_checks"][&t];
-    assert!(
-        w["clean_ranges"].as_u64().unwrap_or(0) >= 1
-            && w["compared_ranges"].as_u64().unwrap_or(99) < w["ranges"].as_u64().unwrap_or(0),
-        "the window compared only part of the ranges: {proof}"
-    );
-    assert_eq!(proof["differences"], 0, "{proof}");
-    let out = f.run(&["verify", "--source", &s, "--target", &t]);
-    ok(&out, "verify");
-    assert!(stdout(&out).contains(": 0 differences"), "{}", stdout(&out));
+    f.cut_over_after_repair(&s, &t);
 }
 
 /// A source whose oplog is full and spans less than twice the copy's

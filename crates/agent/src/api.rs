@@ -95,6 +95,11 @@ pub struct CutoverProof {
     pub target_opened_at_ms: u64,
     /// Source read-only to target writable.
     pub read_only_window_ms: u64,
+    /// The window's phases, in ms: `fence` (every tailer reached its
+    /// fence), `drain` (every shard applied it), `after_fence` (deferred
+    /// target work such as MongoDB's unique indexes), `verify`, `open`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub window_phases_ms: BTreeMap<String, u64>,
     /// What the operator does next (a Cells migration: the environment
     /// that points Cells at its new stores, the index rebuild).
     #[serde(default)]
