@@ -11,7 +11,17 @@ use rand::Rng;
 use rdkafka::config::ClientConfig;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// Held by each test that SIGKILLs agents and restarts a durable broker:
+/// three of them at once (with the rest of this file running beside them)
+/// overloaded two cores, and one start timed out.
+static KILL_TESTS: Mutex<()> = Mutex::new(());
+
+fn one_kill_test_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    KILL_TESTS.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -83,6 +93,7 @@ fn assert_topic_is_source(c: &Consumed, source: &BTreeMap<String, String>) {
 
 #[test]
 fn etcd_to_kafka_exactly_once_through_kills_and_a_broker_restart() {
+    let _one = one_kill_test_at_a_time();
     let (Some(src), Some(mut kafka)) = (require(Etcd::start()), require(Kafka::start_durable()))
     else {
         return;
@@ -299,6 +310,7 @@ fn assert_exactly_once(c: &Consumed) {
 
 #[test]
 fn mongodb_to_kafka_publishes_each_document_once_through_kills_and_a_broker_restart() {
+    let _one = one_kill_test_at_a_time();
     use mongodb::bson::{doc, Bson, Document};
     let (Some(src), Some(mut kafka)) = (
         require(ferry_testkit::Mongod::start()),
@@ -392,6 +404,7 @@ fn mongodb_to_kafka_publishes_each_document_once_through_kills_and_a_broker_rest
 
 #[test]
 fn vault_to_kafka_needs_the_flag_then_publishes_every_version_once_through_kills() {
+    let _one = one_kill_test_at_a_time();
     use ferry_testkit::{http, OpenBao};
     let (Some(bao), Some(mut kafka)) = (require(OpenBao::start()), require(Kafka::start_durable()))
     else {
