@@ -485,6 +485,21 @@ pub struct Docs {
     source: bool,
 }
 
+impl Docs {
+    /// A find's cursor as a stream of documents, errors named by `what`.
+    fn stream(
+        &self,
+        what: String,
+        cursor: Result<mongodb::Cursor<RawDocumentBuf>, mongodb::error::Error>,
+    ) -> Result<BoxStream<'static, Result<RawDocumentBuf, String>>, String> {
+        let cursor = cursor.map_err(|e| self.store.err(&what, &e).to_string())?;
+        let store = self.store.clone();
+        Ok(cursor
+            .map_err(move |e| store.err(&what, &e).to_string())
+            .boxed())
+    }
+}
+
 /// The verification reader of `store` (`source`: it lists its selection).
 pub fn documents_reader(store: &MongoStore, source: bool) -> Docs {
     Docs {
@@ -516,16 +531,10 @@ impl DocumentsReader for Docs {
             .client()
             .database(&ns.db)
             .collection::<RawDocumentBuf>(&ns.coll);
-        let what = format!("reading {ns}");
-        let cursor = coll
-            .find(doc! {})
-            .batch_size(1000)
-            .await
-            .map_err(|e| self.store.err(&what, &e).to_string())?;
-        let store = self.store.clone();
-        Ok(cursor
-            .map_err(move |e| store.err(&what, &e).to_string())
-            .boxed())
+        self.stream(
+            format!("reading {ns}"),
+            coll.find(doc! {}).batch_size(1000).await,
+        )
     }
     async fn lookup(&self, ns: &Namespace, ids: Vec<Bson>) -> Result<Vec<RawDocumentBuf>, String> {
         let what = format!("reading {ns}");
@@ -574,13 +583,7 @@ impl DocumentsReader for Docs {
         if let Some(id) = to {
             find = find.max(doc! {"_id": id});
         }
-        let cursor = find
-            .await
-            .map_err(|e| self.store.err(&what, &e).to_string())?;
-        let store = self.store.clone();
-        Ok(cursor
-            .map_err(move |e| store.err(&what, &e).to_string())
-            .boxed())
+        self.stream(what, find.await)
     }
     async fn estimated_count(&self, ns: &Namespace) -> Result<Option<u64>, String> {
         self.store

@@ -161,11 +161,12 @@ impl DocRanges {
         while let Some(d) = docs.try_next().await? {
             n += 1;
             let Ok(Some(id)) = d.get("_id") else { continue };
+            let key = order_key(id);
+            exact &= key.is_some();
             if n.is_multiple_of(every) {
                 let b = Bson::try_from(id.to_raw_bson()).map_err(|e| format!("{ns}: _id: {e}"))?;
-                ids.push((order_key(id), b));
+                ids.push((key, b));
             }
-            exact &= order_key(id).is_some();
         }
         let mut out = vec![(prefix.clone(), None)];
         for (i, (key, id)) in ids.into_iter().enumerate() {

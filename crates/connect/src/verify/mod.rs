@@ -134,7 +134,7 @@ pub trait DocumentsReader: Send + Sync {
         Ok(None)
     }
     /// Whether the `_id` index of `ns` orders strings by their bytes (no
-    /// collation), as [`continuous::DocRanges`] places them.
+    /// collation), as [`doc_ranges::DocRanges`] places them.
     async fn binary_string_order(&self, ns: &Namespace) -> Result<bool, String> {
         let _ = ns;
         Ok(false)
