@@ -188,6 +188,7 @@ async fn ferry(etcd: &Etcd, kafka: &Kafka, topic: &str, shards: u32, lag_puts: u
                 shared: tailing.shared.as_ref(),
                 span,
                 journal_id: "bench",
+                resumed: false,
                 unmapped: &unmapped,
             })
             .unwrap(),

@@ -515,3 +515,65 @@ fn bad_configuration_input_is_refused_before_anything_is_written() {
     let m = vault_get(&ep, "/v1/secret/metadata/?list=true");
     assert!(m["data"].is_null(), "a refused start wrote Vault: {m}");
 }
+
+/// A Vault mount is verified continuously as one whole range: a secret
+/// written on the target behind Ferry's back is reported within seconds
+/// and the cutover refuses to open; once it is removed the mount verifies
+/// again, and the cutover, with a quiet source, compares nothing of it
+/// inside its window.
+#[test]
+fn a_secret_written_on_the_vault_target_is_reported_and_blocks_the_cutover_until_removed() {
+    let (Some(a), Some(b)) = (require(OpenBao::start()), require(OpenBao::start())) else {
+        return;
+    };
+    seed_secrets(&a.endpoint(), 40);
+    let f = Ferry::new();
+    let (src, dst) = (
+        format!("vault://root@{}/secret/app", a.endpoint()),
+        format!("vault://root@{}/secret/app", b.endpoint()),
+    );
+    ok(
+        &f.start(
+            &src,
+            &dst,
+            &["--source.read-only=external", "--vault.poll-ms", "200"],
+        ),
+        "start",
+    );
+    let verified_all =
+        |st: &Value| st["verification"][0]["ranges"] == 1 && st["verification"][0]["verified"] == 1;
+    f.wait_for("the mount verified", Duration::from_secs(60), |st| {
+        all_streaming(st) && max_lag(st) == 0 && verified_all(st)
+    });
+    vault_post(
+        &b.endpoint(),
+        "/v1/secret/data/app/stray",
+        r#"{"data":{"planted":"behind ferry's back"}}"#,
+    );
+    let written = Instant::now();
+    let st = f.wait_for("the difference reported", Duration::from_secs(5), |st| {
+        st["verification"][0]["differences"]
+            .as_array()
+            .is_some_and(|d| !d.is_empty())
+    });
+    eprintln!(
+        "the stray secret was reported after {:?}",
+        written.elapsed()
+    );
+    let first = st["verification"][0]["differences"][0].to_string();
+    assert!(first.contains("stray"), "{st}");
+    let out = f.run(&["stop", "--timeout", "60s"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("stray"), "{}", stderr(&out));
+    // Removed, versions and metadata.
+    let r = http::request(
+        &b.endpoint(),
+        "DELETE",
+        "/v1/secret/metadata/app/stray",
+        &TOKEN,
+        None,
+    )
+    .unwrap();
+    assert!(r.status < 300, "{} {}", r.status, r.body);
+    f.cut_over_after_repair(&src, &dst);
+}

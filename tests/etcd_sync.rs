@@ -154,3 +154,114 @@ fn external_read_only_migrates_and_refuses_writes_after_the_fence() {
         "ferry verify",
     );
 }
+
+/// `ferry verify` compares by the continuous verifier's ranges and resumes:
+/// killed after some ranges, run again it reads only the ranges not yet
+/// found equal, still finds a difference in one of those, and removes its
+/// progress once it finishes; a damaged progress file is refused with the
+/// way out.
+#[test]
+fn an_interrupted_verify_resumes_from_the_ranges_it_had_compared() {
+    let Some(etcd) = require(Etcd::start()) else {
+        return;
+    };
+    const N: u64 = 20_000;
+    let rt = rt();
+    rt.block_on(async {
+        let mut c = connect(&etcd.endpoint(), None).await;
+        load(&mut c, "a", N).await;
+        load(&mut c, "b", N).await;
+        // In the last range: compared only after the interruption.
+        c.put("b/key-019990", "stray", None).await.unwrap();
+    });
+    let f = Ferry::new();
+    let progress = f.dir.path().join("verify-progress.json");
+    let (s, t) = (etcd.url("a"), etcd.url("b"));
+    let p = progress.to_str().unwrap();
+    // 40,000 reads at 8,000 a second: about five seconds.
+    let mut slow = f
+        .cmd(&[
+            "verify",
+            "--source",
+            &s,
+            "--target",
+            &t,
+            "--progress",
+            p,
+            "--read-rate",
+            "8000",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let done = loop {
+        let saved: Option<serde_json::Value> = std::fs::read(&progress)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let done = saved.map_or(0, |v| v["done"].as_array().map_or(0, Vec::len));
+        if done >= 3 {
+            break done;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the verify saved no progress"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    slow.kill().unwrap();
+    slow.wait().unwrap();
+    assert!(progress.exists(), "a killed verify keeps its progress");
+
+    let out = f.run(&["verify", "--source", &s, "--target", &t, "--progress", p]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("resumed the comparison") && stderr(&out).contains("--restart"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stdout(&out).contains("key-019990"), "{}", stdout(&out));
+    // The ranges found equal before were not read again.
+    let compared: u64 = stdout(&out)
+        .split("compared ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{}", stdout(&out)));
+    assert!(
+        compared <= N - 2_000 * (done as u64 - 1),
+        "compared {compared} source keys after {done} ranges were done: {}",
+        stdout(&out)
+    );
+    assert!(!progress.exists(), "a finished verify removes its progress");
+
+    // Damaged progress: refused, one sentence naming the way out.
+    std::fs::write(&progress, b"{ not json").unwrap();
+    let out = f.run(&["verify", "--source", &s, "--target", &t, "--progress", p]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--restart"), "{}", stderr(&out));
+    assert_eq!(stderr(&out).trim().lines().count(), 1, "{}", stderr(&out));
+
+    // Repaired, and compared from scratch: equal, every key read.
+    rt.block_on(async {
+        let mut c = connect(&etcd.endpoint(), None).await;
+        c.put("b/key-019990", vec![b'v'; 256], None).await.unwrap();
+    });
+    let out = f.run(&[
+        "verify",
+        "--source",
+        &s,
+        "--target",
+        &t,
+        "--progress",
+        p,
+        "--restart",
+    ]);
+    ok(&out, "verify after the repair");
+    assert!(
+        stdout(&out).contains(&format!("compared {N} source entries")),
+        "{}",
+        stdout(&out)
+    );
+}

@@ -227,6 +227,9 @@ async fn mongo_load(uri: &str, n: i64) {
         .unwrap();
 }
 
+/// What the kill tests' agents log: the sink's tail reads among the rest.
+const LOG: &str = "warn,ferry_kafka=info";
+
 /// `rounds` starts of `f`, each SIGKILLed after a random wait (early ones
 /// in the copy, later ones streaming), `between` run after each kill, the
 /// broker restarted on its durable storage halfway; then a final start,
@@ -246,7 +249,10 @@ fn through_kills(
             Instant::now() < deadline,
             "the test exceeded its time bound"
         );
-        ok(&f.start(s, t, args), &format!("start (round {round})"));
+        ok(
+            &f.start_logging(s, t, args, LOG),
+            &format!("start (round {round})"),
+        );
         let wait = if round < rounds / 2 {
             rng.gen_range(100..1200)
         } else {
@@ -259,11 +265,22 @@ fn through_kills(
             kafka.restart().expect("broker restart on durable storage");
         }
     }
-    ok(&f.start(s, t, args), "final start");
+    ok(&f.start_logging(s, t, args, LOG), "final start");
     f.wait_for("caught up", Duration::from_secs(180), |st| {
         all_streaming(st) && max_lag(st) == 0
     });
-    ok(&f.run(&["stop", "--timeout", "120s"]), "ferry stop");
+    let stop = f.run(&["stop", "--timeout", "120s"]);
+    if !stop.status.success() {
+        // What each start read of the partitions and why it failed.
+        let log: Vec<String> = f
+            .agent_log()
+            .lines()
+            .filter(|l| !l.contains(" INFO ") || l.contains("tail"))
+            .map(str::to_string)
+            .collect();
+        eprintln!("agent log (tails, warnings, errors):\n{}", log.join("\n"));
+    }
+    ok(&stop, "ferry stop");
     f.wait_agent_exit(Duration::from_secs(30));
 }
 
@@ -688,7 +705,16 @@ fn a_malformed_record_on_a_kafka_source_is_named_and_nothing_of_it_written() {
         s.to_string().contains("later/0 offset 1")
     });
     assert!(s.to_string().contains("no `source`"), "{s}");
-    let held = source_state(&rt, &far.endpoint(), "m/");
+    // The shard's error is reported when the bad record is read; the good
+    // record before it is journaled with the batch and applied after that.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let held = loop {
+        let held = source_state(&rt, &far.endpoint(), "m/");
+        if held.contains_key("m/a") || Instant::now() > deadline {
+            break held;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert_eq!(held.get("m/a").map(String::as_str), Some("1"), "{held:?}");
     assert!(
         !held.contains_key("m/b") && !held.contains_key("m/x"),

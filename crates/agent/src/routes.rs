@@ -161,11 +161,42 @@ pub fn seal_key(dir: &Path) -> Result<Arc<SealKey>, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Compares a route's source with one of its targets through their readers.
-/// The continuous verifier of a route's target, where both sides read as
-/// keys and values or as documents with range reads (see
-/// [`ferry_connect::verify::continuous`]).
+/// The continuous verifier of a route's target (see
+/// [`ferry_connect::verify::continuous`]): by ranges where both sides read
+/// as keys and values or as documents with range reads, else the whole
+/// store as one range, except for an event stream (a topic is checked
+/// whole, for its ends, inside the window) and a source that maps itself
+/// (Cells' Bolt files, whose comparison also lists what it cannot map).
 pub fn range_verifier(
+    source: &dyn Source,
+    target: &dyn Target,
+) -> Option<Arc<ferry_connect::verify::continuous::RangeVerifier>> {
+    use ferry_connect::Reader;
+    if let Some(v) = ranged_verifier(source, target) {
+        return Some(v);
+    }
+    let (s, t) = (source.reader().ok()?, target.reader(source).ok()?);
+    if matches!(t, Reader::Events(_)) || matches!(s, Reader::Mapped(_)) {
+        return None;
+    }
+    Some(Arc::new(
+        ferry_connect::verify::continuous::RangeVerifier::over(Box::new(
+            ferry_connect::verify::continuous::Whole {
+                source_name: source.url().to_string(),
+                source: s,
+                target_name: target.url().to_string(),
+                target: t,
+                options: ferry_connect::verify::CompareOptions {
+                    ttl_tolerance_s: crate::config::DEFAULT_VERIFY_TTL_TOLERANCE_S,
+                },
+            },
+        )),
+    ))
+}
+
+/// The verifier by ranges, where both sides have range reads: what
+/// `ferry verify` resumes.
+pub fn ranged_verifier(
     source: &dyn Source,
     target: &dyn Target,
 ) -> Option<Arc<ferry_connect::verify::continuous::RangeVerifier>> {
@@ -187,6 +218,7 @@ pub fn range_verifier(
     }
 }
 
+/// Compares a route's source with one of its targets through their readers.
 pub async fn compare(
     source: &dyn Source,
     target: &dyn Target,

@@ -84,7 +84,8 @@ impl AgentRun {
             .map_err(|e| e.to_string())?;
         let listener = server::bind(listen)?;
         let seal = routes::seal_key(dir)?;
-        let journal_id = security::ensure_journal_id(dir).map_err(|e| e.to_string())?;
+        let (journal_id, first_run) =
+            security::ensure_journal_id(dir).map_err(|e| e.to_string())?;
 
         // One limiter for source reads, one for target writes: each side gets
         // the configured rate.
@@ -138,6 +139,7 @@ impl AgentRun {
                     shared: tailing.shared.as_ref(),
                     span: route.span,
                     journal_id: &journal_id,
+                    resumed: !first_run,
                     unmapped: &unmapped,
                 })?;
                 let verifier = (self.cfg.verify_rate > 0)

@@ -65,17 +65,18 @@ fn random_hex(n: usize) -> String {
 }
 
 /// Reads the journal id, creating it on first use.
-pub fn ensure_journal_id(dir: &Path) -> Result<String, SecurityError> {
+/// Also says whether it was made now: no agent ran on this journal before.
+pub fn ensure_journal_id(dir: &Path) -> Result<(String, bool), SecurityError> {
     let path = dir.join(JOURNAL_ID_FILE);
     if let Ok(id) = std::fs::read_to_string(&path) {
         let id = id.trim().to_string();
         if id.len() == 32 {
-            return Ok(id);
+            return Ok((id, false));
         }
     }
     let id = random_hex(16);
     write_private(&path, format!("{id}\n").as_bytes())?;
-    Ok(id)
+    Ok((id, true))
 }
 
 /// Reads the token, creating it on first use.

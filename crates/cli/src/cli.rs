@@ -282,6 +282,19 @@ pub struct VerifyArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Where a comparison by ranges keeps its progress, so that an
+    /// interrupted `verify` of the same source and target resumes where it
+    /// stopped (default: $XDG_STATE_HOME/ferry, else ~/.local/state/ferry,
+    /// one file per source and target).
+    #[arg(long, env = "FERRY_VERIFY_PROGRESS")]
+    pub progress: Option<std::path::PathBuf>,
+    /// Compare everything again, ignoring what an interrupted run compared.
+    #[arg(long)]
+    pub restart: bool,
+    /// At most this many keys or documents read a second, both sides
+    /// counted (0: no bound).
+    #[arg(long = "read-rate", default_value_t = 0)]
+    pub read_rate: u64,
 }
 
 #[derive(Args, Debug)]

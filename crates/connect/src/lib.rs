@@ -344,6 +344,9 @@ pub struct SinkContext<'a> {
     pub span: ShardSpan,
     /// This journal's identity, for targets that keep checkpoints.
     pub journal_id: &'a str,
+    /// An earlier agent ran on this journal (and may have been killed with
+    /// writes in flight); false on the journal's first run.
+    pub resumed: bool,
     /// Where sinks record source entries they cannot map for the target.
     pub unmapped: &'a Arc<Unmapped>,
 }

@@ -14,7 +14,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use std::any::Any;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -226,6 +226,7 @@ impl Target for KafkaTarget {
             ctx.span,
             Arc::clone(ctx.source),
             ctx.journal_id.to_string(),
+            ctx.resumed,
         )?))
     }
     fn reader(&self, _source: &dyn Source) -> Result<Reader, String> {
@@ -267,7 +268,7 @@ impl EventsReader for Topic {
 fn read_all(bootstrap: &str, topic: &str, partitions: usize) -> Result<Comparison, String> {
     let mut c = Comparison::default();
     let mut ends = BTreeMap::new();
-    let mut seen: HashSet<(u32, u64, Option<u64>)> = HashSet::new();
+    let mut seen: HashMap<(u32, u64, Option<u64>), i64> = HashMap::new();
     for p in 0..partitions as i32 {
         let end = tail::scan(bootstrap, topic, p, Duration::from_secs(600), |m| {
             let h = |name: &str| tail::header(m, name).and_then(|v| v.parse::<u64>().ok());
@@ -277,9 +278,9 @@ fn read_all(bootstrap: &str, topic: &str, partitions: usize) -> Result<Compariso
             }
             c.compared += 1;
             if let (Some(shard), Some(seq)) = (h(HEADER_SHARD), h(HEADER_SEQ)) {
-                if !seen.insert((shard as u32, seq, h(HEADER_SWEEP))) {
+                if let Some(first) = seen.insert((shard as u32, seq, h(HEADER_SWEEP)), m.offset()) {
                     c.note(format!(
-                        "{topic}/{p} offset {}: shard {shard} sequence {seq} appears twice",
+                        "{topic}/{p} offset {}: shard {shard} sequence {seq} appears twice (first at offset {first})",
                         m.offset()
                     ));
                 }

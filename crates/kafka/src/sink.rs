@@ -41,12 +41,29 @@ pub fn producer(bootstrap: &str) -> Result<FutureProducer<Quiet>, KafkaError> {
 /// this pause, and the tail read again until the end stays put.
 const SETTLE: Duration = Duration::from_secs(1);
 
-/// The tail of partition `p`, once its end has settled (blocking).
-fn settled_tail(bootstrap: &str, topic: &str, p: i32) -> Result<tail::Tail, String> {
-    let deadline = std::time::Instant::now() + TAIL_TIMEOUT;
+/// How long after this sink started (or after one of its deliveries
+/// failed) an earlier writer's produce requests may still be appended.
+/// Killed, a writer's requests that the broker had received are appended
+/// when the broker gets to them: on this machine's broker, under the load
+/// of the test suite, later than a 1 s settle after the agent's restart
+/// (its events were then in the topic twice). The tail is trusted only once its end
+/// has not moved from a read before this time to one after it. A sink on
+/// a resumed journal pays this once per start; on a journal's first run
+/// there is no earlier writer.
+const QUIESCE: Duration = Duration::from_secs(5);
+
+/// The tail of partition `p`, once its end has settled, and not before
+/// `quiet` (blocking).
+fn settled_tail(
+    bootstrap: &str,
+    topic: &str,
+    p: i32,
+    quiet: std::time::Instant,
+) -> Result<tail::Tail, String> {
+    let deadline = std::time::Instant::now().max(quiet) + TAIL_TIMEOUT;
     loop {
         let t = tail::read(bootstrap, topic, p, TAIL_TIMEOUT)?;
-        std::thread::sleep(SETTLE);
+        std::thread::sleep(SETTLE.max(quiet.saturating_duration_since(std::time::Instant::now())));
         let end = tail::end(bootstrap, topic, p, TAIL_TIMEOUT)?;
         if end == t.end {
             return Ok(t);
@@ -71,6 +88,10 @@ struct ShardState {
     /// The partition held no record when its tail was read, and nothing
     /// was published since but this snapshot: its end needs no sweep.
     fresh: bool,
+    /// Where the next record of this sink lands unless another writer's
+    /// come first: the end when the tail was read, then one past the last
+    /// delivered.
+    expect_at: Option<i64>,
 }
 
 pub struct KafkaSink {
@@ -83,6 +104,8 @@ pub struct KafkaSink {
     pub(crate) producer: Mutex<FutureProducer<Quiet>>,
     /// Per shard; absent: read the partition's tail before the next write.
     shards: Mutex<HashMap<u32, ShardState>>,
+    /// No earlier writer's records arrive after this (see [`QUIESCE`]).
+    quiet: Mutex<std::time::Instant>,
 }
 
 impl KafkaSink {
@@ -93,6 +116,7 @@ impl KafkaSink {
         span: ShardSpan,
         source: Arc<dyn Source>,
         journal_id: String,
+        resumed: bool,
     ) -> Result<Self, String> {
         let producer = producer(&bootstrap).map_err(|e| format!("{name}: {e}"))?;
         Ok(KafkaSink {
@@ -104,6 +128,10 @@ impl KafkaSink {
             journal_id,
             producer: Mutex::new(producer),
             shards: Mutex::new(HashMap::new()),
+            // On a journal's first run no earlier writer of it exists.
+            quiet: Mutex::new(
+                std::time::Instant::now() + if resumed { QUIESCE } else { Duration::ZERO },
+            ),
         })
     }
 
@@ -118,11 +146,13 @@ impl KafkaSink {
             self.topic.clone(),
             self.partition(shard),
         );
-        let tail = tokio::task::spawn_blocking(move || settled_tail(&b, &t, p))
+        let quiet = *self.quiet.lock().expect("kafka sink lock poisoned");
+        let tail = tokio::task::spawn_blocking(move || settled_tail(&b, &t, p, quiet))
             .await
             .map_err(|e| SinkError::fatal(e.to_string()))?
             .map_err(|e| SinkError::transient(format!("{}: {e}", self.name)))?;
         let ours = tail.journal.as_deref() == Some(self.journal_id.as_str());
+        tracing::info!(target = %self.name, %shard, partition = self.partition(shard), end = tail.end, seq = ?tail.seq, ours, "read the partition's tail: the shard's checkpoint");
         if let (true, Some((key, headers))) = (ours, &tail.missing_tombstone) {
             // A crash between a delete and its tombstone: the delete's
             // sequence counts as published, so its tombstone goes out now.
@@ -155,6 +185,7 @@ impl KafkaSink {
                 0
             },
             fresh: tail.end == 0,
+            expect_at: Some(tail.end),
         };
         self.shards
             .lock()
@@ -171,6 +202,8 @@ impl KafkaSink {
             .lock()
             .expect("kafka sink lock poisoned")
             .remove(&shard.0);
+        // The failed producer's requests may still be appended.
+        *self.quiet.lock().expect("kafka sink lock poisoned") = std::time::Instant::now() + QUIESCE;
         match producer(&self.bootstrap) {
             Ok(p) => *self.producer.lock().expect("kafka sink lock poisoned") = p,
             Err(e) => {
@@ -436,18 +469,18 @@ impl KafkaSink {
             self.delivered(shard, f.await)?;
         }
         let last = events.last().map_or(state.published, |e| e.seq);
-        self.shards
-            .lock()
-            .expect("kafka sink lock poisoned")
-            .insert(
-                shard.0,
-                ShardState {
-                    published: last.max(state.published),
-                    snapshot,
-                    begin,
-                    fresh,
-                },
-            );
+        let mut shards = self.shards.lock().expect("kafka sink lock poisoned");
+        let expect_at = shards.get(&shard.0).and_then(|s| s.expect_at);
+        shards.insert(
+            shard.0,
+            ShardState {
+                published: last.max(state.published),
+                snapshot,
+                begin,
+                fresh,
+                expect_at,
+            },
+        );
         Ok(last)
     }
 
@@ -460,10 +493,30 @@ impl KafkaSink {
         >,
     ) -> Result<(), SinkError> {
         match r {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(d)) => {
+                self.landed(shard, d.offset);
+                Ok(())
+            }
             Ok(Err((err, _))) => Err(self.failed(shard, &err)),
             Err(_) => Err(self.failed(shard, &KafkaError::Canceled)),
         }
+    }
+
+    /// The first record after a tail read lands where the tail ended,
+    /// unless another writer's records came in between: a previous
+    /// writer's produce requests that the broker appended after the
+    /// settle (their events are then in the partition twice).
+    fn landed(&self, shard: ShardId, offset: i64) {
+        let mut shards = self.shards.lock().expect("kafka sink lock poisoned");
+        let Some(st) = shards.get_mut(&shard.0) else {
+            return;
+        };
+        if let Some(at) = st.expect_at {
+            if offset > at {
+                tracing::warn!(target = %self.name, %shard, partition = self.partition(shard), expected_at = at, landed_at = offset, "{} records reached the partition that this sink did not write: another writer (an earlier agent's produce requests still in the broker) wrote to it", offset - at);
+            }
+        }
+        st.expect_at = Some(offset + 1);
     }
 
     fn failed(&self, shard: ShardId, err: &KafkaError) -> SinkError {

@@ -177,6 +177,8 @@ pub enum Place {
 pub struct RangeReport {
     /// Keys (or documents) read on both sides.
     pub keys: u64,
+    /// Of them, on the source.
+    pub source_keys: u64,
     pub difference_count: u64,
     /// The first [`kv::MAX_LISTED`].
     pub differences: Vec<Difference>,
@@ -190,6 +192,7 @@ impl RangeReport {
     /// Adds another report's findings (differences listed up to the cap).
     pub fn absorb(&mut self, other: RangeReport) {
         self.keys += other.keys;
+        self.source_keys += other.source_keys;
         self.difference_count += other.difference_count;
         for d in other.differences {
             if self.differences.len() < kv::MAX_LISTED {
@@ -223,6 +226,117 @@ pub trait RangeModel: Send + Sync {
     async fn window_extra(&self) -> Result<RangeReport, String> {
         Ok(RangeReport::default())
     }
+    /// What the model learnt by its last [`Self::cut`] beyond the bounds,
+    /// for a resumable comparison to carry to its next run.
+    fn save_cut(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+    /// Takes back what [`Self::save_cut`] gave, instead of cutting again.
+    fn load_cut(&self, _saved: &serde_json::Value) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// A whole store as one range, for the pairs whose readers compare only
+/// whole (a Vault mount, a JSON document, the keyring's files): a check
+/// is the comparison `ferry verify` makes, and every event dirties it. A
+/// quiet source's store stays verified, so the cutover compares nothing of
+/// it inside the window; one that changed since the last pass is compared
+/// whole there, as it was before continuous verification.
+pub struct Whole {
+    pub source_name: String,
+    pub source: super::Reader,
+    pub target_name: String,
+    pub target: super::Reader,
+    pub options: super::CompareOptions,
+}
+
+#[async_trait]
+impl RangeModel for Whole {
+    fn source_name(&self) -> &str {
+        &self.source_name
+    }
+    fn target_name(&self) -> &str {
+        &self.target_name
+    }
+    async fn cut(&self, _every: usize) -> Result<(Vec<Vec<u8>>, u64), String> {
+        Ok((vec![Vec::new()], 0))
+    }
+    fn place(&self, _key: &[u8]) -> Place {
+        Place::Prefix(Vec::new())
+    }
+    async fn compare(&self, _from: &[u8], _to: Option<&[u8]>) -> Result<RangeReport, String> {
+        let c = super::compare(
+            &self.source_name,
+            &self.source,
+            &self.target_name,
+            &self.target,
+            self.options,
+        )
+        .await?;
+        Ok(RangeReport {
+            keys: c.compared,
+            source_keys: c.compared,
+            difference_count: c.differences,
+            differences: c
+                .details
+                .into_iter()
+                .take(kv::MAX_LISTED)
+                .map(|d| Difference {
+                    key_suffix: d,
+                    kind: kv::DiffKind::ValueDiffers,
+                    detail: "the store compared whole".into(),
+                })
+                .collect(),
+        })
+    }
+}
+
+/// What a resumable comparison ([`RangeVerifier::verify_all`]) keeps
+/// between runs: the ranges as cut, and those found equal.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Progress {
+    pub version: u32,
+    pub source: String,
+    pub target: String,
+    /// When the run that cut the ranges started (ms since the epoch).
+    pub started_ms: u64,
+    /// The bounds, base64.
+    pub bounds: Vec<String>,
+    /// The model's own record of its cut ([`RangeModel::save_cut`]).
+    pub model: serde_json::Value,
+    /// Ranges compared equal, by index, by this run and the earlier ones.
+    pub done: Vec<usize>,
+    /// Keys and documents read by every run so far.
+    pub keys_read: u64,
+}
+
+const PROGRESS_VERSION: u32 = 1;
+
+impl Progress {
+    /// The file a comparison of `source` with `target` keeps its progress
+    /// in: one per pair, named by a digest of the two names.
+    pub fn file_name(source: &str, target: &str) -> String {
+        let mut h = blake3::Hasher::new();
+        h.update(source.as_bytes());
+        h.update(b"\n");
+        h.update(target.as_bytes());
+        format!("verify-{}.json", &h.finalize().to_hex()[..16])
+    }
+}
+
+/// What [`RangeVerifier::verify_all`] found.
+#[derive(Clone, Debug, Default)]
+pub struct FullCheck {
+    pub ranges: u64,
+    /// Ranges compared by this run.
+    pub compared_ranges: u64,
+    /// Ranges an earlier, interrupted run had compared equal: not read
+    /// again.
+    pub resumed_ranges: u64,
+    /// When the ranges were cut (ms since the epoch).
+    pub started_ms: u64,
+    pub report: RangeReport,
 }
 
 /// The key-value model: suffixes below each side's prefix, compared by
@@ -288,6 +402,7 @@ impl RangeModel for KvRanges {
         let r = kv::compare(&src, &tgt, self.ttl_tolerance_s).await?;
         Ok(RangeReport {
             keys: r.source_keys + r.target_keys,
+            source_keys: r.source_keys,
             difference_count: r.difference_count(),
             differences: r.differences,
         })
@@ -342,6 +457,11 @@ impl RangeVerifier {
 
     fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
         f(&mut self.state.lock().expect("verifier lock poisoned"))
+    }
+
+    /// The source's and the target's names, as the model gives them.
+    pub fn names(&self) -> (&str, &str) {
+        (self.model.source_name(), self.model.target_name())
     }
 
     /// Applied events touched these keys (source keys, as journaled).
@@ -502,6 +622,104 @@ impl RangeVerifier {
         w.difference_count = all.difference_count;
         w.differences = all.differences;
         Ok(w)
+    }
+
+    /// A whole comparison, range by range, that can be resumed: `resume`
+    /// is the progress an interrupted run saved (ignored unless it is of
+    /// this source and target), `save` is called with the progress after
+    /// the cut, then at most once a second, and at the end. Ranges that
+    /// `resume` holds as equal are not read again; the rest, and what no
+    /// range covers, are compared now. `keys_per_s` bounds the read rate.
+    pub async fn verify_all(
+        &self,
+        resume: Option<Progress>,
+        keys_per_s: Option<u64>,
+        mut save: impl FnMut(&Progress) -> Result<(), String> + Send,
+    ) -> Result<FullCheck, String> {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let resume = resume.filter(|p| {
+            p.version == PROGRESS_VERSION
+                && p.source == self.model.source_name()
+                && p.target == self.model.target_name()
+        });
+        let mut p = match resume {
+            Some(p) => {
+                let bounds = p
+                    .bounds
+                    .iter()
+                    .map(|b| b64.decode(b).map_err(|e| e.to_string()))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| {
+                        format!("the saved progress is damaged ({e}); start again with --restart")
+                    })?;
+                if bounds.first().is_none_or(|b| !b.is_empty())
+                    || !bounds.is_sorted()
+                    || p.done.iter().any(|&i| i >= bounds.len())
+                {
+                    return Err(
+                        "the saved progress is damaged (its ranges are not in order); start again with --restart".into(),
+                    );
+                }
+                self.model.load_cut(&p.model)?;
+                let ranges = vec![Range::default(); bounds.len()];
+                self.with(|s| {
+                    s.bounds = bounds;
+                    s.ranges = ranges;
+                });
+                p
+            }
+            None => {
+                let started_ms = now_ms();
+                self.cut().await?;
+                let (bounds, keys_read) = self.with(|s| (s.bounds.clone(), s.keys_read));
+                Progress {
+                    version: PROGRESS_VERSION,
+                    source: self.model.source_name().to_string(),
+                    target: self.model.target_name().to_string(),
+                    started_ms,
+                    bounds: bounds.iter().map(|b| b64.encode(b)).collect(),
+                    model: self.model.save_cut(),
+                    done: Vec::new(),
+                    keys_read,
+                }
+            }
+        };
+        save(&p)?;
+        let n = self.with(|s| s.ranges.len());
+        let done: std::collections::HashSet<usize> = p.done.iter().copied().collect();
+        let mut check = FullCheck {
+            ranges: n as u64,
+            resumed_ranges: done.len() as u64,
+            started_ms: p.started_ms,
+            ..Default::default()
+        };
+        let pace = |keys: u64| {
+            keys_per_s.map_or(Duration::ZERO, |r| {
+                Duration::from_secs_f64(keys as f64 / r.max(1) as f64)
+            })
+        };
+        let mut saved = Instant::now();
+        for i in (0..n).filter(|i| !done.contains(i)) {
+            let t = Instant::now();
+            let (from, to) = self.with(|s| (s.bounds[i].clone(), s.bounds.get(i + 1).cloned()));
+            let r = self.model.compare(&from, to.as_deref()).await?;
+            check.compared_ranges += 1;
+            p.keys_read += r.keys;
+            let keys = r.keys;
+            if r.is_equal() {
+                p.done.push(i);
+            }
+            check.report.absorb(r);
+            if saved.elapsed() >= Duration::from_secs(1) {
+                save(&p)?;
+                saved = Instant::now();
+            }
+            tokio::time::sleep(pace(keys).saturating_sub(t.elapsed())).await;
+        }
+        check.report.absorb(self.model.window_extra().await?);
+        save(&p)?;
+        Ok(check)
     }
 
     pub fn status(&self) -> VerifierStatus {

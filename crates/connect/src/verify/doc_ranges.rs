@@ -298,6 +298,7 @@ impl RangeModel for DocRanges {
         let t = Self::read(self.target.as_ref(), &ns, lo, hi).await?;
         let mut r = RangeReport {
             keys: (s.len() + t.len()) as u64,
+            source_keys: s.len() as u64,
             ..Default::default()
         };
         let mut note = |d: Difference| {
@@ -322,6 +323,68 @@ impl RangeModel for DocRanges {
             }
         }
         Ok(r)
+    }
+
+    /// The bounds' namespaces and `_id`s (each `_id` as the BSON of
+    /// `{"id": _id}`, base64, so that it comes back with its type), and
+    /// the namespaces, opaque or not.
+    fn save_cut(&self) -> serde_json::Value {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        self.with(|c| {
+            let mut bounds: Vec<serde_json::Value> = c
+                .bounds
+                .iter()
+                .map(|(k, (ns, id))| {
+                    let id = id.as_ref().map(|id| {
+                        let mut d = bson::Document::new();
+                        d.insert("id", id.clone());
+                        b64.encode(bson::to_vec(&d).expect("a document serialises"))
+                    });
+                    serde_json::json!([b64.encode(k), ns.db, ns.coll, id])
+                })
+                .collect();
+            bounds.sort_by_key(|b| b[0].as_str().unwrap_or_default().to_string());
+            serde_json::json!({
+                "bounds": bounds,
+                "namespaces": c.namespaces.iter().collect::<Vec<_>>(),
+                "opaque": c.opaque.iter().collect::<Vec<_>>(),
+            })
+        })
+    }
+
+    fn load_cut(&self, saved: &serde_json::Value) -> Result<(), String> {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let damaged = |what: &str| {
+            format!("the saved progress is damaged ({what}); start again with --restart")
+        };
+        let mut cut = Cut::default();
+        for b in saved["bounds"]
+            .as_array()
+            .ok_or_else(|| damaged("no bounds"))?
+        {
+            let text = |i: usize| b[i].as_str().ok_or_else(|| damaged("a bound"));
+            let key = b64.decode(text(0)?).map_err(|e| damaged(&e.to_string()))?;
+            let ns = Namespace::new(text(1)?, text(2)?);
+            let id = match b[3].as_str() {
+                None => None,
+                Some(t) => {
+                    let bytes = b64.decode(t).map_err(|e| damaged(&e.to_string()))?;
+                    let d = bson::Document::from_reader(bytes.as_slice())
+                        .map_err(|e| damaged(&e.to_string()))?;
+                    Some(d.get("id").cloned().ok_or_else(|| damaged("an _id"))?)
+                }
+            };
+            cut.bounds.insert(key, (ns, id));
+        }
+        let set = |name: &str| -> Result<BTreeSet<Namespace>, String> {
+            serde_json::from_value(saved[name].clone()).map_err(|e| damaged(&e.to_string()))
+        };
+        cut.namespaces = set("namespaces")?;
+        cut.opaque = set("opaque")?;
+        self.with(|c| *c = cut);
+        Ok(())
     }
 
     async fn window_extra(&self) -> Result<RangeReport, String> {
@@ -352,6 +415,11 @@ impl RangeModel for DocRanges {
                 .namespaces
                 .iter()
                 .map(|n| n.source_documents + n.target_documents)
+                .sum::<u64>();
+            r.source_keys += whole
+                .namespaces
+                .iter()
+                .map(|n| n.source_documents)
                 .sum::<u64>();
             for n in &whole.namespaces {
                 if !n.is_equal() {
