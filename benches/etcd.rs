@@ -216,6 +216,10 @@ fn main() {
         pct(&mut lat, 0.99) as f64 / 1000.0,
         lat.len()
     );
+    println!(
+        "where the time went inside the agent (captured: the event read from the source's watch):\n{}",
+        pipeline_stages(f.port)
+    );
     f.abort();
     std::thread::sleep(Duration::from_secs(6));
 

@@ -202,3 +202,52 @@ pub fn write_load(
         }
     })
 }
+
+/// The agent's time per stage of an event's way
+/// (`ferry_pipeline_seconds`, summaries over the last minute), one line
+/// per stage: p50 and p99 in ms. Read from `/metrics` with curl.
+pub fn pipeline_stages(port: u16) -> String {
+    let out = Command::new("curl")
+        .args(["-sk", &format!("https://127.0.0.1:{port}/metrics")])
+        .output();
+    let Ok(out) = out else {
+        return "  (curl is not installed: no stage figures)".into();
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut rows: std::collections::BTreeMap<String, (f64, f64, u64)> = Default::default();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("ferry_pipeline_seconds") else {
+            continue;
+        };
+        let field = |name: &str| {
+            rest.split(&format!("{name}=\""))
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .map(str::to_string)
+        };
+        let value: f64 = rest
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        let Some(stage) = field("stage") else {
+            continue;
+        };
+        let row = rows.entry(stage).or_default();
+        if rest.starts_with("_count") {
+            row.2 = value as u64;
+        } else if rest.starts_with('{') {
+            match field("quantile").as_deref() {
+                Some("0.5") => row.0 = value * 1000.0,
+                Some("0.99") => row.1 = value * 1000.0,
+                _ => {}
+            }
+        }
+    }
+    rows.iter()
+        .map(|(stage, (p50, p99, n))| {
+            format!("  {stage:<10} p50 {p50:7.2} ms  p99 {p99:7.2} ms  ({n} observations)")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}

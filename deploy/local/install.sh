@@ -51,6 +51,8 @@ DEB_PACKAGES=(
     prometheus
     # systemd-analyze verifies the shipped unit.
     systemd
+    # The benches read the agent's /metrics with it.
+    curl
     # The status page's test drives a real Chromium (with npm playwright-core).
     chromium
 )

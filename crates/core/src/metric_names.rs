@@ -22,6 +22,13 @@ pub const VERIFY_RANGES_DIRTY: &str = "ferry_verify_ranges_dirty";
 /// Keys of a route whose target differs from the source with no event in flight.
 pub const VERIFY_DIFFERENCES: &str = "ferry_verify_differences";
 
+/// Seconds each stage of an event's way took, by `stage`: `journaled`
+/// (captured from the source to durable in the journal, per append),
+/// `applied` (captured to written on the target, per apply), `apply` (the
+/// target write alone), `checkpoint` (recording the applied position),
+/// `read` (reading a batch from the journal).
+pub const PIPELINE_SECONDS: &str = "ferry_pipeline_seconds";
+
 /// (name, help) for every metric, so an exporter can describe them once.
 pub const DESCRIPTIONS: &[(&str, &str)] = &[
     (
@@ -35,6 +42,10 @@ pub const DESCRIPTIONS: &[(&str, &str)] = &[
     (
         VERIFY_DIFFERENCES,
         "Keys whose target differs from the source with no event in flight (written behind Ferry's back?).",
+    ),
+    (
+        PIPELINE_SECONDS,
+        "Seconds per stage of an event's way: journaled (capture to durable in the journal), applied (capture to written on the target), apply (the target write), checkpoint (recording the applied position), read (a journal read).",
     ),
     (
         JOURNAL_APPENDED_EVENTS_TOTAL,

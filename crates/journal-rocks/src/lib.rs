@@ -427,7 +427,9 @@ impl Journal for RocksJournal {
         let Some(b) = self.bounds(shard)? else {
             return Ok(Vec::new());
         };
-        if from < b.first && b.first <= b.last {
+        // Truncated events are gone, also when the whole shard is
+        // truncated (its last chunk may still hold them on disk).
+        if from.max(1) < b.first {
             return Err(JournalError::Corrupt {
                 shard,
                 seq: from,

@@ -509,3 +509,41 @@ fn sealed_secrets_never_reach_the_journal_files_in_clear() {
         );
     }
 }
+
+/// The RocksDB journal under the shared conformance suite. "Crash" drops
+/// the journal (which closes RocksDB) and opens the directory again:
+/// durability against a real kill is what the SIGKILL tests of the agent
+/// check.
+struct Rocks {
+    dirs: Vec<tempfile::TempDir>,
+}
+
+impl ferry_journal::conformance::Harness for Rocks {
+    type J = RocksJournal;
+    fn create(&mut self) -> RocksJournal {
+        self.dirs.push(tempfile::tempdir().unwrap());
+        open(self.dirs.last().unwrap().path())
+    }
+    fn reopen(&mut self, j: RocksJournal) -> RocksJournal {
+        drop(j);
+        open(self.dirs.last().unwrap().path())
+    }
+    fn damage(&mut self, j: RocksJournal, shard: ShardId, seq: Seq) -> Option<RocksJournal> {
+        flip_in_record(&j, shard, seq);
+        Some(j)
+    }
+}
+
+#[test]
+fn the_journal_contract_holds() {
+    ferry_journal::conformance::run_all(&mut Rocks { dirs: Vec::new() });
+}
+
+#[test]
+fn random_operations_with_crashes_agree_with_the_model() {
+    let mut h = Rocks { dirs: Vec::new() };
+    for seed in 0..24 {
+        ferry_journal::conformance::model_based(&mut h, seed, 300);
+        h.dirs.clear();
+    }
+}

@@ -19,13 +19,15 @@
 //! - The returned future resolves only once the batch is durable under the
 //!   journal's [`PersistPolicy`]: a tailer may acknowledge upstream then.
 //! - **Read** returns events of one shard in sequence order, within a budget,
-//!   never skipping: a damaged or missing record is
-//!   [`JournalError::Corrupt`] naming its shard and sequence, never data.
+//!   never skipping: a damaged or missing record, or one already truncated,
+//!   is [`JournalError::Corrupt`] naming its shard and sequence, never data.
 //! - **Truncate** removes a shard's events up to a sequence; sequence numbers
 //!   are never reused afterwards.
 //! - **Checkpoints** never move backward: a source checkpoint or applied
 //!   checkpoint older than the stored one is refused.
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
 pub mod frame;
 pub mod fuzzing;
 mod persist;

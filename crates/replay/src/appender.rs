@@ -149,9 +149,18 @@ impl<'a, J: Journal> SpanAppender<'a, J> {
     ) -> Result<(), AppendError> {
         let mut shards = Vec::new();
         let mut durable = Vec::new();
+        let mut oldest_capture = Vec::new();
         for (i, events) in per_shard.into_iter().enumerate() {
             if events.is_empty() {
                 continue;
+            }
+            if let Some(c) = events
+                .iter()
+                .map(|e| e.capture_ts_ms)
+                .filter(|&c| c > 0)
+                .min()
+            {
+                oldest_capture.push(c);
             }
             let last = events.last().map(|e| (e.position.clone(), e.capture_ts_ms));
             let first_seq = self.next_seq[i];
@@ -176,6 +185,11 @@ impl<'a, J: Journal> SpanAppender<'a, J> {
             .await?;
         if outcome == AppendOutcome::Duplicate {
             return Err(AppendError::Duplicate);
+        }
+        let now = now_ms();
+        for &oldest in &oldest_capture {
+            metrics::histogram!(ferry_core::metric_names::PIPELINE_SECONDS, "stage" => "journaled")
+                .record(now.saturating_sub(oldest) as f64 / 1000.0);
         }
         for (i, first, last, info) in durable {
             self.next_seq[i] = last + 1;

@@ -150,7 +150,11 @@ pub async fn run<J: Journal, S: Sink>(
     }
     let mut wake = lag.subscribe(shard);
     lag.register(shard, 0, &[(target.clone(), applied)]);
+    let stage = |name: &'static str, secs: f64| {
+        metrics::histogram!(m::PIPELINE_SECONDS, "stage" => name).record(secs);
+    };
     while !shutdown.is_stopping() {
+        let read_at = std::time::Instant::now();
         let events = match journal.read(shard, applied + 1, cfg.budget) {
             Ok(ev) => ev,
             Err(e) if e.kind() == ErrorKind::Permanent => {
@@ -169,7 +173,13 @@ pub async fn run<J: Journal, S: Sink>(
             }
             continue;
         };
+        stage("read", read_at.elapsed().as_secs_f64());
         let last_position = last.position.order;
+        let oldest = events
+            .iter()
+            .map(|e| e.capture_ts_ms)
+            .filter(|&c| c > 0)
+            .min();
         if let Some(limiter) = &limiter {
             tokio::select! {
                 () = crate::throttle(limiter, events.len()) => {}
@@ -177,6 +187,7 @@ pub async fn run<J: Journal, S: Sink>(
             }
         }
         let report = |error: String| lag.worker_error(shard, &target, error);
+        let apply_at = std::time::Instant::now();
         let result = retry("applying a batch", &target, &mut shutdown, report, || async {
             match tokio::time::timeout(cfg.apply_timeout, sink.apply(shard, &events)).await {
                 Ok(r) => r,
@@ -199,12 +210,21 @@ pub async fn run<J: Journal, S: Sink>(
                 return Ok(());
             }
         };
+        stage("apply", apply_at.elapsed().as_secs_f64());
+        if let Some(c) = oldest {
+            stage(
+                "applied",
+                ferry_lag::now_ms().saturating_sub(c) as f64 / 1000.0,
+            );
+        }
         if durable > applied {
             let count = durable - applied;
+            let checkpoint_at = std::time::Instant::now();
             journal
                 .set_applied(&target, shard, durable)
                 .await
                 .map_err(fatal)?;
+            stage("checkpoint", checkpoint_at.elapsed().as_secs_f64());
             let position = events
                 .iter()
                 .rev()
