@@ -550,16 +550,7 @@ fn a_secret_written_on_the_vault_target_is_reported_and_blocks_the_cutover_until
         "/v1/secret/data/app/stray",
         r#"{"data":{"planted":"behind ferry's back"}}"#,
     );
-    let written = Instant::now();
-    let st = f.wait_for("the difference reported", Duration::from_secs(5), |st| {
-        st["verification"][0]["differences"]
-            .as_array()
-            .is_some_and(|d| !d.is_empty())
-    });
-    eprintln!(
-        "the stray secret was reported after {:?}",
-        written.elapsed()
-    );
+    let st = f.wait_for_difference(Instant::now());
     let first = st["verification"][0]["differences"][0].to_string();
     assert!(first.contains("stray"), "{st}");
     let out = f.run(&["stop", "--timeout", "60s"]);

@@ -55,19 +55,9 @@ impl Ferry {
 
     /// `ferry start --no-monitor` on this journal and port.
     pub fn start(&self, source: &str, target: &str, extra: &[&str]) -> Output {
-        let listen = format!("127.0.0.1:{}", self.port);
-        let mut args = vec![
-            "start",
-            "--no-monitor",
-            "--source",
-            source,
-            "--target",
-            target,
-            "--agent.listen",
-            &listen,
-        ];
-        args.extend_from_slice(extra);
-        self.run(&args)
+        self.start_cmd(source, target, extra)
+            .output()
+            .expect("run ferry")
     }
 
     /// [`Ferry::start`] with the agent logging at `filter` (`FERRY_LOG`)
@@ -79,6 +69,13 @@ impl Ferry {
         extra: &[&str],
         filter: &str,
     ) -> Output {
+        self.start_cmd(source, target, extra)
+            .env("FERRY_LOG", filter)
+            .output()
+            .expect("run ferry")
+    }
+
+    fn start_cmd(&self, source: &str, target: &str, extra: &[&str]) -> Command {
         let listen = format!("127.0.0.1:{}", self.port);
         let mut args = vec![
             "start",
@@ -92,9 +89,19 @@ impl Ferry {
         ];
         args.extend_from_slice(extra);
         self.cmd(&args)
-            .env("FERRY_LOG", filter)
-            .output()
-            .expect("run ferry")
+    }
+
+    /// Waits (at most 5 s, the bound the continuous verifier must meet) for
+    /// `status` to report a standing difference of the first route; returns
+    /// the status, and logs how long it took since `written`.
+    pub fn wait_for_difference(&self, written: Instant) -> Value {
+        let st = self.wait_for("the difference reported", Duration::from_secs(5), |st| {
+            st["verification"][0]["differences"]
+                .as_array()
+                .is_some_and(|d| !d.is_empty())
+        });
+        eprintln!("the difference was reported after {:?}", written.elapsed());
+        st
     }
 
     /// The agent's status, or None when no agent answers.
@@ -174,6 +181,20 @@ impl Ferry {
             w["clean_ranges"].as_u64().unwrap_or(0) >= 1
                 && w["compared_ranges"].as_u64().unwrap_or(99) < w["ranges"].as_u64().unwrap_or(0),
             "the window compared only part of the ranges: {proof}"
+        );
+        // Which ranges were verified when, and which the window compared.
+        let log = w["range_log"].as_array().cloned().unwrap_or_default();
+        assert_eq!(log.len() as u64, w["ranges"].as_u64().unwrap_or(0), "{w}");
+        assert_eq!(
+            log.iter().filter(|r| r["in_window"] == true).count() as u64,
+            w["compared_ranges"].as_u64().unwrap_or(0),
+            "{w}"
+        );
+        assert!(
+            log.iter()
+                .filter(|r| r["in_window"] == false)
+                .all(|r| r["verified_at_ms"].as_u64().is_some_and(|t| t > 0)),
+            "a range the window skipped was verified before it: {w}"
         );
         assert_eq!(proof["differences"], 0, "{proof}");
         ok(

@@ -370,16 +370,7 @@ fn a_document_changed_on_the_target_is_reported_and_blocks_the_cutover_until_rep
             .await
             .unwrap()
     });
-    let written = Instant::now();
-    let st = f.wait_for("the difference reported", Duration::from_secs(5), |st| {
-        st["verification"][0]["differences"]
-            .as_array()
-            .is_some_and(|d| !d.is_empty())
-    });
-    eprintln!(
-        "the stray change was reported after {:?}",
-        written.elapsed()
-    );
+    let st = f.wait_for_difference(Instant::now());
     let key = st["verification"][0]["differences"][0]["key_suffix"]
         .as_str()
         .unwrap_or_default()

@@ -164,9 +164,11 @@ pub fn seal_key(dir: &Path) -> Result<Arc<SealKey>, String> {
 /// The continuous verifier of a route's target (see
 /// [`ferry_connect::verify::continuous`]): by ranges where both sides read
 /// as keys and values or as documents with range reads, else the whole
-/// store as one range, except for an event stream (a topic is checked
-/// whole, for its ends, inside the window) and a source that maps itself
-/// (Cells' Bolt files, whose comparison also lists what it cannot map).
+/// store as one range (Vault, JSON files, the keyring, Cells' Bolt stores
+/// mapped to their documents: the entries Cells cannot read are listed by
+/// the sinks as they meet them, so the cutover lists them even when it
+/// compares nothing), except for an event stream (a topic is checked whole,
+/// for its ends, inside the window).
 pub fn range_verifier(
     source: &dyn Source,
     target: &dyn Target,
@@ -176,7 +178,7 @@ pub fn range_verifier(
         return Some(v);
     }
     let (s, t) = (source.reader().ok()?, target.reader(source).ok()?);
-    if matches!(t, Reader::Events(_)) || matches!(s, Reader::Mapped(_)) {
+    if matches!(t, Reader::Events(_)) {
         return None;
     }
     Some(Arc::new(

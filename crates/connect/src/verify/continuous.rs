@@ -141,6 +141,29 @@ pub struct WindowCheck {
     pub clean_ranges: u64,
     pub differences: Vec<Difference>,
     pub difference_count: u64,
+    /// Each range (the first [`MAX_RANGE_LOG`]) as the window found it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub range_log: Vec<RangeEntry>,
+}
+
+/// At most this many ranges are listed in a proof's `range_log` (some
+/// 50 MB of keys at 2,000 keys a range; beyond, the counts stand alone).
+pub const MAX_RANGE_LOG: usize = 25_000;
+
+/// One range in the cutover's proof: where it starts, when it was last
+/// found equal before the window, and whether the window compared it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeEntry {
+    /// The range's first key (key-value: lossy UTF-8, empty for the first
+    /// range; documents: the namespace and the `_id`).
+    pub first: String,
+    /// When a check last found it equal at the generation it then had
+    /// (ms since the epoch); absent if none did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verified_at_ms: Option<u64>,
+    /// Compared inside the window (dirty, never verified, or differing);
+    /// otherwise verified at its current generation and not read again.
+    pub in_window: bool,
 }
 
 impl WindowCheck {
@@ -225,6 +248,10 @@ pub trait RangeModel: Send + Sync {
     /// ranges (documents: namespaces created since the cut, and indexes).
     async fn window_extra(&self) -> Result<RangeReport, String> {
         Ok(RangeReport::default())
+    }
+    /// A bound as people read it (the proof's `range_log`).
+    fn describe(&self, bound: &[u8]) -> String {
+        String::from_utf8_lossy(bound).into_owned()
     }
     /// What the model learnt by its last [`Self::cut`] beyond the bounds,
     /// for a resumable comparison to carry to its next run.
@@ -610,7 +637,22 @@ impl RangeVerifier {
         };
         let mut all = RangeReport::default();
         for i in 0..n {
-            if !self.with(|s| s.dirty(i)) {
+            let (dirty, bound, verified_at_ms) = self.with(|s| {
+                (
+                    s.dirty(i),
+                    (i < MAX_RANGE_LOG).then(|| s.bounds[i].clone()),
+                    s.ranges[i].verified.map(|(_, at)| at),
+                )
+            });
+            let first = bound.map(|b| self.model.describe(&b)).unwrap_or_default();
+            if i < MAX_RANGE_LOG {
+                w.range_log.push(RangeEntry {
+                    first,
+                    verified_at_ms,
+                    in_window: dirty,
+                });
+            }
+            if !dirty {
                 w.clean_ranges += 1;
                 continue;
             }

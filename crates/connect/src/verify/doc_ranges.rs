@@ -325,6 +325,14 @@ impl RangeModel for DocRanges {
         Ok(r)
     }
 
+    fn describe(&self, bound: &[u8]) -> String {
+        self.with(|c| match c.bounds.get(bound) {
+            Some((ns, Some(id))) => format!("{ns} _id {id}"),
+            Some((ns, None)) => format!("{ns} (its first range)"),
+            None => String::new(),
+        })
+    }
+
     /// The bounds' namespaces and `_id`s (each `_id` as the BSON of
     /// `{"id": _id}`, base64, so that it comes back with its type), and
     /// the namespaces, opaque or not.
