@@ -167,8 +167,10 @@ pub fn seal_key(dir: &Path) -> Result<Arc<SealKey>, String> {
 /// store as one range (Vault, JSON files, the keyring, Cells' Bolt stores
 /// mapped to their documents: the entries Cells cannot read are listed by
 /// the sinks as they meet them, so the cutover lists them even when it
-/// compares nothing), except for an event stream (a topic is checked whole,
-/// for its ends, inside the window).
+/// compares nothing), except for an event stream as target (a topic is
+/// checked whole, for its ends, inside the window) and a source that asks
+/// not to be compared in the background ([`Source::background_compare`]:
+/// a Kafka topic, replayed by its reader).
 pub fn range_verifier(
     source: &dyn Source,
     target: &dyn Target,
@@ -178,7 +180,7 @@ pub fn range_verifier(
         return Some(v);
     }
     let (s, t) = (source.reader().ok()?, target.reader(source).ok()?);
-    if matches!(t, Reader::Events(_)) {
+    if matches!(t, Reader::Events(_)) || !source.background_compare() {
         return None;
     }
     Some(Arc::new(

@@ -132,6 +132,16 @@ pub trait Source: Send + Sync + 'static {
     /// The verification reader (see [`verify`]).
     fn reader(&self) -> Result<Reader, String>;
 
+    /// Whether the continuous verifier may compare this source whole in
+    /// the background, pass after pass, when its reader has no range reads
+    /// ([`verify::continuous::Whole`]). False for a source whose reader
+    /// replays a log to build the state it compares (a Kafka topic): each
+    /// pass would read the whole log again; its routes are compared whole
+    /// inside the cutover's window instead.
+    fn background_compare(&self) -> bool {
+        true
+    }
+
     /// `ferry set-server-mode`: makes the store read-only (`true`) for
     /// every user but Ferry's, or gives the writes back; returns the line to
     /// print. Stores Ferry cannot switch refuse with [`Refusal::usage`].

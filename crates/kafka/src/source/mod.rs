@@ -223,6 +223,11 @@ impl Source for KafkaSource {
             shared: Arc::new(()),
         })
     }
+    /// The reader replays the topic: not once a pass in the background.
+    fn background_compare(&self) -> bool {
+        false
+    }
+
     fn reader(&self) -> Result<Reader, String> {
         let topic = reader::Topic {
             name: self.url.to_string(),
