@@ -438,3 +438,130 @@ fn a_copy_longer_than_the_oplog_window_is_refused() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(!f.journal().exists());
 }
+
+/// `ferry verify` of MongoDB resumes from its saved cut: the bounds' `_id`s
+/// (numbers, strings, ObjectIds) come back with their types, the ranges
+/// found equal before the kill are not read again, and a document that
+/// differs in a later range is still found.
+#[test]
+fn an_interrupted_verify_of_documents_resumes_from_its_saved_cut() {
+    use mongodb::bson::{oid::ObjectId, Bson};
+    let (Some(src), Some(dst)) = (require(Mongod::start()), require(Mongod::start())) else {
+        return;
+    };
+    const N: usize = 9_000;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ids: Vec<Bson> = (0..N)
+        .map(|i| match i {
+            0..3_000 => Bson::Int32(i as i32),
+            3_000..6_000 => Bson::String(format!("s{i:05}")),
+            _ => Bson::ObjectId(ObjectId::new()),
+        })
+        .collect();
+    let last = ids[N - 1].clone();
+    rt.block_on(async {
+        for uri in [src.uri(), dst.uri()] {
+            let docs: Vec<Document> = ids
+                .iter()
+                .map(|id| doc! {"_id": id.clone(), "v": format!("{id}"), "pad": "x".repeat(64)})
+                .collect();
+            mongodb::Client::with_uri_str(uri)
+                .await
+                .unwrap()
+                .database("app")
+                .collection::<Document>("mixed")
+                .insert_many(docs)
+                .await
+                .unwrap();
+        }
+        // In the last range: compared only after the interruption.
+        mongodb::Client::with_uri_str(dst.uri())
+            .await
+            .unwrap()
+            .database("app")
+            .collection::<Document>("mixed")
+            .update_one(doc! {"_id": last.clone()}, doc! {"$set": {"v": "stray"}})
+            .await
+            .unwrap();
+    });
+    let f = Ferry::new();
+    let progress = f.dir.path().join("verify-progress.json");
+    let p = progress.to_str().unwrap();
+    let (s, t) = (format!("{}/app", src.uri()), format!("{}/app", dst.uri()));
+    // 18,000 documents read at 3,000 a second: about six seconds.
+    let mut slow = f
+        .cmd(&[
+            "verify",
+            "--source",
+            &s,
+            "--target",
+            &t,
+            "--progress",
+            p,
+            "--read-rate",
+            "3000",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let saved = loop {
+        let saved: Option<Value> = std::fs::read(&progress)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        if let Some(v) = saved.filter(|v| v["done"].as_array().map_or(0, Vec::len) >= 2) {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "the verify saved no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    slow.kill().unwrap();
+    slow.wait().unwrap();
+    // The saved cut holds `_id`s of each type.
+    let bounds = saved["model"]["bounds"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let types: std::collections::BTreeSet<String> = bounds
+        .iter()
+        .filter_map(|b| b[3].as_str())
+        .map(|b64| {
+            let bytes = mongodb::bson::Binary::from_base64(b64, None).unwrap().bytes;
+            let d = Document::from_reader(bytes.as_slice()).unwrap();
+            format!("{:?}", d.get("id").unwrap().element_type())
+        })
+        .collect();
+    assert_eq!(
+        types.into_iter().collect::<Vec<_>>(),
+        ["Int32", "ObjectId", "String"],
+        "{saved}"
+    );
+    let done = saved["done"].as_array().map_or(0, Vec::len);
+
+    let out = f.run(&["verify", "--source", &s, "--target", &t, "--progress", p]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("resumed the comparison"),
+        "{}",
+        stderr(&out)
+    );
+    let oid = match &last {
+        Bson::ObjectId(o) => o.to_hex(),
+        _ => unreachable!(),
+    };
+    assert!(stdout(&out).contains(&oid), "{}", stdout(&out));
+    let compared: usize = stdout(&out)
+        .split("compared ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{}", stdout(&out)));
+    assert!(
+        // Each done range but the empty first one holds at least 1,999.
+        compared < N && compared <= N - 1_999 * (done - 1),
+        "compared {compared} source documents after {done} ranges were done: {}",
+        stdout(&out)
+    );
+    assert!(!progress.exists(), "a finished verify removes its progress");
+}
