@@ -285,7 +285,8 @@ pub struct VerifyArgs {
     /// Where a comparison by ranges keeps its progress, so that an
     /// interrupted `verify` of the same source and target resumes where it
     /// stopped (default: $XDG_STATE_HOME/ferry, else ~/.local/state/ferry,
-    /// one file per source and target).
+    /// else the temporary directory's ferry/, one file per source and
+    /// target).
     #[arg(long, env = "FERRY_VERIFY_PROGRESS")]
     pub progress: Option<std::path::PathBuf>,
     /// Compare everything again, ignoring what an interrupted run compared.

@@ -114,23 +114,20 @@ async fn one(
 }
 
 /// Where the progress of a comparison of this pair is kept.
-fn progress_path(a: &VerifyArgs, source: &str, target: &str) -> Result<PathBuf, CliError> {
+fn progress_path(a: &VerifyArgs, source: &str, target: &str) -> PathBuf {
     if let Some(p) = &a.progress {
-        return Ok(p.clone());
+        return p.clone();
     }
     let dir = match std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
         Some(d) => PathBuf::from(d),
         None => match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
             Some(h) => PathBuf::from(h).join(".local/state"),
-            None => {
-                return Err(CliError::new(
-                    ExitCode::Usage,
-                    "neither XDG_STATE_HOME nor HOME is set, so verify has nowhere to keep its progress: give --progress FILE",
-                ))
-            }
+            // A service without a home (systemd's DynamicUser, a bare
+            // container): the temporary directory still resumes.
+            None => std::env::temp_dir(),
         },
     };
-    Ok(dir.join("ferry").join(Progress::file_name(source, target)))
+    dir.join("ferry").join(Progress::file_name(source, target))
 }
 
 fn load(path: &Path) -> Result<Option<Progress>, CliError> {
@@ -170,7 +167,7 @@ fn save(path: &Path, p: &Progress) -> Result<(), String> {
 
 async fn by_ranges(a: &VerifyArgs, v: &RangeVerifier) -> Result<Comparison, CliError> {
     let (source, target) = v.names();
-    let path = progress_path(a, source, target)?;
+    let path = progress_path(a, source, target);
     let saved = if a.restart { None } else { load(&path)? }
         .filter(|p| p.source == source && p.target == target);
     let check: FullCheck = v
