@@ -41,12 +41,19 @@ fn etcd_get(etcd: &Etcd, key: &str) -> Option<String> {
     Some(String::from_utf8(bytes).unwrap())
 }
 
+/// True once `endpoint` refuses connections, within 10 s: a server
+/// stopped or killed under wine may keep its port open for a moment after
+/// the process is reaped (seen once in CI right after a SIGKILL).
 fn refuses_connections(endpoint: &str) -> bool {
     let addr = endpoint.parse().unwrap();
-    matches!(
-        TcpStream::connect_timeout(&addr, Duration::from_secs(1)),
-        Err(e) if e.kind() == ErrorKind::ConnectionRefused
-    )
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => return true,
+            _ if std::time::Instant::now() > deadline => return false,
+            _ => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
 }
 
 #[test]
