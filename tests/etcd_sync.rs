@@ -179,39 +179,8 @@ fn an_interrupted_verify_resumes_from_the_ranges_it_had_compared() {
     let (s, t) = (etcd.url("a"), etcd.url("b"));
     let p = progress.to_str().unwrap();
     // 40,000 reads at 8,000 a second: about five seconds.
-    let mut slow = f
-        .cmd(&[
-            "verify",
-            "--source",
-            &s,
-            "--target",
-            &t,
-            "--progress",
-            p,
-            "--read-rate",
-            "8000",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let done = loop {
-        let saved: Option<serde_json::Value> = std::fs::read(&progress)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
-        let done = saved.map_or(0, |v| v["done"].as_array().map_or(0, Vec::len));
-        if done >= 3 {
-            break done;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the verify saved no progress"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    slow.kill().unwrap();
-    slow.wait().unwrap();
+    let saved = f.verify_killed_after((&s, &t), &progress, 8_000, 3);
+    let done = saved["done"].as_array().map_or(0, Vec::len);
     assert!(progress.exists(), "a killed verify keeps its progress");
 
     let out = f.run(&["verify", "--source", &s, "--target", &t, "--progress", p]);
@@ -223,12 +192,7 @@ fn an_interrupted_verify_resumes_from_the_ranges_it_had_compared() {
     );
     assert!(stdout(&out).contains("key-019990"), "{}", stdout(&out));
     // The ranges found equal before were not read again.
-    let compared: u64 = stdout(&out)
-        .split("compared ")
-        .nth(1)
-        .and_then(|r| r.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("{}", stdout(&out)));
+    let compared = compared_source_entries(&out);
     assert!(
         compared <= N - 2_000 * (done as u64 - 1),
         "compared {compared} source keys after {done} ranges were done: {}",

@@ -91,6 +91,50 @@ impl Ferry {
         self.cmd(&args)
     }
 
+    /// Starts `ferry verify` of `source` against `target` at `read_rate`
+    /// keys a second, keeping its progress in `progress`, and SIGKILLs it
+    /// once the progress holds at least `ranges` ranges found equal (at
+    /// most 120 s); returns that progress as it was read.
+    pub fn verify_killed_after(
+        &self,
+        (source, target): (&str, &str),
+        progress: &Path,
+        read_rate: u64,
+        ranges: usize,
+    ) -> Value {
+        let rate = read_rate.to_string();
+        let mut slow = self
+            .cmd(&[
+                "verify",
+                "--source",
+                source,
+                "--target",
+                target,
+                "--progress",
+                progress.to_str().expect("a UTF-8 path"),
+                "--read-rate",
+                &rate,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run ferry verify");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let saved = loop {
+            let saved: Option<Value> = std::fs::read(progress)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            if let Some(v) = saved.filter(|v| v["done"].as_array().map_or(0, Vec::len) >= ranges) {
+                break v;
+            }
+            assert!(Instant::now() < deadline, "the verify saved no progress");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let _ = slow.kill();
+        let _ = slow.wait();
+        saved
+    }
+
     /// Waits (at most 5 s, the bound the continuous verifier must meet) for
     /// `status` to report a standing difference of the first route; returns
     /// the status, and logs how long it took since `written`.
@@ -290,6 +334,16 @@ pub fn max_lag(s: &Value) -> u64 {
         .map(|t| t["lag_events"].as_u64().unwrap_or(0))
         .max()
         .unwrap_or(0)
+}
+
+/// The source entries a `ferry verify` by ranges says it compared.
+pub fn compared_source_entries(o: &Output) -> u64 {
+    stdout(o)
+        .split("compared ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in: {}", stdout(o)))
 }
 
 pub fn stdout(o: &Output) -> String {

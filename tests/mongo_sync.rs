@@ -489,35 +489,7 @@ fn an_interrupted_verify_of_documents_resumes_from_its_saved_cut() {
     let p = progress.to_str().unwrap();
     let (s, t) = (format!("{}/app", src.uri()), format!("{}/app", dst.uri()));
     // 18,000 documents read at 3,000 a second: about six seconds.
-    let mut slow = f
-        .cmd(&[
-            "verify",
-            "--source",
-            &s,
-            "--target",
-            &t,
-            "--progress",
-            p,
-            "--read-rate",
-            "3000",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let saved = loop {
-        let saved: Option<Value> = std::fs::read(&progress)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
-        if let Some(v) = saved.filter(|v| v["done"].as_array().map_or(0, Vec::len) >= 2) {
-            break v;
-        }
-        assert!(Instant::now() < deadline, "the verify saved no progress");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    slow.kill().unwrap();
-    slow.wait().unwrap();
+    let saved = f.verify_killed_after((&s, &t), &progress, 3_000, 2);
     // The saved cut holds `_id`s of each type.
     let bounds = saved["model"]["bounds"]
         .as_array()
@@ -551,12 +523,7 @@ fn an_interrupted_verify_of_documents_resumes_from_its_saved_cut() {
         _ => unreachable!(),
     };
     assert!(stdout(&out).contains(&oid), "{}", stdout(&out));
-    let compared: usize = stdout(&out)
-        .split("compared ")
-        .nth(1)
-        .and_then(|r| r.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("{}", stdout(&out)));
+    let compared = compared_source_entries(&out) as usize;
     assert!(
         // Each done range but the empty first one holds at least 1,999.
         compared < N && compared <= N - 1_999 * (done - 1),

@@ -154,12 +154,8 @@ impl<'a, J: Journal> SpanAppender<'a, J> {
             if events.is_empty() {
                 continue;
             }
-            if let Some(c) = events
-                .iter()
-                .map(|e| e.capture_ts_ms)
-                .filter(|&c| c > 0)
-                .min()
-            {
+            // Events come in capture order: the first captured is the oldest.
+            if let Some(c) = events.iter().map(|e| e.capture_ts_ms).find(|&c| c > 0) {
                 oldest_capture.push(c);
             }
             let last = events.last().map(|e| (e.position.clone(), e.capture_ts_ms));

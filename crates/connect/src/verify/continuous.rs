@@ -462,6 +462,11 @@ impl KvReader for Slice {
     }
 }
 
+/// How long reading `keys` takes at `keys_per_s`.
+fn pace(keys: u64, keys_per_s: u64) -> Duration {
+    Duration::from_secs_f64(keys as f64 / keys_per_s.max(1) as f64)
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -585,7 +590,7 @@ impl RangeVerifier {
         lag_zero: impl Fn() -> bool + Send,
         mut stop: impl FnMut() -> bool + Send,
     ) {
-        let pace = |keys: u64| Duration::from_secs_f64(keys as f64 / keys_per_s.max(1) as f64);
+        let pace = |keys: u64| pace(keys, keys_per_s);
         while !stop() {
             if self.with(|s| s.bounds.is_empty()) {
                 let t = Instant::now();
@@ -736,11 +741,7 @@ impl RangeVerifier {
             started_ms: p.started_ms,
             ..Default::default()
         };
-        let pace = |keys: u64| {
-            keys_per_s.map_or(Duration::ZERO, |r| {
-                Duration::from_secs_f64(keys as f64 / r.max(1) as f64)
-            })
-        };
+        let pace = |keys: u64| keys_per_s.map_or(Duration::ZERO, |r| pace(keys, r));
         let mut saved = Instant::now();
         for i in (0..n).filter(|i| !done.contains(i)) {
             let t = Instant::now();
