@@ -139,6 +139,29 @@ pub struct StatusResponse {
     /// standing differences by key.
     #[serde(default)]
     pub verification: Vec<ferry_connect::verify::continuous::VerifierStatus>,
+    /// With `--coordinator`: every agent of the migration, the shards each
+    /// owns, and the tailer leader.
+    #[serde(default)]
+    pub scale: Option<ScaleStatus>,
+}
+
+/// A coordinated migration as one agent sees it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScaleStatus {
+    /// This agent's id.
+    pub agent: String,
+    /// The tailer leader's id.
+    pub leader: Option<String>,
+    /// This agent's writer epoch while it leads.
+    pub epoch: u64,
+    pub agents: Vec<ScaleAgent>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScaleAgent {
+    pub id: String,
+    pub api: String,
+    pub shards: Vec<u32>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -99,6 +99,18 @@ pub struct AgentConfig {
     /// Longest one apply to a target may take (see `WorkerConfig`).
     #[serde(default = "default_apply_timeout_ms")]
     pub apply_timeout_ms: u64,
+    /// The journal in Kafka (`kafka://brokers/name`) instead of the
+    /// RocksDB journal in the agent's directory.
+    #[serde(default)]
+    pub journal_url: Option<String>,
+    /// Agents sharing the migration, coordinated on etcd
+    /// (`etcd://host:port/ferry/<migration>`); needs `journal_url`.
+    #[serde(default)]
+    pub coordinator: Option<String>,
+    /// Target writes per second of this agent, if limited apart from
+    /// source reads (`rate_limit_ops` otherwise).
+    #[serde(default)]
+    pub target_rate_limit_ops: Option<u32>,
 }
 
 fn default_apply_timeout_ms() -> u64 {
@@ -132,6 +144,19 @@ impl AgentConfig {
         }
         if self.rate_limit_ops == Some(0) {
             return Err("--rate-limit must be at least 1 operation per second".into());
+        }
+        if self.target_rate_limit_ops == Some(0) {
+            return Err("--target.rate-limit must be at least 1 write per second".into());
+        }
+        if let Some(u) = &self.journal_url {
+            ferry_journal_kafka::JournalUrl::parse(u).map_err(|e| format!("--journal.url: {e}"))?;
+        }
+        if let Some(u) = &self.coordinator {
+            ferry_coordinator::CoordinatorUrl::parse(u)
+                .map_err(|e| format!("--coordinator: {e}"))?;
+            if self.journal_url.is_none() {
+                return Err("--coordinator needs --journal.url kafka://…: agents sharing a migration share its journal, which a local directory cannot be".into());
+            }
         }
         Ok(())
     }
@@ -218,6 +243,9 @@ mod tests {
             cutover_max_lag_events: DEFAULT_CUTOVER_MAX_LAG_EVENTS,
             cutover_timeout_ms: DEFAULT_CUTOVER_TIMEOUT_MS,
             apply_timeout_ms: default_apply_timeout_ms(),
+            journal_url: None,
+            coordinator: None,
+            target_rate_limit_ops: None,
         }
     }
 

@@ -1,8 +1,8 @@
 //! The agent's shared state, as the API and the cutover see it.
 
 use crate::api::{
-    AgentState, CutoverPhase, CutoverProof, CutoverStatus, StatusResponse, StopRequest,
-    StopResponse,
+    AgentState, CutoverPhase, CutoverProof, CutoverStatus, ScaleStatus, StatusResponse,
+    StopRequest, StopResponse,
 };
 use ferry_connect::verify::continuous::{RangeVerifier, VerifierStatus};
 use ferry_core::metric_names as m;
@@ -15,6 +15,7 @@ struct Inner {
     cutover: CutoverStatus,
     proof: Option<CutoverProof>,
     error: Option<String>,
+    scale: Option<ScaleStatus>,
 }
 
 /// Implements [`crate::server::Control`]; cheap to share.
@@ -44,6 +45,7 @@ impl AgentControl {
                 cutover: CutoverStatus::default(),
                 proof: None,
                 error: None,
+                scale: None,
             }),
             lag,
             stop_tx,
@@ -95,6 +97,11 @@ impl AgentControl {
         self.with(|i| i.cutover = CutoverStatus { phase, message });
     }
 
+    /// The coordinated migration as last read from the coordinator.
+    pub fn set_scale(&self, scale: ScaleStatus) {
+        self.with(|i| i.scale = Some(scale));
+    }
+
     pub fn set_proof(&self, proof: CutoverProof) {
         self.with(|i| i.proof = Some(proof));
     }
@@ -128,10 +135,28 @@ impl crate::server::Control for AgentControl {
                 .map(|e| e.sentence)
                 .collect(),
             verification: self.verification(),
+            scale: i.scale.clone(),
         })
     }
 
     fn stop(&self, req: StopRequest) -> StopResponse {
+        // In a coordinated migration only the leader fences and opens.
+        if let Some(s) = self.with(|i| i.scale.clone()) {
+            if s.leader.as_deref() != Some(s.agent.as_str()) {
+                let at = s
+                    .agents
+                    .iter()
+                    .find(|a| Some(&a.id) == s.leader.as_ref())
+                    .map_or_else(|| "(no leader yet)".to_string(), |a| a.api.clone());
+                return StopResponse {
+                    accepted: false,
+                    message: format!(
+                        "this agent does not lead the migration; send `ferry stop` to the leader {} at {at} (`ferry status` names it)",
+                        s.leader.as_deref().unwrap_or("-")
+                    ),
+                };
+            }
+        }
         // Decided and marked under the lock, before the request is sent: the
         // runtime may take it and fail the cutover at once (a Bolt lock
         // held), and its outcome must not be overwritten by this mark.

@@ -12,6 +12,7 @@ pub mod cutover;
 mod page;
 pub mod routes;
 pub mod runtime;
+pub mod scale;
 pub mod security;
 pub mod server;
 pub mod sinks;

@@ -8,8 +8,10 @@ use crate::routes::{self, Route};
 use crate::sinks::TargetSink;
 use crate::{security, server};
 use ferry_connect::{Fence, Opener, SinkContext, StateDir, TailContext, Tailer, Unmapped};
+use ferry_coordinator::{AgentInfo, Coordinator, CoordinatorUrl};
 use ferry_core::StoreUrl;
 use ferry_journal::{Journal, PersistPolicy, SharedJournal};
+use ferry_journal_kafka::{JournalUrl, KafkaJournal, Role};
 use ferry_journal_rocks::{OpenMode, RocksJournal};
 use ferry_lag::LagTracker;
 use ferry_replay::{worker, Shutdown, WorkerConfig};
@@ -32,6 +34,10 @@ pub enum Outcome {
 /// How long the agent keeps answering `status` after the migration ended,
 /// so a CLI waiting on `stop` sees the final state.
 const LINGER: Duration = Duration::from_secs(5);
+
+/// How long an agent of a coordinated migration may go unheard before etcd
+/// drops its lease: its leadership and shards move to others then.
+const COORDINATOR_TTL: Duration = Duration::from_secs(5);
 
 pub struct AgentRun {
     pub dir: PathBuf,
@@ -61,14 +67,96 @@ pub struct LiveRoute {
 impl AgentRun {
     pub async fn run(self) -> Result<Outcome, String> {
         let dir = self.dir.as_path();
-        let unmapped = Arc::new(Unmapped::default());
         let registry = routes::registry(self.cfg.connector_options());
         let plan = routes::plan(&registry, &self.sources, &self.targets, self.cfg.shards)?;
+        match self.cfg.journal_url.as_deref() {
+            None => {
+                let journal = Arc::new(
+                    RocksJournal::open(dir, OpenMode::Create, PersistPolicy::EveryBatch)
+                        .map_err(|e| e.to_string())?,
+                );
+                let (id, first_run) =
+                    security::ensure_journal_id(dir).map_err(|e| e.to_string())?;
+                self.run_on(registry, plan, journal, id, first_run, None)
+                    .await
+            }
+            Some(url) => {
+                // The directory keeps the agent's own files: one agent at a time.
+                let _lock = ferry_journal_rocks::dir::lock(dir).map_err(|e| e.to_string())?;
+                let url = JournalUrl::parse(url)?;
+                let shards = plan
+                    .routes
+                    .iter()
+                    .map(|r| r.span.first + r.span.count)
+                    .max()
+                    .unwrap_or(1);
+                let id = format!("kafka-{}", url.name);
+                let Some(coordinator) = self.cfg.coordinator.clone() else {
+                    let journal = Arc::new(
+                        KafkaJournal::open(&url, shards, Role::Writer(None))
+                            .await
+                            .map_err(|e| e.to_string())?,
+                    );
+                    tracing::info!(journal = %url, epoch = journal.epoch(), "writing the journal in Kafka");
+                    // A journal that had a writer before is a resumed one.
+                    let first_run = journal.epoch() == 1;
+                    return self
+                        .run_on(registry, plan, journal, id, first_run, None)
+                        .await;
+                };
+                let journal = Arc::new(
+                    KafkaJournal::open(&url, shards, Role::Standby)
+                        .await
+                        .map_err(|e| e.to_string())?,
+                );
+                let first_run = journal.current_epoch() == 0;
+                let info = AgentInfo {
+                    id: format!("agent-{:016x}", rand::random::<u64>()),
+                    api: self.cfg.local_url(),
+                    pid: std::process::id(),
+                };
+                let coord = Arc::new(
+                    Coordinator::join(&CoordinatorUrl::parse(&coordinator)?, info, COORDINATOR_TTL)
+                        .await?,
+                );
+                tracing::info!(agent = coord.agent(), journal = %url, "joined the coordinated migration");
+                let j = Arc::clone(&journal);
+                let take_over: crate::scale::TakeOver = Arc::new(move |epoch| {
+                    let j = Arc::clone(&j);
+                    // The election's revision, kept above any epoch the
+                    // journal already had (from runs without a coordinator).
+                    let epoch = epoch.max(j.current_epoch() + 1);
+                    Box::pin(async move { j.take_over(epoch).await.map_err(|e| e.to_string()) })
+                });
+                let mut run = self;
+                // Each agent sees only its own shards' writes: range
+                // verification runs at the cutover, not continuously.
+                run.cfg.verify_rate = 0;
+                run.run_on(
+                    registry,
+                    plan,
+                    journal,
+                    id,
+                    first_run,
+                    Some((coord, take_over)),
+                )
+                .await
+            }
+        }
+    }
+
+    async fn run_on<J: Journal + 'static>(
+        self,
+        registry: ferry_connect::Registry,
+        plan: routes::Plan,
+        journal: Arc<J>,
+        journal_id: String,
+        first_run: bool,
+        scale: Option<(Arc<Coordinator>, crate::scale::TakeOver)>,
+    ) -> Result<Outcome, String> {
+        let dir = self.dir.as_path();
+        let unmapped = Arc::new(Unmapped::default());
         let next_steps = plan.next_steps;
-        let journal = Arc::new(
-            RocksJournal::open(dir, OpenMode::Create, PersistPolicy::EveryBatch)
-                .map_err(|e| e.to_string())?,
-        );
         let metrics = install_metrics()?;
         metrics::gauge!(ferry_core::metric_names::CUTOVER_PHASE)
             .set(CutoverPhase::NotStarted.gauge());
@@ -84,20 +172,21 @@ impl AgentRun {
             .map_err(|e| e.to_string())?;
         let listener = server::bind(listen)?;
         let seal = routes::seal_key(dir)?;
-        let (journal_id, first_run) =
-            security::ensure_journal_id(dir).map_err(|e| e.to_string())?;
 
         // One limiter for source reads, one for target writes: each side gets
-        // the configured rate.
-        let make_limiter = || {
-            self.cfg.rate_limit_ops.map(|n| {
+        // the configured rate (target writes their own, when given).
+        let make_limiter = |rate: Option<u32>| {
+            rate.map(|n| {
                 let n = std::num::NonZeroU32::new(n).expect("validated non-zero");
                 Arc::new(governor::RateLimiter::direct(governor::Quota::per_second(
                     n,
                 )))
             })
         };
-        let (source_limiter, limiter) = (make_limiter(), make_limiter());
+        let (source_limiter, limiter) = (
+            make_limiter(self.cfg.rate_limit_ops),
+            make_limiter(self.cfg.target_rate_limit_ops.or(self.cfg.rate_limit_ops)),
+        );
         let mut options = registry.options().clone();
         options.source_limiter = source_limiter;
         let state = StateDir::new(dir);
@@ -193,29 +282,87 @@ impl AgentRun {
 
         let mut tasks: JoinSet<Result<(), String>> = JoinSet::new();
         let shared = Arc::new(SharedJournal::new(Arc::clone(&journal)));
-        for tailer in tailers {
-            let (j, l, s) = (Arc::clone(&shared), Arc::clone(&lag), shutdown.clone());
-            tasks.spawn(async move { tailer.run(j, l, s).await });
-        }
-        for r in &live {
-            for sink in &r.sinks {
+        let worker_cfg = WorkerConfig {
+            apply_timeout: Duration::from_millis(self.cfg.apply_timeout_ms.max(1)),
+            ..WorkerConfig::default()
+        };
+        if let Some((coord, take_over)) = scale {
+            // A coordinated migration: tailers on the leader, each shard's
+            // workers on its owner, everyone's progress mirrored here.
+            let (role_tx, role_rx) = tokio::sync::watch::channel(crate::scale::Role::default());
+            let mut by_shard = Vec::new();
+            let mut targets_of = Vec::new();
+            for r in &live {
                 for shard in r.route.span.iter() {
-                    let (j, k, l, lim, sd) = (
-                        Arc::clone(&journal),
-                        Arc::clone(sink),
-                        Arc::clone(&lag),
-                        limiter.clone(),
-                        shutdown.clone(),
-                    );
-                    let cfg = WorkerConfig {
-                        apply_timeout: Duration::from_millis(self.cfg.apply_timeout_ms.max(1)),
-                        ..WorkerConfig::default()
-                    };
-                    tasks.spawn(async move {
-                        worker::run(j, k, shard, l, lim, cfg, sd)
-                            .await
-                            .map_err(|e| e.to_string())
-                    });
+                    by_shard.push((
+                        shard,
+                        crate::scale::ShardWorkers {
+                            journal: Arc::clone(&journal),
+                            sinks: r.sinks.clone(),
+                            lag: Arc::clone(&lag),
+                            limiter: limiter.clone(),
+                            cfg: worker_cfg.clone(),
+                        },
+                    ));
+                    targets_of.push((
+                        shard,
+                        r.route
+                            .targets
+                            .iter()
+                            .map(|t| t.url().to_string())
+                            .collect(),
+                    ));
+                }
+            }
+            tasks.spawn(crate::scale::lead(
+                Arc::clone(&coord),
+                take_over,
+                tailers,
+                Arc::clone(&shared),
+                Arc::clone(&lag),
+                role_tx.clone(),
+                shutdown.clone(),
+            ));
+            tasks.spawn(crate::scale::own_shards(
+                Arc::clone(&coord),
+                by_shard,
+                role_tx,
+                shutdown.clone(),
+            ));
+            tasks.spawn(crate::scale::mirror(
+                Arc::clone(&journal),
+                targets_of,
+                Arc::clone(&lag),
+                shutdown.clone(),
+            ));
+            tasks.spawn(crate::scale::report(
+                coord,
+                Arc::clone(&control),
+                role_rx,
+                shutdown.clone(),
+            ));
+        } else {
+            for tailer in tailers {
+                let (j, l, s) = (Arc::clone(&shared), Arc::clone(&lag), shutdown.clone());
+                tasks.spawn(async move { tailer.run(j, l, s).await });
+            }
+            for r in &live {
+                for sink in &r.sinks {
+                    for shard in r.route.span.iter() {
+                        let (j, k, l, lim, sd, cfg) = (
+                            Arc::clone(&journal),
+                            Arc::clone(sink),
+                            Arc::clone(&lag),
+                            limiter.clone(),
+                            shutdown.clone(),
+                            worker_cfg.clone(),
+                        );
+                        tasks.spawn(async move {
+                            worker::run(j, k, shard, l, lim, cfg, sd)
+                                .await
+                                .map_err(|e| e.to_string())
+                        });
+                    }
                 }
             }
         }

@@ -74,9 +74,17 @@ pub struct StartArgs {
         required = true
     )]
     pub targets: Vec<String>,
-    /// The journal directory.
+    /// The journal directory (with `--journal.url`, the agent's own files only).
     #[arg(long, env = "FERRY_JOURNAL", default_value = "ferry-journal")]
     pub journal: PathBuf,
+    /// Keep the journal in Kafka, `kafka://broker[,broker]/name`, instead of
+    /// RocksDB in the journal directory (agents sharing one migration).
+    #[arg(long = "journal.url", env = "FERRY_JOURNAL_URL")]
+    pub journal_url: Option<String>,
+    /// Share the migration with other agents, coordinated on etcd:
+    /// `etcd://host:port/ferry/<migration>` (needs `--journal.url`).
+    #[arg(long, env = "FERRY_COORDINATOR")]
+    pub coordinator: Option<String>,
     /// Number of shards.
     #[arg(long, env = "FERRY_SHARDS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub shards: u32,
@@ -95,6 +103,11 @@ pub struct StartArgs {
     /// Cap source reads and target writes, in operations per second.
     #[arg(long, env = "FERRY_RATE_LIMIT", value_parser = clap::value_parser!(u32).range(1..))]
     pub rate_limit: Option<u32>,
+    /// Cap this agent's target writes only, in operations per second
+    /// (overrides `--rate-limit` for writes; each agent of a shared
+    /// migration has its own cap).
+    #[arg(long = "target.rate-limit", env = "FERRY_TARGET_RATE_LIMIT", value_parser = clap::value_parser!(u32).range(1..))]
+    pub target_rate_limit: Option<u32>,
     /// Where the agent listens (HTTPS).
     #[arg(long = "agent.listen", env = "FERRY_AGENT_LISTEN", default_value = ferry_agent::config::DEFAULT_LISTEN)]
     pub agent_listen: String,

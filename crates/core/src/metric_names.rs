@@ -28,9 +28,21 @@ pub const VERIFY_DIFFERENCES: &str = "ferry_verify_differences";
 /// target write alone), `checkpoint` (recording the applied position),
 /// `read` (reading a batch from the journal).
 pub const PIPELINE_SECONDS: &str = "ferry_pipeline_seconds";
+/// Shards each agent of a coordinated migration owns, by `agent`.
+pub const AGENT_SHARDS_OWNED: &str = "ferry_agent_shards_owned";
+/// 1 for the tailer leader of a coordinated migration, by `agent`.
+pub const AGENT_LEADER: &str = "ferry_agent_leader";
 
 /// (name, help) for every metric, so an exporter can describe them once.
 pub const DESCRIPTIONS: &[(&str, &str)] = &[
+    (
+        AGENT_SHARDS_OWNED,
+        "Shards each agent of a coordinated migration owns (label agent: the live agents' ids).",
+    ),
+    (
+        AGENT_LEADER,
+        "1 for the agent that leads a coordinated migration (runs the tailers), 0 for the others.",
+    ),
     (
         VERIFY_RANGES_VERIFIED,
         "Key ranges the continuous verifier holds verified (equal, untouched since).",

@@ -271,33 +271,11 @@ impl Writer {
         batch: &mut WriteBatch,
     ) -> Result<AppendOutcome, JournalError> {
         // Validate every shard before staging anything: the batch is atomic.
-        let mut duplicates = 0;
-        let mut fresh = 0;
-        for part in &shards {
-            let n = part.count;
-            let next = self.bounds(staged, part.shard).map_or(1, |b| b.next_seq());
-            if part.first_seq == next {
-                fresh += 1;
-            } else if part.first_seq < next && part.first_seq + n <= next && n > 0 {
-                duplicates += 1;
-            } else if part.first_seq > next {
-                return Err(JournalError::Gap {
-                    shard: part.shard,
-                    next,
-                    got: part.first_seq,
-                });
-            } else {
-                return Err(JournalError::Stale {
-                    shard: part.shard,
-                    next,
-                    got: part.first_seq,
-                });
-            }
-        }
-        if duplicates > 0 && fresh > 0 {
-            return Err(JournalError::MixedDuplicate);
-        }
-        if duplicates > 0 {
+        let check = ferry_journal::rules::check_append(
+            shards.iter().map(|p| (p.shard, p.first_seq, p.count)),
+            |shard| self.bounds(staged, shard).map_or(1, |b| b.next_seq()),
+        )?;
+        if check == ferry_journal::rules::AppendCheck::Duplicate {
             return Ok(AppendOutcome::Duplicate);
         }
         if let Some(cp) = &checkpoint {
@@ -305,14 +283,7 @@ impl Writer {
                 .checkpoints
                 .get(&cp.source)
                 .or_else(|| self.state.checkpoints.get(&cp.source));
-            if let Some(cur) = current.filter(|cur| **cur > cp.position) {
-                return Err(JournalError::CheckpointBackward {
-                    what: "source",
-                    name: cp.source.clone(),
-                    current: cur.to_string(),
-                    requested: cp.position.to_string(),
-                });
-            }
+            ferry_journal::rules::check_checkpoint(current, cp)?;
         }
         let cf_events = self.db.cf_handle(columns::EVENTS).expect("events cf");
         let cf_shards = self.db.cf_handle(columns::SHARDS).expect("shards cf");
@@ -419,25 +390,17 @@ impl Writer {
             .get(&key)
             .or_else(|| self.state.applied.get(&key))
             .copied();
-        match current {
-            Some(cur) if cur > seq => Err(JournalError::CheckpointBackward {
-                what: "applied",
-                name: format!("{} shard {}", key.0, shard),
-                current: cur.to_string(),
-                requested: seq.to_string(),
-            }),
-            Some(cur) if cur == seq => Ok(()),
-            _ => {
-                let cf = self.db.cf_handle(columns::APPLIED).expect("applied cf");
-                batch.put_cf(
-                    cf,
-                    columns::applied_key(&key.0, shard),
-                    columns::encode_seq(seq),
-                );
-                staged.applied.insert(key, seq);
-                Ok(())
-            }
+        if !ferry_journal::rules::check_applied(current, &key.0, shard, seq)? {
+            return Ok(());
         }
+        let cf = self.db.cf_handle(columns::APPLIED).expect("applied cf");
+        batch.put_cf(
+            cf,
+            columns::applied_key(&key.0, shard),
+            columns::encode_seq(seq),
+        );
+        staged.applied.insert(key, seq);
+        Ok(())
     }
 }
 

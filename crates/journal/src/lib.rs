@@ -31,6 +31,7 @@ pub mod conformance;
 pub mod frame;
 pub mod fuzzing;
 mod persist;
+pub mod rules;
 pub mod seal;
 pub mod shared;
 
@@ -163,6 +164,8 @@ pub enum JournalError {
     NotAJournal { dir: String, reason: String },
     #[error("no journal in {dir}; start one with `ferry start --journal {dir}` or check the path")]
     Missing { dir: String },
+    #[error("this agent may no longer write the journal: another writer took over with epoch {by} (this one had {mine}); it stops so that only one tailer appends")]
+    Fenced { mine: u64, by: u64 },
     #[error("journal I/O failed: {0}")]
     Io(String),
     #[error("the journal is closed")]

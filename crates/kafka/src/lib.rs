@@ -36,6 +36,7 @@ mod sink;
 pub mod source;
 pub mod tail;
 
+pub use context::Quiet;
 pub use sink::producer;
 
 /// Record headers Ferry sets on every record.

@@ -114,6 +114,29 @@ pub fn table(s: &StatusResponse) -> String {
             ));
         }
     }
+    if let Some(sc) = &s.scale {
+        for a in &sc.agents {
+            let mut notes = Vec::new();
+            if sc.leader.as_ref() == Some(&a.id) {
+                notes.push("tailer leader".to_string());
+            }
+            if a.id == sc.agent {
+                notes.push("this agent".to_string());
+            }
+            let shards: Vec<String> = a.shards.iter().map(u32::to_string).collect();
+            out.push_str(&format!(
+                "agent {} at {}: shards [{}]{}\n",
+                a.id,
+                a.api,
+                shards.join(", "),
+                if notes.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", notes.join(", "))
+                }
+            ));
+        }
+    }
     for u in &s.unmapped {
         out.push_str(&format!(
             "not mapped (the cutover refuses until accepted): {u}\n"

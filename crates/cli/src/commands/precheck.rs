@@ -32,6 +32,14 @@ pub async fn route(route: &Route, ctx: &CheckContext) -> Result<(), CliError> {
     Ok(())
 }
 
+/// The journal in Kafka, opened to read, when it exists.
+pub async fn kafka_journal(url: &str) -> Option<ferry_journal_kafka::KafkaJournal> {
+    let url = ferry_journal_kafka::JournalUrl::parse(url).ok()?;
+    ferry_journal_kafka::KafkaJournal::open(&url, 0, ferry_journal_kafka::Role::Reader)
+        .await
+        .ok()
+}
+
 /// Where `source`'s tailer resumes, from the journal at `dir` (read-only).
 pub fn checkpoint(dir: &Path, source: &str) -> Option<Position> {
     use ferry_journal::Journal;
@@ -53,8 +61,11 @@ pub fn agent_running(dir: &Path) -> bool {
 }
 
 /// Checks the journal directory without creating it.
-pub fn journal(dir: &Path) -> Result<(), CliError> {
-    ferry_journal_rocks::dir::inspect(dir)?;
+pub fn journal(dir: &Path, in_kafka: bool) -> Result<(), CliError> {
+    // With the journal in Kafka the directory holds only the agent's files.
+    if !in_kafka {
+        ferry_journal_rocks::dir::inspect(dir)?;
+    }
     if agent_running(dir) {
         return Err(ferry_journal::JournalError::Locked {
             dir: dir.display().to_string(),

@@ -53,6 +53,7 @@ fn config_for(
         key: args.agent_key.clone(),
         client_ca: args.agent_client_ca.clone(),
         rate_limit_ops: args.rate_limit,
+        target_rate_limit_ops: args.target_rate_limit,
         source_read_only: args.source_read_only,
         resnapshot_on_compaction: !args.no_resnapshot,
         verify_on_cutover: !args.no_verify,
@@ -64,6 +65,8 @@ fn config_for(
         cutover_max_lag_events: DEFAULT_CUTOVER_MAX_LAG_EVENTS,
         cutover_timeout_ms: DEFAULT_CUTOVER_TIMEOUT_MS,
         apply_timeout_ms: target_timeout.as_millis() as u64,
+        journal_url: args.journal_url.clone(),
+        coordinator: args.coordinator.clone(),
     }
 }
 
@@ -112,14 +115,23 @@ pub fn run(args: StartArgs) -> Result<(), CliError> {
         return rt.block_on(monitor::follow(&target, None, false));
     }
     // Local checks first: they are cheap and need no network.
-    precheck::journal(dir)?;
-    let resuming = existing.is_some();
+    precheck::journal(dir, cfg.journal_url.is_some())?;
+    // A journal in Kafka that had a writer: this agent resumes it (or, with
+    // --coordinator, joins the agents already on it).
+    let kafka = match &cfg.journal_url {
+        Some(url) => rt.block_on(precheck::kafka_journal(url)),
+        None => None,
+    };
+    let resuming = existing.is_some() || kafka.as_ref().is_some_and(|j| j.current_epoch() > 0);
     let external = args.source_read_only == ferry_agent::config::ReadOnlyMode::External;
     for route in &routes {
-        let checkpoint = if resuming {
-            precheck::checkpoint(dir, &route.source.url().to_string())
-        } else {
-            None
+        let source = route.source.url().to_string();
+        let checkpoint = match (&kafka, resuming) {
+            (_, false) => None,
+            (None, true) => precheck::checkpoint(dir, &source),
+            (Some(j), true) => ferry_journal::Journal::source_checkpoint(j, &source)
+                .ok()
+                .flatten(),
         };
         let ctx = ferry_connect::CheckContext {
             force: args.force,
@@ -137,14 +149,25 @@ pub fn run(args: StartArgs) -> Result<(), CliError> {
         return Ok(());
     }
     // Create the journal itself first, so the directory is a journal
-    // before the agent's own files appear in it.
-    drop(ferry_journal_rocks::RocksJournal::open(
-        dir,
-        ferry_journal_rocks::OpenMode::Create,
-        ferry_journal::PersistPolicy::EveryBatch,
-    )?);
+    // before the agent's own files appear in it (with the journal in
+    // Kafka, the directory holds only the agent's files).
+    if cfg.journal_url.is_none() {
+        drop(ferry_journal_rocks::RocksJournal::open(
+            dir,
+            ferry_journal_rocks::OpenMode::Create,
+            ferry_journal::PersistPolicy::EveryBatch,
+        )?);
+    } else {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            CliError::new(
+                ExitCode::Runtime,
+                format!("cannot create the agent's directory {}: {e}", dir.display()),
+            )
+        })?;
+    }
     cfg.save(dir)
         .map_err(|e| CliError::new(ExitCode::Runtime, e))?;
+    drop(kafka);
     if resuming {
         println!("resuming the migration recorded in {}", dir.display());
     }

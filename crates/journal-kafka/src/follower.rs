@@ -1,0 +1,276 @@
+//! The follower: one consumer per journal handle that reads the whole
+//! topic in order and keeps what the journal answers from (the index of
+//! each shard's sequences to offsets, the visible ends, checkpoints),
+//! whoever wrote it. It is the only thing that changes [`State`], so a
+//! handle that appends sees its own writes exactly as another agent does:
+//! an append returns once the follower has read its records and accepted
+//! them.
+
+use crate::records::{self, Marker, Meta, Record};
+use ferry_core::{Position, Seq};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Frames kept in memory per shard for reads near the end (replay reads
+/// what was just appended); older reads fetch from the broker.
+const CACHE_PER_SHARD: usize = 4 << 20;
+/// Commit verdicts kept for appenders to look up.
+const VERDICTS: usize = 4096;
+
+#[derive(Default)]
+pub struct ShardState {
+    /// Appended to at least once (a commit named it).
+    pub ever: bool,
+    /// Highest sequence a valid commit made visible.
+    pub committed: Seq,
+    /// Events through this are truncated.
+    pub truncated: Seq,
+    /// The epoch of the last marker in the shard's partition.
+    pub fence: u64,
+    /// The sequence of `offsets[0]`.
+    base: Seq,
+    /// Offsets of the indexed events `base..`.
+    offsets: VecDeque<i64>,
+    /// Frames of the newest indexed events: `(seq, frame)`, contiguous.
+    cache: VecDeque<(Seq, Arc<[u8]>)>,
+    cache_bytes: usize,
+}
+
+impl ShardState {
+    fn indexed_last(&self) -> Seq {
+        (self.base + self.offsets.len() as u64).saturating_sub(1)
+    }
+
+    /// The last visible sequence: committed and read by the follower.
+    pub fn last(&self) -> Seq {
+        self.committed.min(self.indexed_last()).max(self.truncated)
+    }
+
+    pub fn offset(&self, seq: Seq) -> Option<i64> {
+        let i = seq.checked_sub(self.base)?;
+        self.offsets.get(i as usize).copied()
+    }
+
+    pub fn cached(&self, seq: Seq) -> Option<Arc<[u8]>> {
+        let (first, _) = self.cache.front()?;
+        let i = seq.checked_sub(*first)?;
+        self.cache.get(i as usize).map(|(_, f)| Arc::clone(f))
+    }
+
+    fn index(&mut self, epoch: u64, seq: Seq, offset: i64, frame: &[u8]) {
+        if epoch < self.fence || seq != self.indexed_last() + 1 {
+            // A deposed writer's record, or one already indexed (a
+            // producer's retry the broker kept twice).
+            return;
+        }
+        if self.offsets.is_empty() && seq <= self.truncated {
+            self.base = seq + 1;
+            return;
+        }
+        if self.offsets.is_empty() {
+            self.base = seq;
+        }
+        self.offsets.push_back(offset);
+        if self.cache.back().is_some_and(|(s, _)| *s + 1 != seq) {
+            self.cache.clear();
+            self.cache_bytes = 0;
+        }
+        self.cache_bytes += frame.len();
+        self.cache.push_back((seq, Arc::from(frame)));
+        while self.cache_bytes > CACHE_PER_SHARD && self.cache.len() > 1 {
+            let (_, f) = self.cache.pop_front().expect("non-empty");
+            self.cache_bytes -= f.len();
+        }
+    }
+
+    fn mark(&mut self, m: Marker) {
+        if m.epoch < self.fence {
+            return;
+        }
+        self.fence = m.epoch;
+        let last = self.indexed_last();
+        if last > m.void_after {
+            let drop = (last - m.void_after) as usize;
+            self.offsets
+                .truncate(self.offsets.len().saturating_sub(drop));
+            while self.cache.back().is_some_and(|(s, _)| *s > m.void_after) {
+                let (_, f) = self.cache.pop_back().expect("non-empty");
+                self.cache_bytes -= f.len();
+            }
+        }
+    }
+
+    fn truncate(&mut self, through: Seq) {
+        self.truncated = self.truncated.max(through);
+        while self.base <= self.truncated && !self.offsets.is_empty() {
+            self.offsets.pop_front();
+            self.base += 1;
+        }
+        while self
+            .cache
+            .front()
+            .is_some_and(|(s, _)| *s <= self.truncated)
+        {
+            let (_, f) = self.cache.pop_front().expect("non-empty");
+            self.cache_bytes -= f.len();
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct State {
+    pub shards: BTreeMap<u32, ShardState>,
+    pub sources: HashMap<String, Position>,
+    pub applied: HashMap<(String, u32), Seq>,
+    /// The highest writer epoch and the writer that took it.
+    pub epoch: u64,
+    pub epoch_writer: u64,
+    /// Per partition: the next offset to read, and whether its end was
+    /// reached at least once.
+    pub next: Vec<i64>,
+    pub eof: Vec<bool>,
+    /// Whether the commit record at an offset was accepted.
+    verdicts: VecDeque<(i64, bool)>,
+    /// Why the journal cannot go on (a record it cannot read).
+    pub broken: Option<String>,
+}
+
+impl State {
+    pub fn new(partitions: usize) -> State {
+        State {
+            next: vec![0; partitions],
+            eof: vec![false; partitions],
+            ..State::default()
+        }
+    }
+
+    pub fn caught_up(&self) -> bool {
+        self.eof.iter().all(|e| *e)
+    }
+
+    pub fn read_past(&self, partition: i32, offset: i64) -> bool {
+        self.next
+            .get(partition as usize)
+            .is_some_and(|n| *n > offset)
+    }
+
+    pub fn verdict(&self, offset: i64) -> Option<bool> {
+        self.verdicts
+            .iter()
+            .rev()
+            .find(|(o, _)| *o == offset)
+            .map(|(_, v)| *v)
+    }
+
+    fn apply(&mut self, partition: i32, offset: i64, record: Record<'_>) {
+        match record {
+            Record::Meta(m) => self.apply_meta(offset, m),
+            Record::Marker(m) => self.shard(partition).mark(m),
+            Record::Event { epoch, seq, frame } => {
+                self.shard(partition).index(epoch, seq, offset, frame)
+            }
+            Record::Foreign(what) => {
+                self.broken.get_or_insert_with(|| {
+                    format!("partition {partition} offset {offset} of the journal's topic holds {what}; the topic is not (only) a Ferry journal")
+                });
+            }
+        }
+    }
+
+    fn shard(&mut self, partition: i32) -> &mut ShardState {
+        self.shards.entry(partition as u32 - 1).or_default()
+    }
+
+    fn apply_meta(&mut self, offset: i64, m: Meta) {
+        match m {
+            Meta::Epoch { epoch, writer } => {
+                if epoch > self.epoch {
+                    self.epoch = epoch;
+                    self.epoch_writer = writer;
+                }
+            }
+            Meta::Commit {
+                epoch,
+                shards,
+                checkpoint,
+            } => {
+                let valid = epoch == self.epoch;
+                if valid {
+                    for (s, last) in shards {
+                        let sh = self.shards.entry(s).or_default();
+                        sh.ever = true;
+                        sh.committed = sh.committed.max(last);
+                    }
+                    if let Some((source, pos)) = checkpoint {
+                        let cur = self.sources.entry(source).or_default();
+                        if pos > *cur {
+                            *cur = pos;
+                        }
+                    }
+                }
+                if self.verdicts.len() == VERDICTS {
+                    self.verdicts.pop_front();
+                }
+                self.verdicts.push_back((offset, valid));
+            }
+            Meta::Applied { target, shard, seq } => {
+                let cur = self.applied.entry((target, shard)).or_default();
+                *cur = (*cur).max(seq);
+            }
+            Meta::Truncate { shard, through } => {
+                self.shards.entry(shard).or_default().truncate(through);
+            }
+        }
+    }
+}
+
+/// Reads `topic` from its start into `state` until `stop`; `tick` is
+/// called after every record and every idle poll, so waiters wake up.
+pub fn run(
+    consumer: BaseConsumer<ferry_kafka::Quiet>,
+    topic: &str,
+    partitions: usize,
+    state: &Mutex<State>,
+    tick: impl Fn(),
+    stop: &AtomicBool,
+) {
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions as i32 {
+        // Offset 0, not Beginning: this broker's ListOffsets answers wrong.
+        tpl.add_partition_offset(topic, p, Offset::Offset(0))
+            .expect("a valid partition");
+    }
+    if let Err(e) = consumer.assign(&tpl) {
+        state.lock().expect("journal state").broken = Some(format!(
+            "cannot read the journal's topic {topic}: {e}; check the broker"
+        ));
+        tick();
+        return;
+    }
+    while !stop.load(Ordering::Relaxed) {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                let record = records::parse(&m);
+                let mut st = state.lock().expect("journal state");
+                st.apply(m.partition(), m.offset(), record);
+                if let Some(n) = st.next.get_mut(m.partition() as usize) {
+                    *n = m.offset() + 1;
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                let mut st = state.lock().expect("journal state");
+                if let Some(e) = st.eof.get_mut(p as usize) {
+                    *e = true;
+                }
+            }
+            Some(Err(e)) => tracing::debug!(error = %e, topic, "journal follower"),
+            None => {}
+        }
+        tick();
+    }
+}
