@@ -11,6 +11,7 @@ use ferry_core::{Position, Seq};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Message, Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -39,6 +40,8 @@ pub struct ShardState {
     /// Frames of the newest indexed events: `(seq, frame)`, contiguous.
     cache: VecDeque<(Seq, Arc<[u8]>)>,
     cache_bytes: usize,
+    /// Each epoch marker read: (offset, epoch), for snapshots.
+    markers: Vec<(i64, u64)>,
 }
 
 impl ShardState {
@@ -88,11 +91,12 @@ impl ShardState {
         }
     }
 
-    fn mark(&mut self, m: Marker) {
+    fn mark(&mut self, offset: i64, m: Marker) {
         if m.epoch < self.fence {
             return;
         }
         self.fence = m.epoch;
+        self.markers.push((offset, m.epoch));
         let last = self.indexed_last();
         if last > m.void_after {
             let drop = (last - m.void_after) as usize;
@@ -122,6 +126,35 @@ impl ShardState {
     }
 }
 
+/// The follower's state at a point of the topic, so that a new handle
+/// starts there instead of at offset 0 (on durable storage the broker
+/// reads every stored batch back one by one: a long journal took minutes).
+/// The writer puts one in the journal's `.state` topic every few seconds;
+/// a handle opens from the last one.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The next offset of partition 0 the snapshot does not cover.
+    pub meta_next: i64,
+    pub epoch: u64,
+    pub epoch_writer: u64,
+    pub sources: Vec<(String, Position)>,
+    pub applied: Vec<(String, u32, Seq)>,
+    pub shards: Vec<ShardSnapshot>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ShardSnapshot {
+    pub shard: u32,
+    pub ever: bool,
+    pub committed: Seq,
+    pub truncated: Seq,
+    /// Where reading the shard's partition resumes, the sequence the next
+    /// valid record there has, and the epoch fence in force at that offset.
+    pub offset: i64,
+    pub base: Seq,
+    pub fence: u64,
+}
+
 #[derive(Default)]
 pub struct State {
     pub shards: BTreeMap<u32, ShardState>,
@@ -149,6 +182,85 @@ impl State {
         }
     }
 
+    /// The state as a [`Snapshot`].
+    pub fn snapshot(&self) -> Snapshot {
+        let shards = self
+            .shards
+            .iter()
+            .map(|(s, sh)| {
+                let indexed_last = sh.indexed_last();
+                let next = self.next.get(*s as usize + 1).copied().unwrap_or(0);
+                let (base, offset) = match sh.offset(sh.truncated + 1) {
+                    Some(o) if sh.truncated < indexed_last => (sh.truncated + 1, o),
+                    _ => (indexed_last + 1, next),
+                };
+                let fence = sh
+                    .markers
+                    .iter()
+                    .take_while(|(o, _)| *o < offset)
+                    .map(|(_, e)| *e)
+                    .max()
+                    .unwrap_or(0);
+                ShardSnapshot {
+                    shard: *s,
+                    ever: sh.ever,
+                    committed: sh.committed,
+                    truncated: sh.truncated,
+                    offset,
+                    base,
+                    fence,
+                }
+            })
+            .collect();
+        Snapshot {
+            meta_next: self.next.first().copied().unwrap_or(0),
+            epoch: self.epoch,
+            epoch_writer: self.epoch_writer,
+            sources: self
+                .sources
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            applied: self
+                .applied
+                .iter()
+                .map(|((t, s), q)| (t.clone(), *s, *q))
+                .collect(),
+            shards,
+        }
+    }
+
+    /// The state a snapshot describes; reading resumes at `next`.
+    pub fn from_snapshot(snap: Snapshot, partitions: usize) -> State {
+        let mut st = State::new(partitions);
+        st.next[0] = snap.meta_next;
+        st.epoch = snap.epoch;
+        st.epoch_writer = snap.epoch_writer;
+        st.sources = snap.sources.into_iter().collect();
+        st.applied = snap
+            .applied
+            .into_iter()
+            .map(|(t, s, q)| ((t, s), q))
+            .collect();
+        for sh in snap.shards {
+            if let Some(n) = st.next.get_mut(sh.shard as usize + 1) {
+                *n = sh.offset;
+            }
+            st.shards.insert(
+                sh.shard,
+                ShardState {
+                    ever: sh.ever,
+                    committed: sh.committed,
+                    truncated: sh.truncated,
+                    fence: sh.fence,
+                    base: sh.base,
+                    ..ShardState::default()
+                },
+            );
+        }
+        st
+    }
+
     pub fn caught_up(&self) -> bool {
         self.eof.iter().all(|e| *e)
     }
@@ -170,7 +282,7 @@ impl State {
     fn apply(&mut self, partition: i32, offset: i64, record: Record<'_>) {
         match record {
             Record::Meta(m) => self.apply_meta(offset, m),
-            Record::Marker(m) => self.shard(partition).mark(m),
+            Record::Marker(m) => self.shard(partition).mark(offset, m),
             Record::Event { epoch, seq, frame } => {
                 self.shard(partition).index(epoch, seq, offset, frame)
             }
@@ -229,8 +341,20 @@ impl State {
     }
 }
 
-/// Reads `topic` from its start into `state` until `stop`; `tick` is
-/// called after every record and every idle poll, so waiters wake up.
+/// Where the follower writes snapshots: the producer, the `.state` topic,
+/// and this handle's writer epoch (only a writer writes them).
+pub struct Snapshots {
+    pub producer: rdkafka::producer::FutureProducer<ferry_kafka::Quiet>,
+    pub topic: String,
+    pub epoch: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// How often a writer's follower puts a snapshot in the `.state` topic.
+const SNAPSHOT_EVERY: Duration = Duration::from_secs(2);
+
+/// Reads `topic` into `state` from the offsets `state.next` holds until
+/// `stop`; `tick` is called after every record and every idle poll, so
+/// waiters wake up.
 pub fn run(
     consumer: BaseConsumer<ferry_kafka::Quiet>,
     topic: &str,
@@ -238,12 +362,18 @@ pub fn run(
     state: &Mutex<State>,
     tick: impl Fn(),
     stop: &AtomicBool,
+    snapshots: Snapshots,
 ) {
     let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions as i32 {
-        // Offset 0, not Beginning: this broker's ListOffsets answers wrong.
-        tpl.add_partition_offset(topic, p, Offset::Offset(0))
-            .expect("a valid partition");
+    {
+        let st = state.lock().expect("journal state");
+        for p in 0..partitions as i32 {
+            // An explicit offset (0 when new), not Beginning: this broker's
+            // ListOffsets answers wrong.
+            let at = st.next.get(p as usize).copied().unwrap_or(0);
+            tpl.add_partition_offset(topic, p, Offset::Offset(at))
+                .expect("a valid partition");
+        }
     }
     if let Err(e) = consumer.assign(&tpl) {
         state.lock().expect("journal state").broken = Some(format!(
@@ -252,6 +382,7 @@ pub fn run(
         tick();
         return;
     }
+    let mut last_snapshot = (std::time::Instant::now(), -1i64);
     while !stop.load(Ordering::Relaxed) {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
@@ -272,5 +403,27 @@ pub fn run(
             None => {}
         }
         tick();
+        if last_snapshot.0.elapsed() >= SNAPSHOT_EVERY
+            && snapshots.epoch.load(Ordering::Relaxed) > 0
+        {
+            let snap = {
+                let st = state.lock().expect("journal state");
+                (st.caught_up() && st.next[0] != last_snapshot.1).then(|| st.snapshot())
+            };
+            last_snapshot.0 = std::time::Instant::now();
+            if let Some(snap) = snap {
+                last_snapshot.1 = snap.meta_next;
+                let bytes = serde_json::to_vec(&snap).expect("a snapshot serialises");
+                let r: rdkafka::producer::FutureRecord<'_, [u8], [u8]> =
+                    rdkafka::producer::FutureRecord::to(&snapshots.topic)
+                        .partition(0)
+                        .payload(&bytes);
+                // Fire and forget: a lost snapshot only means the next
+                // handle reads a little more.
+                if let Err((e, _)) = snapshots.producer.send_result(r) {
+                    tracing::debug!(error = %e, "journal snapshot not sent");
+                }
+            }
+        }
     }
 }

@@ -137,7 +137,7 @@ struct Inner {
     url: JournalUrl,
     partitions: usize,
     /// This handle's writer epoch; 0 while it may not append.
-    epoch: AtomicU64,
+    epoch: Arc<AtomicU64>,
     producer: FutureProducer<Quiet>,
     state: Arc<Mutex<State>>,
     progress: watch::Sender<u64>,
@@ -196,7 +196,25 @@ impl KafkaJournal {
             .await
             .map_err(io)?
             .unwrap_or(needed);
-        let producer = ClientConfig::new()
+        let state_topic = format!("{topic}.state");
+        if role != Role::Reader {
+            ferry_kafka::connector::ensure_topic(&url.bootstrap, &state_topic, 1)
+                .await
+                .map_err(io)?;
+        }
+        // Start from the last snapshot, when there is one.
+        let snapshot = {
+            let (b, t) = (url.bootstrap.clone(), state_topic.clone());
+            tokio::task::spawn_blocking(move || {
+                ferry_kafka::tail::last_payload(&b, &t, 0, Duration::from_secs(30))
+            })
+            .await
+            .map_err(io)?
+            .ok()
+            .flatten()
+            .and_then(|bytes| serde_json::from_slice::<follower::Snapshot>(&bytes).ok())
+        };
+        let producer: FutureProducer<Quiet> = ClientConfig::new()
             .set("bootstrap.servers", &url.bootstrap)
             .set("enable.idempotence", "true")
             .set("acks", "all")
@@ -206,7 +224,11 @@ impl KafkaJournal {
             .set("queue.buffering.max.messages", "1000000")
             .create_with_context(Quiet::default())
             .map_err(io)?;
-        let state = Arc::new(Mutex::new(State::new(partitions)));
+        let state = Arc::new(Mutex::new(match snapshot {
+            Some(snap) => State::from_snapshot(snap, partitions),
+            None => State::new(partitions),
+        }));
+        let epoch = Arc::new(AtomicU64::new(0));
         let (progress, _) = watch::channel(0u64);
         let stop = Arc::new(AtomicBool::new(false));
         let follower = {
@@ -217,6 +239,11 @@ impl KafkaJournal {
                 Arc::clone(&stop),
                 progress.clone(),
             );
+            let snapshots = follower::Snapshots {
+                producer: producer.clone(),
+                topic: state_topic,
+                epoch: Arc::clone(&epoch),
+            };
             std::thread::Builder::new()
                 .name("journal-follower".into())
                 .spawn(move || {
@@ -229,6 +256,7 @@ impl KafkaJournal {
                             tx.send_modify(|n| *n += 1);
                         },
                         &stop,
+                        snapshots,
                     )
                 })
                 .map_err(io)?
@@ -237,7 +265,7 @@ impl KafkaJournal {
             inner: Inner {
                 url: url.clone(),
                 partitions,
-                epoch: AtomicU64::new(0),
+                epoch,
                 producer,
                 state,
                 progress,

@@ -390,3 +390,96 @@ fn a_journal_topic_with_too_few_partitions_is_refused_in_one_sentence() {
         assert!(e.contains("kafka://host:port"), "{bad}: {e}");
     }
 }
+
+#[test]
+fn a_handle_opened_from_a_snapshot_answers_as_one_that_read_everything() {
+    let Some(k) = require(Kafka::start()) else {
+        return;
+    };
+    let h = KafkaHarness::new(k);
+    let old = h.open("snap", Role::Writer(None));
+    for i in 0..30u64 {
+        block(old.append(batch((i % 3) as u32, i / 3 + 1, 1, Some(i + 1)))).unwrap();
+    }
+    block(old.truncate(ShardId(0), 4)).unwrap();
+    block(old.set_applied("t", ShardId(0), 6)).unwrap();
+    // A new writer, then the old one's late record after its marker.
+    let j = h.open("snap", Role::Writer(None));
+    let p = producer(&h.kafka.bootstrap());
+    let mut late = conformance::event(1, 11);
+    late.shard = ShardId(1);
+    late.seq = 11;
+    late.key = b"late".to_vec();
+    h.rt.block_on(send(
+        &p,
+        "snap",
+        2,
+        &[
+            (
+                records::HEADER_EPOCH.into(),
+                old.epoch().to_string().into_bytes(),
+            ),
+            (records::HEADER_SEQ.into(), b"11".to_vec()),
+        ],
+        &ferry_journal::encode_frame(&late),
+    ));
+    block(j.append(batch(2, 11, 2, Some(31)))).unwrap();
+    drop(old);
+    // The writer's follower puts a snapshot in `.state` every 2 s.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let snap = loop {
+        let got = ferry_kafka::tail::last_payload(
+            &h.kafka.bootstrap(),
+            "snap.state",
+            0,
+            Duration::from_secs(10),
+        )
+        .unwrap()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .filter(|v| v["sources"][0][1]["order"] == 31);
+        if let Some(v) = got {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no snapshot covering the last append"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(snap["meta_next"].as_i64().unwrap() > 0, "{snap}");
+    let answers = |j: &KafkaJournal| {
+        (0..3)
+            .map(|s| {
+                let b = j.bounds(ShardId(s)).unwrap().unwrap();
+                let seqs: Vec<u64> = j
+                    .read(ShardId(s), b.first, ReadBudget::DEFAULT)
+                    .unwrap()
+                    .iter()
+                    .map(|e| e.seq)
+                    .collect();
+                (b, seqs)
+            })
+            .collect::<Vec<_>>()
+    };
+    let want = answers(&j);
+    let reader = h.open("snap", Role::Reader);
+    assert_eq!(answers(&reader), want);
+    assert_eq!(
+        reader.source_checkpoint("src").unwrap(),
+        Some(Position::at(31))
+    );
+    assert_eq!(reader.applied("t", ShardId(0)).unwrap(), Some(6));
+    assert_eq!(want[0].0.first, 5);
+    assert_eq!(want[2].0.last, 12);
+    // The next writer from the snapshot goes on where the journal is.
+    drop(j);
+    let j = h.open("snap", Role::Writer(None));
+    block(j.append(batch(1, 11, 1, Some(32)))).unwrap();
+    let got = j.read(ShardId(1), 11, ReadBudget::DEFAULT).unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].key,
+        conformance::event(1, 11).key,
+        "the deposed writer's late record is not the one read"
+    );
+}

@@ -237,3 +237,50 @@ pub fn scan(
         }
     }
 }
+
+/// The value of the last record of `topic`'s partition `partition`, if it
+/// has one (blocking; call from `spawn_blocking`). Looks further back, as
+/// [`read`] does, when the last offsets hold no record.
+pub fn last_payload(
+    bootstrap: &str,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+) -> Result<Option<Vec<u8>>, String> {
+    let deadline = Instant::now() + timeout;
+    let c = consumer(bootstrap).map_err(|e| e.to_string())?;
+    let end = high_watermark(&c, topic, partition, deadline)?;
+    if end <= 0 {
+        return Ok(None);
+    }
+    let mut back = 1;
+    loop {
+        let from = (end - back).max(0);
+        assign(&c, topic, partition, from)?;
+        let (mut last, mut quiet) = (None, Instant::now());
+        loop {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "timed out reading the last record of {topic}/{partition}"
+                ));
+            }
+            match c.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) if m.offset() >= from => {
+                    quiet = Instant::now();
+                    last = Some(m.payload().unwrap_or_default().to_vec());
+                    if m.offset() + 1 >= end {
+                        break;
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => break,
+                None if quiet.elapsed() > GAP_WAIT => break,
+                Some(Err(e)) => return Err(format!("reading {topic}/{partition}: {e}")),
+                _ => {}
+            }
+        }
+        if last.is_some() || from == 0 {
+            return Ok(last);
+        }
+        back *= 16;
+    }
+}
