@@ -265,6 +265,16 @@ impl State {
         self.eof.iter().all(|e| *e)
     }
 
+    /// The partitions not yet read to their end, with the offset reached.
+    pub fn behind(&self) -> Vec<(usize, i64)> {
+        self.eof
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| !**e)
+            .map(|(p, _)| (p, self.next[p]))
+            .collect()
+    }
+
     pub fn read_past(&self, partition: i32, offset: i64) -> bool {
         self.next
             .get(partition as usize)
@@ -400,7 +410,17 @@ pub fn run(
                 }
             }
             Some(Err(e)) => tracing::debug!(error = %e, topic, "journal follower"),
-            None => {}
+            None => {
+                // The end of a partition is also known from the fetch's
+                // high watermark (an end-of-partition event may not come).
+                let mut st = state.lock().expect("journal state");
+                for p in 0..partitions {
+                    let high = consumer.context().high_watermark(topic, p as i32);
+                    if high.is_some_and(|h| h <= st.next[p]) {
+                        st.eof[p] = true;
+                    }
+                }
+            }
         }
         tick();
         if last_snapshot.0.elapsed() >= SNAPSHOT_EVERY

@@ -163,7 +163,14 @@ fn consumer(bootstrap: &str) -> Result<BaseConsumer<Quiet>, JournalError> {
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "10")
+        // A fetch at a partition's end waits this long for more: short, for
+        // the append's read back, but not so short that the fetches of
+        // every handle keep a broker on S3 storage from serving new
+        // batches (at 10 ms, tansu on moto here stopped serving a
+        // partition's newest batches under load).
+        .set("fetch.wait.max.ms", "100")
+        // Each fetch's high watermark: where a partition ends.
+        .set("statistics.interval.ms", "100")
         .create_with_context(Quiet::default())
         .map_err(io)
 }
@@ -319,10 +326,20 @@ impl KafkaJournal {
                 }
             }
             if Instant::now() > deadline {
+                let (behind, next) = {
+                    let st = self.lock();
+                    (st.behind(), st.next.clone())
+                };
+                tracing::warn!(?next, what, "the journal's follower did not get there");
                 return Err(JournalError::Io(format!(
-                    "{what}: the journal's topic at {} did not answer within {} s; check that the broker runs",
+                    "{what}: the journal's topic at {} did not answer within {} s{}; check that the broker runs",
                     self.inner.url,
-                    WAIT.as_secs()
+                    WAIT.as_secs(),
+                    if behind.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (partitions not read to their end, at offset: {behind:?})")
+                    }
                 )));
             }
             // The follower ticks at least every 100 ms.
@@ -558,6 +575,12 @@ impl Journal for KafkaJournal {
             checkpoint: batch.checkpoint.map(|c| (c.source, c.position)),
         };
         let at = self.produce_meta(&commit).await?;
+        tracing::debug!(
+            commit_at = at,
+            ?lasts,
+            ?last_offset,
+            "awaiting the follower"
+        );
         self.wait("appending to the journal", |st| {
             st.read_past(0, at)
                 && lasts

@@ -5,6 +5,15 @@
 use ferry_core::{Position, ShardId};
 use ferry_journal::conformance::{self, batch, Harness};
 use ferry_journal::{AppendOutcome, Journal, JournalError, ReadBudget};
+
+/// The journal's warnings (a follower that does not get where an
+/// operation waits for) in the test's output.
+fn trace() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("ferry_journal_kafka=warn")
+        .with_test_writer()
+        .try_init();
+}
 use ferry_journal_kafka::records::{self, Meta};
 use ferry_journal_kafka::{JournalUrl, KafkaJournal, Role};
 use ferry_testkit::{require, Kafka};
@@ -482,4 +491,99 @@ fn a_handle_opened_from_a_snapshot_answers_as_one_that_read_everything() {
         conformance::event(1, 11).key,
         "the deposed writer's late record is not the one read"
     );
+}
+
+#[test]
+fn one_writer_and_two_readers_on_durable_storage_keep_up_under_load() {
+    trace();
+    let Some(k) = require(Kafka::start_durable()) else {
+        return;
+    };
+    let url = JournalUrl {
+        bootstrap: k.bootstrap(),
+        name: "load".into(),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let w = std::sync::Arc::new(
+            KafkaJournal::open(&url, SHARDS, Role::Writer(None))
+                .await
+                .unwrap(),
+        );
+        let readers: Vec<_> = futures::future::join_all(
+            (0..2).map(|_| KafkaJournal::open(&url, SHARDS, Role::Standby)),
+        )
+        .await
+        .into_iter()
+        .map(|r| std::sync::Arc::new(r.unwrap()))
+        .collect();
+        const BATCHES: u64 = 40;
+        const PER: u64 = 50;
+        let t0 = Instant::now();
+        let writer = {
+            let w = std::sync::Arc::clone(&w);
+            tokio::spawn(async move {
+                for i in 0..BATCHES {
+                    let mut b = batch(0, i * PER + 1, PER, Some(i + 1));
+                    for s in 1..SHARDS {
+                        b.shards.extend(batch(s, i * PER + 1, PER, None).shards);
+                    }
+                    w.append(b).await.unwrap();
+                }
+            })
+        };
+        // Each reader applies two shards, as agents owning them do.
+        let appliers: Vec<_> = readers
+            .iter()
+            .enumerate()
+            .map(|(r, j)| {
+                let j = std::sync::Arc::clone(j);
+                let w2 = std::sync::Arc::clone(&w);
+                tokio::spawn(async move {
+                    let deadline = Instant::now() + Duration::from_secs(300);
+                    let mut done = [0u64; SHARDS as usize];
+                    while done
+                        .iter()
+                        .enumerate()
+                        .any(|(s, d)| s % 2 == r && *d < BATCHES * PER)
+                    {
+                        assert!(
+                            Instant::now() < deadline,
+                            "reader {r} fell behind: {done:?}"
+                        );
+                        for s in (r..SHARDS as usize).step_by(2) {
+                            let got = j
+                                .read(ShardId(s as u32), done[s] + 1, ReadBudget::DEFAULT)
+                                .unwrap();
+                            if let Some(last) = got.last() {
+                                done[s] = last.seq;
+                                w2.set_applied("t", ShardId(s as u32), last.seq)
+                                    .await
+                                    .unwrap();
+                                w2.truncate(ShardId(s as u32), last.seq).await.unwrap();
+                            }
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                })
+            })
+            .collect();
+        writer.await.unwrap();
+        for a in appliers {
+            a.await.unwrap();
+        }
+        eprintln!(
+            "{} events appended and applied through two readers in {:?}",
+            BATCHES * PER * SHARDS as u64,
+            t0.elapsed()
+        );
+        for j in readers.iter().chain(std::iter::once(&w)) {
+            for s in 0..SHARDS {
+                assert_eq!(j.applied("t", ShardId(s)).unwrap(), Some(BATCHES * PER));
+            }
+        }
+    });
 }
