@@ -58,8 +58,7 @@ pub mod records;
 use ferry_core::{Event, Position, Seq, ShardId};
 use ferry_journal::rules::{check_append, check_applied, check_checkpoint, AppendCheck};
 use ferry_journal::{
-    decode_frame, encode_frame, AppendBatch, AppendOutcome, Journal, JournalError, ReadBudget,
-    ShardBounds,
+    encode_frame, AppendBatch, AppendOutcome, Journal, JournalError, ReadBudget, ShardBounds,
 };
 use ferry_kafka::Quiet;
 use follower::State;
@@ -663,18 +662,7 @@ impl Journal for KafkaJournal {
                 if !out.is_empty() && bytes + f.len() > budget.max_bytes {
                     return Ok(out);
                 }
-                let ev = decode_frame(&f).map_err(|e| JournalError::Corrupt {
-                    shard,
-                    seq,
-                    reason: e.to_string(),
-                })?;
-                if ev.shard != shard || ev.seq != seq {
-                    return Err(JournalError::Corrupt {
-                        shard,
-                        seq,
-                        reason: format!("the record holds shard {} sequence {}", ev.shard, ev.seq),
-                    });
-                }
+                let ev = ferry_journal::decode_record(&f, shard, seq)?;
                 bytes += f.len();
                 out.push(ev);
                 i += 1;

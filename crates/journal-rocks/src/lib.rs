@@ -17,8 +17,8 @@ pub use check::{repair, verify, Damage, RepairReport, VerifyReport};
 use columns::{event_key, parse_event_key};
 use ferry_core::{Event, Position, Seq, ShardId};
 use ferry_journal::{
-    decode_frame, encode_frame_into, AppendBatch, AppendOutcome, Journal, JournalError,
-    PersistPolicy, ReadBudget, ShardBounds,
+    encode_frame_into, AppendBatch, AppendOutcome, Journal, JournalError, PersistPolicy,
+    ReadBudget, ShardBounds,
 };
 use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, ReadOptions, DB};
 use std::collections::{BTreeMap, HashMap};
@@ -492,21 +492,7 @@ impl Journal for RocksJournal {
                     seq,
                     reason: "the record's length runs past its chunk".into(),
                 })?;
-                let event = decode_frame(frame).map_err(|e| JournalError::Corrupt {
-                    shard,
-                    seq,
-                    reason: e.to_string(),
-                })?;
-                if event.shard != shard || event.seq != seq {
-                    return Err(JournalError::Corrupt {
-                        shard,
-                        seq,
-                        reason: format!(
-                            "the record holds shard {} sequence {}",
-                            event.shard, event.seq
-                        ),
-                    });
-                }
+                let event = ferry_journal::decode_record(frame, shard, seq)?;
                 bytes += frame.len();
                 out.push(event);
                 expected = seq + 1;

@@ -184,6 +184,27 @@ impl JournalError {
     }
 }
 
+/// Decodes the stored frame of `shard`'s `seq`: a damaged frame, or one
+/// holding another shard or sequence, is [`JournalError::Corrupt`].
+pub fn decode_record(frame: &[u8], shard: ShardId, seq: Seq) -> Result<Event, JournalError> {
+    let event = decode_frame(frame).map_err(|e| JournalError::Corrupt {
+        shard,
+        seq,
+        reason: e.to_string(),
+    })?;
+    if event.shard != shard || event.seq != seq {
+        return Err(JournalError::Corrupt {
+            shard,
+            seq,
+            reason: format!(
+                "the record holds shard {} sequence {}",
+                event.shard, event.seq
+            ),
+        });
+    }
+    Ok(event)
+}
+
 /// The journal. See the module doc for the contract.
 pub trait Journal: Send + Sync {
     /// Appends atomically and resolves once durable.
