@@ -4,6 +4,7 @@
 use ferry_core::{Event, Op, Position, ShardId, StoreMeta, Value};
 use ferry_journal::{AppendBatch, ShardAppend, SourceCheckpoint};
 pub mod harness;
+pub mod mongo;
 pub mod topic;
 
 use std::path::PathBuf;

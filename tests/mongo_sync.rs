@@ -8,8 +8,9 @@
 
 use ferry_testkit::{require, MongoWire, Mongod};
 use ferry_tests::harness::*;
+use ferry_tests::mongo::load;
 use mongodb::bson::{doc, Document};
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use serde_json::Value;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -42,86 +43,9 @@ fn app_insert(rt: &tokio::runtime::Runtime, uri: &str, id: i64) -> Result<(), Op
     })
 }
 
-/// Creates the collections (one at a time: mongod under wine crashes when
-/// several connections create one collection at once) and fills them.
-async fn load(uri: &str, per_coll: u32) {
-    let c = mongodb::Client::with_uri_str(uri).await.unwrap();
-    let db = c.database("app");
-    for coll in ["users", "orders", "events"] {
-        let docs: Vec<Document> = (0..per_coll)
-            .map(|i| {
-                doc! {
-                    "_id": i as i64,
-                    "name": format!("{coll}-{i}"),
-                    "nested": {"a": i, "tags": ["x", "y"], "f": 1.5},
-                    "when": mongodb::bson::DateTime::from_millis(1_700_000_000_000 + i as i64),
-                }
-            })
-            .collect();
-        db.collection::<Document>(coll)
-            .insert_many(docs)
-            .await
-            .unwrap();
-    }
-    db.collection::<Document>("users")
-        .create_index(
-            mongodb::IndexModel::builder()
-                .keys(doc! {"name": 1})
-                .options(
-                    mongodb::options::IndexOptions::builder()
-                        .unique(true)
-                        .build(),
-                )
-                .build(),
-        )
-        .await
-        .unwrap();
-}
-
-/// Inserts, replaces, updates and deletes until `stop`, at most 20,000 ops.
+/// The shared workload, paced at one change every 2 ms.
 fn writer(uri: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
-    std::thread::spawn(move || {
-        tokio::runtime::Runtime::new()
-            .unwrap()
-            .block_on(async move {
-                let c = mongodb::Client::with_uri_str(&uri).await.unwrap();
-                let db = c.database("app");
-                let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-                let mut ops = 0u64;
-                let deadline = Instant::now() + Duration::from_secs(300);
-                while !stop.load(Ordering::Relaxed) && ops < 20_000 && Instant::now() < deadline {
-                    let coll = db.collection::<Document>(["orders", "events"][rng.gen_range(0..2)]);
-                    let id = rng.gen_range(0..6000i64);
-                    let r = match rng.gen_range(0..4) {
-                        0 => coll
-                            .insert_one(
-                                doc! {"_id": 100_000 + ops as i64, "name": "new", "n": ops as i64},
-                            )
-                            .await
-                            .map(drop),
-                        1 => coll
-                            .replace_one(
-                                doc! {"_id": id},
-                                doc! {"name": "replaced", "n": ops as i64},
-                            )
-                            .await
-                            .map(drop),
-                        2 => coll
-                            .update_one(
-                                doc! {"_id": id},
-                                doc! {"$inc": {"nested.a": 1}, "$set": {"u": true}},
-                            )
-                            .await
-                            .map(drop),
-                        _ => coll.delete_one(doc! {"_id": id}).await.map(drop),
-                    };
-                    r.unwrap();
-                    ops += 1;
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-                ops
-            })
-    })
+    ferry_tests::mongo::writer_paced(uri, stop, Duration::from_millis(2))
 }
 
 #[test]

@@ -1,19 +1,23 @@
 //! Three agents on one migration: the journal in Kafka (tansu), the
-//! coordination in etcd, etcd to etcd under churn. The tailer leader is
-//! SIGKILLed (another takes over), an agent owning shards is SIGKILLed (its
-//! shards move), a paused leader wakes after its lease expired (it appends
-//! nothing), and the cutover runs with agents dead: `verify` is equal every
-//! time.
+//! coordination in etcd.
 //!
-//! The broker runs on memory storage: on tansu's `s3://` storage over moto,
-//! the newest batches of a partition were not served for tens of seconds
-//! while three agents wrote and read the journal (see the Kafka journal's
-//! load test, which runs on it at a lighter load). The journal's survival
-//! of a broker restart is tested on durable storage in
-//! `crates/journal-kafka/tests/conformance.rs`.
+//! - etcd to etcd under churn on memory broker storage: the tailer leader
+//!   SIGKILLed (another takes over), an agent owning shards SIGKILLed (its
+//!   shards move), a paused leader that wakes after its lease expired (it
+//!   appends nothing), then `ferry stop` sent to an agent that does not lead,
+//!   with one agent dead: the leader fences, every shard's owner records it
+//!   in etcd, the leader opens.
+//! - MongoDB to MongoDB (real mongod 7.0) on durable broker storage (`s3://`
+//!   on moto): a broker restart, the tailer leader SIGKILLed while it owns
+//!   shards, and the cutover sent to a non-leader with that agent dead; the
+//!   source is write-blocked after it.
+//!
+//! `verify` is equal every time. A test's mid-run checks wait for
+//! convergence (`verify` repeated until equal, bounded), since an agent that
+//! just took shards over replays from the target's checkpoint.
 
 use ferry_testkit::{require, Etcd, Kafka};
-use ferry_tests::harness::{connect, load, ok, Ferry, Writer};
+use ferry_tests::harness::{connect, load, ok, stdout, Ferry, Writer};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -31,25 +35,23 @@ struct Migration {
     target: String,
     journal: String,
     coordinator: String,
+    /// Besides the journal and coordinator flags.
+    args: Vec<&'static str>,
     agents: Vec<Ferry>,
 }
 
 impl Migration {
     fn start(&self, i: usize) {
-        let out = self.agents[i].start_logging(
-            &self.source,
-            &self.target,
-            &[
-                "--source.read-only=external",
-                "--shards",
-                "6",
-                "--journal.url",
-                &self.journal,
-                "--coordinator",
-                &self.coordinator,
-            ],
-            "info",
-        );
+        let mut args = self.args.clone();
+        args.extend([
+            "--shards",
+            "6",
+            "--journal.url",
+            &self.journal,
+            "--coordinator",
+            &self.coordinator,
+        ]);
+        let out = self.agents[i].start_logging(&self.source, &self.target, &args, "info");
         ok(&out, &format!("start agent {i}"));
     }
 
@@ -127,6 +129,59 @@ impl Migration {
             what,
         );
     }
+
+    /// `verify` until it is equal, within `within` (an agent that took
+    /// shards over replays them from the target's checkpoint first).
+    fn verify_converges(&self, what: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let out =
+                self.agents[0].run(&["verify", "--source", &self.source, "--target", &self.target]);
+            if out.status.success() || Instant::now() >= deadline {
+                ok(&out, what);
+                return;
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+
+    /// `ferry stop` sent to `via`, an agent that does not lead: it goes to
+    /// the leader through etcd, `via` follows the leader's cutover to its
+    /// end, and every live agent exits. Returns the proof's read-only window.
+    fn stop_through(&self, via: usize, leader: usize, live: &[usize]) -> u64 {
+        assert_ne!(
+            via, leader,
+            "the stop is sent to an agent that does not lead"
+        );
+        let out = self.agents[via].run(&["stop", "--timeout", "180s"]);
+        ok(&out, &format!("stop through agent {via}"));
+        let text = stdout(&out);
+        assert!(
+            text.contains("does not lead the migration"),
+            "agent {via} said it sends the stop on: {text}"
+        );
+        assert!(
+            text.contains("read-only window") && text.contains(", 0 differences"),
+            "agent {via} followed the leader's cutover to its proof: {text}"
+        );
+        let proof = self.agents[leader]
+            .status()
+            .and_then(|s| s.get("proof").cloned())
+            .filter(|p| !p.is_null());
+        for i in live {
+            self.agents[*i].wait_agent_exit(Duration::from_secs(30));
+            let log = self.agents[*i].agent_log();
+            assert!(
+                log.contains("cutover done; the agent exits"),
+                "agent {i} ended with the leader's cutover:\n{log}"
+            );
+        }
+        let window = proof
+            .as_ref()
+            .and_then(|p| p["read_only_window_ms"].as_u64());
+        eprintln!("cutover through agent {via}: read-only window {window:?} ms");
+        window.unwrap_or(0)
+    }
 }
 
 #[test]
@@ -145,6 +200,7 @@ fn three_agents_share_a_migration_through_kills_and_a_pause() {
         target: tgt.url("app"),
         journal: format!("kafka://{}/scale-journal", kafka.bootstrap()),
         coordinator: coord.url("ferry/scale"),
+        args: vec!["--source.read-only=external"],
         agents: vec![Ferry::new(), Ferry::new(), Ferry::new()],
     };
     let client = rt.block_on(async {
@@ -211,12 +267,15 @@ fn three_agents_share_a_migration_through_kills_and_a_pause() {
     m.wait_caught_up(leader4, "caught up after the pause");
     m.verify("verify after the deposed leader woke");
 
-    // 4. The cutover with one agent dead (two are, here): the leader
-    //    fences, waits for every shard, verifies and opens.
-    ok(
-        &m.agents[leader4].run(&["stop", "--timeout", "120s"]),
-        "stop with agents dead",
-    );
+    // 4. One agent comes back (the other stays dead); `ferry stop` is sent
+    //    to it, not to the leader: the leader fences, every shard's owner
+    //    records it applied through the fence, the leader verifies and opens.
+    m.start(owner);
+    let mut live = vec![leader4, owner];
+    live.sort();
+    let leader5 = m.wait_settled(&live, "one agent back");
+    let via = live.iter().copied().find(|i| *i != leader5).unwrap();
+    m.stop_through(via, leader5, &live);
     m.verify("verify after the cutover");
     kafka.stop();
 }
@@ -231,4 +290,95 @@ impl Migration {
         eprintln!("agent {l} leads {:?} after the pause", started.elapsed());
         l
     }
+}
+
+#[test]
+fn three_agents_move_mongodb_through_a_broker_restart_on_durable_storage() {
+    use ferry_testkit::Mongod;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let (Some(src), Some(dst), Some(coord), Some(mut kafka)) = (
+        require(Mongod::start()),
+        require(Mongod::start()),
+        require(Etcd::start()),
+        require(Kafka::start_durable()),
+    ) else {
+        return;
+    };
+    let rt = rt();
+    rt.block_on(ferry_tests::mongo::load(&src.uri(), 300));
+    let m = Migration {
+        source: format!("{}/app", src.uri()),
+        target: format!("{}/app", dst.uri()),
+        journal: format!("kafka://{}/scale-mongo", kafka.bootstrap()),
+        coordinator: coord.url("ferry/mongo"),
+        // The real read-only switch at the cutover: setUserWriteBlockMode.
+        args: vec![],
+        agents: vec![Ferry::new(), Ferry::new(), Ferry::new()],
+    };
+    // One after the other: each agent creates the target's collections
+    // before it answers, and mongod under wine stalls when several
+    // connections create one collection at once.
+    for i in 0..3 {
+        m.start(i);
+    }
+    let leader = m.wait_settled(&[0, 1, 2], "three agents");
+    m.wait_caught_up(leader, "the copy applied by three agents");
+    m.verify("verify after the copy");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer =
+        ferry_tests::mongo::writer_paced(src.uri(), Arc::clone(&stop), Duration::from_millis(20));
+    // 1. The broker restarts under load (its data on S3 survives it).
+    std::thread::sleep(Duration::from_secs(3));
+    let restarted = Instant::now();
+    kafka
+        .restart()
+        .expect("the broker restarts on its S3 storage");
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    let ops = writer.join().unwrap();
+    assert!(ops > 50, "the application made only {ops} changes");
+    m.wait_caught_up(leader, "caught up after the broker restart");
+    m.verify_converges("verify after the broker restart", Duration::from_secs(60));
+    eprintln!("equal {:?} after the broker restart", restarted.elapsed());
+
+    // 2. The leader, which also owns shards, is SIGKILLed while the
+    //    application writes: another agent leads and takes its shards.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer =
+        ferry_tests::mongo::writer_paced(src.uri(), Arc::clone(&stop), Duration::from_millis(20));
+    std::thread::sleep(Duration::from_secs(2));
+    let killed = Instant::now();
+    m.agents[leader].kill_agent();
+    let live: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let leader2 = m.wait_settled(&live, "after the leader's SIGKILL");
+    eprintln!(
+        "agent {leader2} leads {:?} after the leader's SIGKILL",
+        killed.elapsed()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    m.wait_caught_up(leader2, "caught up after the leader's SIGKILL");
+    m.verify_converges("verify after the leader's SIGKILL", Duration::from_secs(60));
+    eprintln!("equal {:?} after the leader's SIGKILL", killed.elapsed());
+
+    // 3. The cutover, sent to the agent that does not lead, with the third
+    //    agent dead; the source is write-blocked after it.
+    let via = live.iter().copied().find(|i| *i != leader2).unwrap();
+    m.stop_through(via, leader2, &live);
+    m.verify("verify after the cutover");
+    let blocked = rt.block_on(async {
+        let c = mongodb::Client::with_uri_str(src.uri()).await.unwrap();
+        c.database("app")
+            .collection::<mongodb::bson::Document>("orders")
+            .insert_one(mongodb::bson::doc! {"_id": 900_000i64})
+            .await
+    });
+    assert!(
+        blocked.is_err(),
+        "the source refuses an application's write after the cutover"
+    );
+    kafka.stop();
 }

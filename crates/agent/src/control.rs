@@ -8,7 +8,7 @@ use ferry_connect::verify::continuous::{RangeVerifier, VerifierStatus};
 use ferry_core::metric_names as m;
 use ferry_lag::LagTracker;
 use std::sync::{Arc, Mutex};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 struct Inner {
     state: AgentState,
@@ -16,6 +16,13 @@ struct Inner {
     proof: Option<CutoverProof>,
     error: Option<String>,
     scale: Option<ScaleStatus>,
+    /// Part of a coordinated migration (`--coordinator`).
+    coordinated: bool,
+    /// A `ferry stop` for the leader, waiting to be sent through etcd.
+    forward: Option<StopRequest>,
+    /// The id of the last request sent to the leader, until its view
+    /// shows the leader took it.
+    pending: Option<u64>,
 }
 
 /// Implements [`crate::server::Control`]; cheap to share.
@@ -28,6 +35,8 @@ pub struct AgentControl {
     started_at_ms: u64,
     unmapped: Arc<ferry_connect::Unmapped>,
     verifiers: Vec<Arc<RangeVerifier>>,
+    /// The leader's cutover ended (done or aborted), as its view says.
+    ended: watch::Sender<Option<AgentState>>,
 }
 
 impl AgentControl {
@@ -46,6 +55,9 @@ impl AgentControl {
                 proof: None,
                 error: None,
                 scale: None,
+                coordinated: false,
+                forward: None,
+                pending: None,
             }),
             lag,
             stop_tx,
@@ -54,6 +66,7 @@ impl AgentControl {
             started_at_ms: ferry_lag::now_ms(),
             unmapped,
             verifiers,
+            ended: watch::channel(None).0,
         };
         (Arc::new(c), stop_rx)
     }
@@ -102,6 +115,49 @@ impl AgentControl {
         self.with(|i| i.scale = Some(scale));
     }
 
+    /// Marks the agent as one of a coordinated migration: `stop` goes to
+    /// the leader, and the leader's view is shown.
+    pub fn set_coordinated(&self) {
+        self.with(|i| i.coordinated = true);
+    }
+
+    /// A `ferry stop` to send to the leader, if one was asked for.
+    pub fn take_forward(&self) -> Option<StopRequest> {
+        self.with(|i| i.forward.take())
+    }
+
+    /// The request was sent with `id`.
+    pub fn forwarded(&self, id: u64) {
+        self.with(|i| i.pending = Some(id));
+    }
+
+    /// Shows the leader's state, cutover and proof as this agent's own
+    /// (unless this agent leads, failed, or waits for the leader to take
+    /// its request); signals [`AgentControl::ended`] once it is done or
+    /// aborted.
+    pub fn mirror_leader(&self, v: &crate::barrier::LeaderView) {
+        let shown = self.with(|i| {
+            let leads = i.scale.as_ref().is_some_and(|s| s.agent == v.agent);
+            let waiting = i.forward.is_some() || i.pending.is_some_and(|p| v.request != Some(p));
+            if leads || waiting || i.state == AgentState::Failed {
+                return false;
+            }
+            i.pending = None;
+            i.state = v.state;
+            i.cutover = v.cutover.clone();
+            i.proof = v.proof.clone();
+            true
+        });
+        if shown && matches!(v.state, AgentState::Done | AgentState::Aborted) {
+            self.ended.send_replace(Some(v.state));
+        }
+    }
+
+    /// Becomes `Some` when the leader's cutover ended.
+    pub fn ended(&self) -> watch::Receiver<Option<AgentState>> {
+        self.ended.subscribe()
+    }
+
     pub fn set_proof(&self, proof: CutoverProof) {
         self.with(|i| i.proof = Some(proof));
     }
@@ -112,6 +168,55 @@ impl AgentControl {
             i.state = AgentState::Failed;
             i.error = Some(error);
         });
+    }
+}
+
+impl AgentControl {
+    /// `Some` answer when this agent is coordinated and does not lead.
+    fn forward_to_leader(&self, req: &StopRequest) -> Option<StopResponse> {
+        self.with(|i| {
+            if !i.coordinated {
+                return None;
+            }
+            let Some(s) = i.scale.clone() else {
+                return Some(StopResponse {
+                    accepted: false,
+                    message: "this agent has not read the coordinator yet; run `ferry stop` again in a few seconds".into(),
+                });
+            };
+            if s.leader.as_deref() == Some(s.agent.as_str()) {
+                return None;
+            }
+            let leader = match (&s.leader, s.agents.iter().find(|a| Some(&a.id) == s.leader.as_ref())) {
+                (Some(id), Some(a)) => format!("the leader {id} at {}", a.api),
+                _ => "the next leader (none leads right now)".into(),
+            };
+            let ok = match (i.state, req.abort) {
+                (AgentState::Syncing, _) | (AgentState::CuttingOver, true) => true,
+                _ => false,
+            };
+            if !ok {
+                let message = match i.state {
+                    AgentState::CuttingOver => "a cutover is already running".to_string(),
+                    st => format!("the agent is {st:?}; nothing to stop"),
+                };
+                return Some(StopResponse { accepted: false, message });
+            }
+            i.forward = Some(req.clone());
+            if !req.abort {
+                i.state = AgentState::CuttingOver;
+                i.cutover = CutoverStatus {
+                    phase: CutoverPhase::WaitingForLag,
+                    message: format!("cutover requested; sent to {leader}"),
+                };
+            }
+            Some(StopResponse {
+                accepted: true,
+                message: format!(
+                    "this agent does not lead the migration: the request goes to {leader}; follow it here or there with `ferry status`"
+                ),
+            })
+        })
     }
 }
 
@@ -140,22 +245,10 @@ impl crate::server::Control for AgentControl {
     }
 
     fn stop(&self, req: StopRequest) -> StopResponse {
-        // In a coordinated migration only the leader fences and opens.
-        if let Some(s) = self.with(|i| i.scale.clone()) {
-            if s.leader.as_deref() != Some(s.agent.as_str()) {
-                let at = s
-                    .agents
-                    .iter()
-                    .find(|a| Some(&a.id) == s.leader.as_ref())
-                    .map_or_else(|| "(no leader yet)".to_string(), |a| a.api.clone());
-                return StopResponse {
-                    accepted: false,
-                    message: format!(
-                        "this agent does not lead the migration; send `ferry stop` to the leader {} at {at} (`ferry status` names it)",
-                        s.leader.as_deref().unwrap_or("-")
-                    ),
-                };
-            }
+        // In a coordinated migration only the leader fences and opens:
+        // another agent sends the request on to it through etcd.
+        if let Some(r) = self.forward_to_leader(&req) {
+            return r;
         }
         // Decided and marked under the lock, before the request is sent: the
         // runtime may take it and fail the cutover at once (a Bolt lock

@@ -46,6 +46,10 @@ pub struct Cutover<'a> {
     pub control: &'a AgentControl,
     pub lag: &'a LagTracker,
     pub routes: &'a [LiveRoute],
+    /// With `--coordinator`: the shards are applied by several agents, and
+    /// each records its shards through the fence in etcd (see
+    /// [`crate::barrier`]).
+    pub barrier: Option<&'a crate::barrier::Barrier>,
 }
 
 /// Why the cutover did not finish.
@@ -191,19 +195,25 @@ impl Cutover<'_> {
             .iter()
             .map(|s| (s.shard, s.journaled_seq))
             .collect();
-        wait_until(
-            "every shard to apply the fence",
-            CutoverPhase::DrainingToFence,
-            deadline,
-            stop_rx,
-            || {
-                self.lag.snapshot().shards.iter().all(|s| {
-                    let want = fence_seqs.get(&s.shard).copied().unwrap_or(0);
-                    s.targets.values().all(|t| t.applied_seq >= want)
-                })
-            },
-        )
-        .await?;
+        let recorded = match self.barrier {
+            None => {
+                wait_until(
+                    "every shard to apply the fence",
+                    CutoverPhase::DrainingToFence,
+                    deadline,
+                    stop_rx,
+                    || {
+                        self.lag.snapshot().shards.iter().all(|s| {
+                            let want = fence_seqs.get(&s.shard).copied().unwrap_or(0);
+                            s.targets.values().all(|t| t.applied_seq >= want)
+                        })
+                    },
+                )
+                .await?;
+                None
+            }
+            Some(b) => Some(self.await_agents(b, &fence_seqs, deadline, stop_rx).await?),
+        };
         phase("drain");
         self.check_no_writes_after_fence()?;
         for r in self.routes {
@@ -310,11 +320,15 @@ impl Cutover<'_> {
                 .map(|s| ShardProof {
                     shard: s.shard,
                     fence_seq: fence_seqs.get(&s.shard).copied().unwrap_or(0),
-                    applied: s
-                        .targets
-                        .iter()
-                        .map(|(k, v)| (k.clone(), v.applied_seq))
-                        .collect(),
+                    // Coordinated: what the owning agent recorded.
+                    applied: match recorded.as_ref().and_then(|r| r.get(&s.shard)) {
+                        Some(r) => r.applied.clone(),
+                        None => s
+                            .targets
+                            .iter()
+                            .map(|(k, v)| (k.clone(), v.applied_seq))
+                            .collect(),
+                    },
                 })
                 .collect(),
             verified_keys: verified,
@@ -340,6 +354,57 @@ impl Cutover<'_> {
             )
         })?;
         Ok(proof)
+    }
+
+    /// Opens a round in etcd and waits until every shard's owner recorded
+    /// it applied through the fence; an agent's failure fails it.
+    async fn await_agents(
+        &self,
+        b: &crate::barrier::Barrier,
+        fence_seqs: &BTreeMap<u32, u64>,
+        deadline: Instant,
+        stop_rx: &mut mpsc::Receiver<StopRequest>,
+    ) -> Result<BTreeMap<u32, crate::barrier::ShardRecord>, Failed> {
+        let drain = |e: String| failed(CutoverPhase::DrainingToFence, e);
+        let targets: BTreeMap<u32, Vec<String>> = self
+            .routes
+            .iter()
+            .flat_map(|r| {
+                let names: Vec<String> = r
+                    .route
+                    .targets
+                    .iter()
+                    .map(|t| t.url().to_string())
+                    .collect();
+                r.route.span.iter().map(move |s| (s.0, names.clone()))
+            })
+            .collect();
+        let round = b.open_round(fence_seqs).await.map_err(drain)?;
+        self.control.set_cutover(
+            CutoverPhase::DrainingToFence,
+            format!(
+                "every source fenced; waiting until the agents record each of {} shards applied through its fence",
+                fence_seqs.len()
+            ),
+        );
+        loop {
+            if let Some(r) = b.check(round, fence_seqs, &targets).await.map_err(drain)? {
+                return Ok(r);
+            }
+            if Instant::now() >= deadline {
+                return Err(drain(
+                    "timed out waiting for every agent to record its shards applied through the fence; `ferry status` shows which agent owns which shard".into(),
+                ));
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(20)) => {}
+                Some(req) = stop_rx.recv() => {
+                    if req.abort {
+                        return Err(failed(CutoverPhase::Aborted, "aborted by the operator"));
+                    }
+                }
+            }
+        }
     }
 
     fn check_no_writes_after_fence(&self) -> Result<(), Failed> {

@@ -6,6 +6,7 @@
 //! carries out the cutover when asked.
 
 pub mod api;
+pub mod barrier;
 pub mod config;
 mod control;
 pub mod cutover;

@@ -258,6 +258,13 @@ impl AgentRun {
                 .collect(),
         );
 
+        let barrier = scale
+            .as_ref()
+            .map(|(coord, _)| Arc::new(crate::barrier::Barrier::new(Arc::clone(coord))));
+        if barrier.is_some() {
+            control.set_coordinated();
+        }
+        let mut ended = control.ended();
         let (stop_pipeline, shutdown) = Shutdown::new();
         let (stop_api, api_shutdown) = Shutdown::new();
         let api = {
@@ -338,9 +345,17 @@ impl AgentRun {
             tasks.spawn(crate::scale::report(
                 coord,
                 Arc::clone(&control),
-                role_rx,
+                role_rx.clone(),
                 shutdown.clone(),
             ));
+            if let Some(b) = &barrier {
+                tasks.spawn(Arc::clone(b).run(
+                    Arc::clone(&control),
+                    Arc::clone(&lag),
+                    role_rx,
+                    shutdown.clone(),
+                ));
+            }
         } else {
             for tailer in tailers {
                 let (j, l, s) = (Arc::clone(&shared), Arc::clone(&lag), shutdown.clone());
@@ -440,6 +455,9 @@ impl AgentRun {
                     Some(r) if r.abort => {
                         control.set_cutover(CutoverPhase::Aborted, "aborted by the operator before the cutover");
                         control.set_state(AgentState::Aborted);
+                        if let Some(b) = &barrier {
+                            b.publish(&control, &lag).await;
+                        }
                         break Outcome::Aborted("aborted by the operator".into());
                     }
                     Some(req) => {
@@ -455,18 +473,31 @@ impl AgentRun {
                             control: &control,
                             lag: &lag,
                             routes: &live,
+                            barrier: barrier.as_deref(),
                         };
-                        match Box::pin(c.run(&mut stop_rx)).await {
+                        let result = Box::pin(c.run(&mut stop_rx)).await;
+                        if let Some(b) = &barrier {
+                            b.close_round().await;
+                        }
+                        // The other agents show the outcome and end with it.
+                        let publish = || async {
+                            if let Some(b) = &barrier {
+                                b.publish(&control, &lag).await;
+                            }
+                        };
+                        match result {
                             Ok(proof) => {
                                 let window = proof.read_only_window_ms;
                                 control.set_proof(proof);
                                 control.set_cutover(CutoverPhase::Done, format!("target open; the source was read-only for {window} ms"));
                                 control.set_state(AgentState::Done);
+                                publish().await;
                                 break Outcome::CutOver;
                             }
                             Err(f) if f.phase == CutoverPhase::Aborted => {
                                 control.set_cutover(CutoverPhase::Aborted, f.message.clone());
                                 control.set_state(AgentState::Aborted);
+                                publish().await;
                                 break Outcome::Aborted(f.message);
                             }
                             Err(f) => {
@@ -475,6 +506,7 @@ impl AgentRun {
                                 // the cause and run `ferry stop` again.
                                 control.set_cutover(CutoverPhase::Failed, f.message);
                                 control.set_state(AgentState::Syncing);
+                                publish().await;
                             }
                         }
                     }
@@ -487,8 +519,17 @@ impl AgentRun {
                         Err(e) => format!("a pipeline task panicked: {e}"),
                     };
                     control.fail(msg.clone());
+                    if let Some(b) = &barrier {
+                        b.failed(&msg).await;
+                    }
                     break Outcome::Aborted(msg);
                 }
+                // Another agent led the cutover; it ended there.
+                Ok(()) = ended.changed() => match *ended.borrow() {
+                    Some(AgentState::Done) => break Outcome::CutOver,
+                    Some(_) => break Outcome::Aborted("the leader's cutover was aborted".into()),
+                    None => {}
+                },
                 () = termination() => break Outcome::Interrupted,
             }
         };

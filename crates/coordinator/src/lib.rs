@@ -93,6 +93,10 @@ pub struct Coordinator {
     lease: i64,
     lost: watch::Receiver<bool>,
     keepalive: tokio::task::JoinHandle<()>,
+    /// The election key while this agent leads: it exists only as long as
+    /// this agent's lease, so writes made on its condition
+    /// ([`Coordinator::put_as_leader`]) are refused once another leads.
+    leader_key: std::sync::Mutex<Option<Vec<u8>>>,
 }
 
 /// Bounds one etcd call.
@@ -171,6 +175,7 @@ impl Coordinator {
             lease,
             lost,
             keepalive,
+            leader_key: std::sync::Mutex::new(None),
         };
         let value = serde_json::to_vec(&c.info).map_err(|e| e.to_string())?;
         op(
@@ -207,11 +212,11 @@ impl Coordinator {
             .campaign(self.key("leader"), self.info.id.clone(), self.lease)
             .await
             .map_err(|e| err("campaigning for the tailer leader", e))?;
-        let rev = r
+        let leader = r
             .leader()
-            .map(|l| l.rev())
             .ok_or_else(|| err("campaigning", "no leader key in the answer"))?;
-        Ok(rev as u64)
+        *self.leader_key.lock().expect("leader key lock") = Some(leader.key().to_vec());
+        Ok(leader.rev() as u64)
     }
 
     /// The tailer leader's agent id, if there is one.
@@ -303,6 +308,59 @@ impl Coordinator {
         let mut c = self.client.clone();
         op("writing", c.put(self.key(rest), value, None)).await?;
         Ok(())
+    }
+
+    /// Puts `value` at `<prefix>/<rest>` only while this agent leads (its
+    /// election key still exists); whether it was written.
+    pub async fn put_as_leader(&self, rest: &str, value: Vec<u8>) -> Result<bool, String> {
+        let Some(leader) = self.leader_key.lock().expect("leader key lock").clone() else {
+            return Ok(false);
+        };
+        let txn = Txn::new()
+            .when([Compare::create_revision(leader, CompareOp::Greater, 0)])
+            .and_then([TxnOp::put(self.key(rest), value, None)]);
+        let mut c = self.client.clone();
+        Ok(op("writing as the leader", c.txn(txn)).await?.succeeded())
+    }
+
+    /// Puts `value` at `<prefix>/<rest>` only if nothing is there; whether
+    /// it was written.
+    pub async fn put_new(&self, rest: &str, value: Vec<u8>) -> Result<bool, String> {
+        let key = self.key(rest);
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, value, None)]);
+        let mut c = self.client.clone();
+        Ok(op("writing", c.txn(txn)).await?.succeeded())
+    }
+
+    /// Deletes `<prefix>/<rest>` if it still holds `value`.
+    pub async fn delete_if(&self, rest: &str, value: Vec<u8>) -> Result<(), String> {
+        let key = self.key(rest);
+        let txn = Txn::new()
+            .when([Compare::value(key.clone(), CompareOp::Equal, value)])
+            .and_then([TxnOp::delete(key, None)]);
+        let mut c = self.client.clone();
+        op("deleting", c.txn(txn)).await?;
+        Ok(())
+    }
+
+    /// Every key under `<prefix>/<rest>`, with the part after it, and its value.
+    pub async fn list(&self, rest: &str) -> Result<Vec<(String, Vec<u8>)>, String> {
+        let base = self.key(rest);
+        let mut c = self.client.clone();
+        let r = op(
+            "listing",
+            c.get(base.clone(), Some(GetOptions::new().with_prefix())),
+        )
+        .await?;
+        Ok(r.kvs()
+            .iter()
+            .filter_map(|kv| {
+                let k = kv.key_str().ok()?.strip_prefix(&base)?.to_string();
+                Some((k, kv.value().to_vec()))
+            })
+            .collect())
     }
 
     /// The value at `<prefix>/<rest>`.
