@@ -158,7 +158,10 @@ impl Migration {
         loop {
             let out =
                 self.agents[0].run(&["verify", "--source", &self.source, "--target", &self.target]);
-            if out.status.success() || self.only_deferred(&out) || Instant::now() >= deadline {
+            if out.status.success() || self.only_deferred(&out) {
+                return;
+            }
+            if Instant::now() >= deadline {
                 ok(&out, what);
                 return;
             }
