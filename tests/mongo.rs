@@ -44,6 +44,9 @@ pub async fn load(uri: &str, per_coll: u32) {
         .unwrap();
 }
 
+/// New documents' `_id`s, fresh across every writer of a test process.
+static NEXT_ID: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(100_000);
+
 /// Inserts, replaces, updates and deletes in `app.orders` and `app.events`
 /// until `stop`, one change every `pause`, at most 20,000 changes and 300 s;
 /// returns how many it made.
@@ -67,7 +70,7 @@ pub fn writer_paced(
                     let r = match rng.gen_range(0..4) {
                         0 => coll
                             .insert_one(
-                                doc! {"_id": 100_000 + ops as i64, "name": "new", "n": ops as i64},
+                                doc! {"_id": NEXT_ID.fetch_add(1, Ordering::Relaxed), "name": "new", "n": ops as i64},
                             )
                             .await
                             .map(drop),

@@ -400,7 +400,7 @@ fn three_agents_move_mongodb_through_a_broker_restart_on_durable_storage() {
         let c = mongodb::Client::with_uri_str(src.uri()).await.unwrap();
         c.database("app")
             .collection::<mongodb::bson::Document>("orders")
-            .insert_one(mongodb::bson::doc! {"_id": 900_000i64})
+            .insert_one(mongodb::bson::doc! {"_id": "written after the cutover"})
             .await
     });
     assert!(
