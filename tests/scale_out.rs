@@ -375,6 +375,8 @@ fn three_agents_move_mongodb_through_a_broker_restart_on_durable_storage() {
     let stop = Arc::new(AtomicBool::new(false));
     let writer =
         ferry_tests::mongo::writer_paced(src.uri(), Arc::clone(&stop), Duration::from_millis(20));
+    // Whichever agent leads now (the broker restart may have moved it).
+    let leader = m.wait_settled(&[0, 1, 2], "after the broker restart");
     std::thread::sleep(Duration::from_secs(2));
     let killed = Instant::now();
     m.agents[leader].kill_agent();
