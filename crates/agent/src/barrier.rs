@@ -245,10 +245,10 @@ impl Barrier {
                         }
                         self.coord.delete_if(REQUEST, raw).await?;
                     }
-                    if tick % 5 == 0 {
+                    if tick.is_multiple_of(5) {
                         self.publish(&control, &lag).await;
                     }
-                } else if tick % 5 == 0 {
+                } else if tick.is_multiple_of(5) {
                     if let Some(raw) = self.coord.get(VIEW).await? {
                         if let Ok(v) = serde_json::from_slice::<LeaderView>(&raw) {
                             for (s, p) in &v.phases {

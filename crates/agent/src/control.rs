@@ -191,10 +191,10 @@ impl AgentControl {
                 (Some(id), Some(a)) => format!("the leader {id} at {}", a.api),
                 _ => "the next leader (none leads right now)".into(),
             };
-            let ok = match (i.state, req.abort) {
-                (AgentState::Syncing, _) | (AgentState::CuttingOver, true) => true,
-                _ => false,
-            };
+            let ok = matches!(
+                (i.state, req.abort),
+                (AgentState::Syncing, _) | (AgentState::CuttingOver, true)
+            );
             if !ok {
                 let message = match i.state {
                     AgentState::CuttingOver => "a cutover is already running".to_string(),
