@@ -249,18 +249,15 @@ impl Coordinator {
 
     /// Shard → owning agent.
     pub async fn owners(&self) -> Result<BTreeMap<u32, String>, String> {
-        let base = self.key("shards/");
-        let mut c = self.client.clone();
-        let r = op(
-            "listing the shard owners",
-            c.get(base.clone(), Some(GetOptions::new().with_prefix())),
-        )
-        .await?;
-        Ok(r.kvs()
-            .iter()
-            .filter_map(|kv| {
-                let shard = kv.key_str().ok()?.strip_prefix(&base)?.parse().ok()?;
-                Some((shard, String::from_utf8_lossy(kv.value()).into_owned()))
+        Ok(self
+            .list("shards/")
+            .await?
+            .into_iter()
+            .filter_map(|(shard, agent)| {
+                Some((
+                    shard.parse().ok()?,
+                    String::from_utf8_lossy(&agent).into_owned(),
+                ))
             })
             .collect())
     }
