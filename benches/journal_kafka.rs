@@ -14,7 +14,11 @@
 //!    delivery; no commit records, no read back.
 //!
 //! Run: `cargo bench -p ferry-benches --bench journal_kafka`
-//! Env: `FERRY_BENCH_JOURNAL_EVENTS` (100000), `FERRY_BENCH_JOURNAL_BATCH` (500).
+//! Env: `FERRY_BENCH_JOURNAL_EVENTS` (100000), `FERRY_BENCH_JOURNAL_BATCH` (500),
+//! `FERRY_BENCH_KAFKA_STORAGE` (`memory`, or `s3` for tansu's durable
+//! storage on moto, as the scale-out tests run it). Small batches
+//! (`FERRY_BENCH_JOURNAL_BATCH=1`) give one append's latency, the cost of
+//! each journal write inside a cutover's read-only window.
 
 use ferry_core::{Event, Op, Position, ShardId, StoreMeta, Value};
 use ferry_journal::{AppendBatch, Journal, PersistPolicy, ShardAppend, SourceCheckpoint};
@@ -98,7 +102,14 @@ async fn append_all(j: &impl Journal, batches: Vec<AppendBatch>) -> Duration {
 fn main() {
     let n = env_u64("FERRY_BENCH_JOURNAL_EVENTS", 100_000);
     let b = env_u64("FERRY_BENCH_JOURNAL_BATCH", 500);
-    let kafka = Kafka::start().expect("tansu (install with deploy/local/install.sh)");
+    let durable = std::env::var("FERRY_BENCH_KAFKA_STORAGE").is_ok_and(|s| s == "s3");
+    let kafka = if durable {
+        Kafka::start_durable()
+    } else {
+        Kafka::start()
+    }
+    .expect("tansu (install with deploy/local/install.sh)");
+    let storage = if durable { "s3 on moto" } else { "memory" };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let rate = |d: Duration| n as f64 / d.as_secs_f64();
 
@@ -157,7 +168,7 @@ fn main() {
         t_rocks.as_secs_f64()
     );
     println!(
-        "  kafka journal (tansu, memory):      {:>9.0} events/s ({:.2} s), {:.2}x the rocksdb journal",
+        "  kafka journal (tansu, {storage}): {:>9.0} events/s ({:.2} s), {:.2}x the rocksdb journal",
         rate(t_kafka),
         t_kafka.as_secs_f64(),
         t_rocks.as_secs_f64() / t_kafka.as_secs_f64()

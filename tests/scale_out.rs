@@ -54,7 +54,8 @@ impl Migration {
             "--coordinator",
             &self.coordinator,
         ]);
-        let out = self.agents[i].start_logging(&self.source, &self.target, &args, "info");
+        let filter = std::env::var("FERRY_TEST_AGENT_LOG").unwrap_or_else(|_| "info".into());
+        let out = self.agents[i].start_logging(&self.source, &self.target, &args, &filter);
         ok(&out, &format!("start agent {i}"));
     }
 
@@ -114,6 +115,9 @@ impl Migration {
                 last = Some(s);
             }
             std::thread::sleep(Duration::from_millis(250));
+        }
+        for (i, a) in self.agents.iter().enumerate() {
+            eprintln!("--- agent {i} log ---\n{}", a.agent_log());
         }
         panic!("{what}: not settled within 60 s; last status: {last:#?}");
     }
@@ -195,6 +199,9 @@ impl Migration {
         for i in live {
             self.agents[*i].wait_agent_exit(Duration::from_secs(30));
             let log = self.agents[*i].agent_log();
+            if let Ok(dir) = std::env::var("FERRY_TEST_KEEP_LOGS") {
+                let _ = std::fs::write(format!("{dir}/agent-{i}.log"), &log);
+            }
             assert!(
                 log.contains("cutover done; the agent exits"),
                 "agent {i} ended with the leader's cutover:\n{log}"
@@ -203,7 +210,8 @@ impl Migration {
         let window = proof
             .as_ref()
             .and_then(|p| p["read_only_window_ms"].as_u64());
-        eprintln!("cutover through agent {via}: read-only window {window:?} ms");
+        let phases = proof.as_ref().map(|p| p["window_phases_ms"].clone());
+        eprintln!("cutover through agent {via}: read-only window {window:?} ms, phases {phases:?}");
         window.unwrap_or(0)
     }
 }
@@ -214,7 +222,7 @@ fn three_agents_share_a_migration_through_kills_and_a_pause() {
         require(Etcd::start()),
         require(Etcd::start()),
         require(Etcd::start()),
-        require(Kafka::start()),
+        require(Kafka::start_durable()),
     ) else {
         return;
     };

@@ -285,6 +285,11 @@ impl Barrier {
                         };
                         let key = format!("cutover/{}/shards/{}", r.id, sh.shard);
                         self.coord.put_new(&key, json(&rec)).await?;
+                        tracing::debug!(
+                            round = r.id,
+                            shard = sh.shard,
+                            "cutover: recorded the shard applied through its fence"
+                        );
                         recorded.insert((r.id, sh.shard));
                     }
                 }

@@ -518,7 +518,9 @@ impl Drop for KafkaJournal {
 
 impl Journal for KafkaJournal {
     async fn append(&self, batch: AppendBatch) -> Result<AppendOutcome, JournalError> {
+        let asked = Instant::now();
         let _one = self.inner.appends.lock().await;
+        let locked = asked.elapsed();
         let epoch = {
             let st = self.lock();
             let epoch = self.check_writer(&st)?;
@@ -573,8 +575,12 @@ impl Journal for KafkaJournal {
             shards: lasts.iter().map(|(s, l, _)| (*s, *l)).collect(),
             checkpoint: batch.checkpoint.map(|c| (c.source, c.position)),
         };
+        let acked = asked.elapsed();
         let at = self.produce_meta(&commit).await?;
         tracing::debug!(
+            ?locked,
+            ?acked,
+            committed = ?asked.elapsed(),
             commit_at = at,
             ?lasts,
             ?last_offset,
@@ -601,6 +607,7 @@ impl Journal for KafkaJournal {
                 by: st.epoch,
             });
         }
+        tracing::debug!(events, took = ?asked.elapsed(), "appended");
         Ok(AppendOutcome::Appended { events })
     }
 
@@ -730,15 +737,23 @@ impl Journal for KafkaJournal {
         if !check_applied(current, target, shard, seq)? {
             return Ok(());
         }
-        let at = self
-            .produce_meta(&Meta::Applied {
-                target: target.into(),
-                shard: shard.0,
-                seq,
-            })
-            .await?;
-        self.wait("recording an applied checkpoint", |st| st.read_past(0, at))
-            .await
+        // Durable once the broker acknowledged it (`acks=all`). No read
+        // back: an applied checkpoint carries no epoch (any agent's worker
+        // writes one) and readers keep each one's highest, so the record
+        // means the same to every reader once it is in the topic; this
+        // handle takes it at once. Waiting for the follower cost a fetch
+        // round trip per applied batch: on tansu's `s3://` storage that
+        // was most of a coordinated cutover's drain.
+        self.produce_meta(&Meta::Applied {
+            target: target.into(),
+            shard: shard.0,
+            seq,
+        })
+        .await?;
+        let mut st = self.lock();
+        let cur = st.applied.entry((target.to_string(), shard.0)).or_default();
+        *cur = (*cur).max(seq);
+        Ok(())
     }
 
     fn applied(&self, target: &str, shard: ShardId) -> Result<Option<Seq>, JournalError> {

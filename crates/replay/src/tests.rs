@@ -15,6 +15,8 @@ struct Recording {
     applied: Mutex<Vec<Seq>>,
     transient_failures: Mutex<u32>,
     permanent_at: Option<Seq>,
+    /// Each apply takes this long (a target's round trip).
+    delay: Duration,
 }
 
 impl Sink for Recording {
@@ -28,6 +30,7 @@ impl Sink for Recording {
         Ok(self.applied.lock().unwrap().last().copied())
     }
     async fn apply(&self, _shard: ShardId, events: &[Event]) -> Result<Seq, SinkError> {
+        tokio::time::sleep(self.delay).await;
         {
             let mut f = self.transient_failures.lock().unwrap();
             if *f > 0 {
@@ -205,4 +208,76 @@ async fn a_batch_larger_than_the_burst_is_throttled_to_the_rate() {
         "500 operations at 200/s passed in {:?}",
         t0.elapsed()
     );
+}
+
+/// While a shard streams, the lag tracker sees every applied batch, but the
+/// journal's checkpoint is written at most every `RECORD_EVERY` (plus once
+/// when the worker runs dry): 40 one-event batches of 25 ms each leave far
+/// fewer distinct journal checkpoints than batches, and the journal ends at
+/// the last one. The bound grows with the elapsed time, so a slow machine
+/// cannot fail it; recording every batch would show about 40.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streaming_worker_records_its_journal_checkpoint_at_most_every_interval() {
+    let t = tempfile::tempdir().unwrap();
+    let j = Arc::new(RocksJournal::open(t.path(), OpenMode::Create, PersistPolicy::Never).unwrap());
+    let sink = Arc::new(Recording {
+        delay: Duration::from_millis(25),
+        ..Default::default()
+    });
+    let lag = Arc::new(LagTracker::new());
+    let (stop, shutdown) = Shutdown::new();
+    let cfg = WorkerConfig {
+        budget: ferry_journal::ReadBudget {
+            max_events: 1,
+            max_bytes: 1 << 20,
+        },
+        idle_wait: Duration::from_millis(50),
+        ..WorkerConfig::default()
+    };
+    ferry_journal::Journal::append(j.as_ref(), batch(1, 40))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let w = tokio::spawn(worker::run(
+        Arc::clone(&j),
+        Arc::clone(&sink),
+        ShardId(0),
+        Arc::clone(&lag),
+        None,
+        cfg,
+        shutdown.clone(),
+    ));
+    lag.journaled(ShardId(0), 1, 40, &Position::at(40), 0);
+    let mut seen = std::collections::BTreeSet::new();
+    let mut lag_ahead = false;
+    while sink.applied.lock().unwrap().len() < 40 {
+        assert!(started.elapsed() < Duration::from_secs(20), "40 applied");
+        let journal = j.applied("recording", ShardId(0)).unwrap().unwrap_or(0);
+        let tracked = lag
+            .snapshot()
+            .shards
+            .first()
+            .and_then(|s| s.targets.get("recording").map(|t| t.applied_seq))
+            .unwrap_or(0);
+        lag_ahead |= tracked > journal;
+        seen.insert(journal);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let streamed = started.elapsed();
+    until("journal checkpoint 40", || {
+        j.applied("recording", ShardId(0)).unwrap() == Some(40)
+    })
+    .await;
+    let bound = (streamed.as_millis() / worker::RECORD_EVERY.as_millis()) as usize + 2;
+    assert!(
+        seen.len() <= bound && seen.len() < 40,
+        "{} distinct journal checkpoints in {streamed:?} (bound {bound}): {seen:?}",
+        seen.len()
+    );
+    assert!(
+        lag_ahead,
+        "the lag tracker showed applied batches before the journal recorded them"
+    );
+    stop.send(true).unwrap();
+    w.await.unwrap().unwrap();
 }

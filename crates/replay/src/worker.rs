@@ -4,8 +4,18 @@
 //! new records when there are none (woken by the lag tracker when the tailer
 //! journals more, with a short timeout as a safety net); pass the rate
 //! limiter; apply through the sink, retrying transient errors with backoff;
-//! record the durable sequence in the journal (which refuses to move it
-//! backward) and in the lag tracker.
+//! record the durable sequence in the lag tracker at once and in the journal
+//! (which refuses to move it backward) at most every [`RECORD_EVERY`] while
+//! the shard streams, at once for a batch that holds a fence, and whenever
+//! the worker finds nothing more to read or stops.
+//!
+//! The journal's applied checkpoint only drives truncation and tells a
+//! restarted worker where to resume; the target's own checkpoint
+//! ([`Sink::durable_checkpoint`]) is the truth, and a worker resumes from
+//! the higher of the two, so a journal checkpoint a moment behind costs at
+//! most a moment of idempotent re-apply. Recording one per batch cost a
+//! journal write per batch: with the Kafka journal, a record in the
+//! journal's own partition, which every handle reads.
 
 use crate::{RateLimiter, Sink, SinkError};
 use ferry_core::metric_names as m;
@@ -53,6 +63,10 @@ pub struct WorkerConfig {
     /// shown in `status`, instead of a silent stall.
     pub apply_timeout: Duration,
 }
+
+/// How often, at most, a streaming worker records its applied checkpoint
+/// in the journal.
+pub const RECORD_EVERY: Duration = Duration::from_millis(250);
 
 /// The default [`WorkerConfig::apply_timeout`].
 pub const DEFAULT_APPLY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -158,6 +172,23 @@ pub async fn run<J: Journal, S: Sink>(
         stage("applied"),
         stage("checkpoint"),
     );
+    // What the journal holds for this worker, and when it was recorded.
+    let mut recorded = applied;
+    let mut recorded_at = std::time::Instant::now();
+    let record = |seq: Seq| {
+        let journal = Arc::clone(&journal);
+        let target = target.clone();
+        let checkpoint_s = checkpoint_s.clone();
+        async move {
+            let at = std::time::Instant::now();
+            journal
+                .set_applied(&target, shard, seq)
+                .await
+                .map_err(fatal)?;
+            checkpoint_s.record(at.elapsed().as_secs_f64());
+            Ok::<(), SinkError>(())
+        }
+    };
     while !shutdown.is_stopping() {
         let read_at = std::time::Instant::now();
         let events = match journal.read(shard, applied + 1, cfg.budget) {
@@ -171,6 +202,10 @@ pub async fn run<J: Journal, S: Sink>(
             Err(e) => return Err(fatal(e)),
         };
         let Some(last) = events.last() else {
+            if applied > recorded {
+                record(applied).await?;
+                (recorded, recorded_at) = (applied, std::time::Instant::now());
+            }
             tokio::select! {
                 _ = wake.changed() => {}
                 () = tokio::time::sleep(cfg.idle_wait) => {}
@@ -219,12 +254,6 @@ pub async fn run<J: Journal, S: Sink>(
         }
         if durable > applied {
             let count = durable - applied;
-            let checkpoint_at = std::time::Instant::now();
-            journal
-                .set_applied(&target, shard, durable)
-                .await
-                .map_err(fatal)?;
-            checkpoint_s.record(checkpoint_at.elapsed().as_secs_f64());
             let position = events
                 .iter()
                 .rev()
@@ -232,6 +261,21 @@ pub async fn run<J: Journal, S: Sink>(
                 .map_or(last_position, |e| e.position.order);
             lag.applied(shard, &target, durable, count, position);
             applied = durable;
+            let fence = events.iter().any(|e| matches!(e.op, ferry_core::Op::Fence));
+            if fence {
+                tracing::debug!(shard = shard.0, target_store = %target, seq = durable, "applied through a fence");
+            }
+            if fence || recorded_at.elapsed() >= RECORD_EVERY {
+                record(applied).await?;
+                (recorded, recorded_at) = (applied, std::time::Instant::now());
+            }
+        }
+    }
+    // Stopping: the last checkpoint, if the journal still takes it (a
+    // restart resumes from the target's own checkpoint either way).
+    if applied > recorded {
+        if let Err(e) = record(applied).await {
+            tracing::warn!(shard = shard.0, target_store = %target, error = %e, "stopping: the journal did not take the last applied checkpoint");
         }
     }
     Ok(())

@@ -190,6 +190,7 @@ impl MongoTailer {
                 }
                 req = self.fence_rx.recv() => {
                     let Some(req) = req else { continue };
+                    tracing::debug!(position = req.position, "fence asked for");
                     fences.add(req, &shared);
                     let ready = fences.ready(None, seen);
                     if !ready.is_empty() {
@@ -334,6 +335,7 @@ impl MongoTailer {
         pending.count = 0;
         pending.since = None;
         if !ready.is_empty() {
+            tracing::debug!(?ready, ok = result.is_ok(), "fence journaled");
             fences.complete(ready, &result.clone());
         }
         result
