@@ -1,12 +1,12 @@
 //! Three agents on one migration: the journal in Kafka (tansu), the
 //! coordination in etcd.
 //!
-//! - etcd to etcd under churn on memory broker storage: the tailer leader
-//!   SIGKILLed (another takes over), an agent owning shards SIGKILLed (its
-//!   shards move), a paused leader that wakes after its lease expired (it
-//!   appends nothing), then `ferry stop` sent to an agent that does not lead,
-//!   with one agent dead: the leader fences, every shard's owner records it
-//!   in etcd, the leader opens.
+//! - etcd to etcd under churn on durable broker storage (`s3://` on moto):
+//!   the tailer leader SIGKILLed (another takes over), an agent owning
+//!   shards SIGKILLed (its shards move), a paused leader that wakes after
+//!   its lease expired (it appends nothing), then `ferry stop` sent to an
+//!   agent that does not lead, with one agent dead: the leader fences, every
+//!   shard's owner records it in etcd, the leader opens.
 //! - MongoDB to MongoDB (real mongod 7.0) on durable broker storage (`s3://`
 //!   on moto): a broker restart, the tailer leader SIGKILLed while it owns
 //!   shards, and the cutover sent to a non-leader with that agent dead; the
@@ -22,6 +22,13 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 use std::time::{Duration, Instant};
+
+/// The application's pace in the etcd test: 40 changes a second. Each of
+/// the broker's partitions must stay well under about 1000 produced
+/// batches: tansu on `s3://` (moto) serves nothing past that (see
+/// `Kafka::start_durable`), and the journal's own partition takes a commit
+/// per append.
+const WRITE_PAUSE: Duration = Duration::from_millis(25);
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -248,15 +255,8 @@ fn three_agents_share_a_migration_through_kills_and_a_pause() {
     m.wait_caught_up(leader, "the snapshot applied by three agents");
     m.verify("verify after the snapshot");
 
-    let writer = rt.block_on(async {
-        Writer::spawn(
-            client,
-            "app".into(),
-            3_200,
-            200_000,
-            Duration::from_millis(2),
-        )
-    });
+    let writer =
+        rt.block_on(async { Writer::spawn(client, "app".into(), 3_200, 1_500, WRITE_PAUSE) });
     // 1. The tailer leader dies: another takes over within the lease TTL.
     std::thread::sleep(Duration::from_secs(2));
     let killed_at = Instant::now();
@@ -282,7 +282,7 @@ fn three_agents_share_a_migration_through_kills_and_a_pause() {
     //    wakes and appends nothing: it stops, and the data stays equal.
     let writer = rt.block_on(async {
         let c = connect(&src.endpoint(), None).await;
-        Writer::spawn(c, "app".into(), 3_200, 2_000, Duration::from_millis(3))
+        Writer::spawn(c, "app".into(), 3_200, 400, WRITE_PAUSE)
     });
     let pid = m.agents[leader3].agent_pid().expect("the leader runs");
     kill(Pid::from_raw(pid), Signal::SIGSTOP).unwrap();

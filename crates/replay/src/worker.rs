@@ -66,7 +66,7 @@ pub struct WorkerConfig {
 
 /// How often, at most, a streaming worker records its applied checkpoint
 /// in the journal.
-pub const RECORD_EVERY: Duration = Duration::from_millis(250);
+pub const RECORD_EVERY: Duration = Duration::from_secs(1);
 
 /// The default [`WorkerConfig::apply_timeout`].
 pub const DEFAULT_APPLY_TIMEOUT: Duration = Duration::from_secs(60);
