@@ -291,6 +291,13 @@ impl AgentRun {
         let shared = Arc::new(SharedJournal::new(Arc::clone(&journal)));
         let worker_cfg = WorkerConfig {
             apply_timeout: Duration::from_millis(self.cfg.apply_timeout_ms.max(1)),
+            // Each applied checkpoint in a Kafka journal is a record every
+            // handle reads; spaced out (see `ferry_replay::worker`).
+            record_every: if self.cfg.journal_url.is_some() {
+                worker::KAFKA_RECORD_EVERY
+            } else {
+                Duration::ZERO
+            },
             ..WorkerConfig::default()
         };
         if let Some((coord, take_over)) = scale {

@@ -211,7 +211,7 @@ async fn a_batch_larger_than_the_burst_is_throttled_to_the_rate() {
 }
 
 /// While a shard streams, the lag tracker sees every applied batch, but the
-/// journal's checkpoint is written at most every `RECORD_EVERY` (plus once
+/// journal's checkpoint is written at most every `record_every` (plus once
 /// when the worker runs dry): 40 one-event batches of 25 ms each leave far
 /// fewer distinct journal checkpoints than batches, and the journal ends at
 /// the last one. The bound grows with the elapsed time, so a slow machine
@@ -232,6 +232,7 @@ async fn a_streaming_worker_records_its_journal_checkpoint_at_most_every_interva
             max_bytes: 1 << 20,
         },
         idle_wait: Duration::from_millis(50),
+        record_every: worker::KAFKA_RECORD_EVERY,
         ..WorkerConfig::default()
     };
     ferry_journal::Journal::append(j.as_ref(), batch(1, 40))
@@ -268,7 +269,7 @@ async fn a_streaming_worker_records_its_journal_checkpoint_at_most_every_interva
         j.applied("recording", ShardId(0)).unwrap() == Some(40)
     })
     .await;
-    let bound = (streamed.as_millis() / worker::RECORD_EVERY.as_millis()) as usize + 2;
+    let bound = (streamed.as_millis() / worker::KAFKA_RECORD_EVERY.as_millis()) as usize + 2;
     assert!(
         seen.len() <= bound && seen.len() < 40,
         "{} distinct journal checkpoints in {streamed:?} (bound {bound}): {seen:?}",

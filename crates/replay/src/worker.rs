@@ -5,17 +5,18 @@
 //! journals more, with a short timeout as a safety net); pass the rate
 //! limiter; apply through the sink, retrying transient errors with backoff;
 //! record the durable sequence in the lag tracker at once and in the journal
-//! (which refuses to move it backward) at most every [`RECORD_EVERY`] while
-//! the shard streams, at once for a batch that holds a fence, and whenever
-//! the worker finds nothing more to read or stops.
+//! (which refuses to move it backward): after every batch by default, or at
+//! most every [`WorkerConfig::record_every`] while the shard streams, at once
+//! for a batch that holds a fence, and whenever the worker finds nothing more
+//! to read or stops.
 //!
-//! The journal's applied checkpoint only drives truncation and tells a
-//! restarted worker where to resume; the target's own checkpoint
-//! ([`Sink::durable_checkpoint`]) is the truth, and a worker resumes from
-//! the higher of the two, so a journal checkpoint a moment behind costs at
-//! most a moment of idempotent re-apply. Recording one per batch cost a
-//! journal write per batch: with the Kafka journal, a record in the
-//! journal's own partition, which every handle reads.
+//! The journal's applied checkpoint drives truncation and tells a restarted
+//! worker where to resume; a worker resumes from the higher of it and the
+//! target's own checkpoint ([`Sink::durable_checkpoint`]), so a journal
+//! checkpoint a moment behind costs at most a moment of idempotent
+//! re-apply. The agent spaces them for the Kafka journal
+//! ([`KAFKA_RECORD_EVERY`]), where each is a record in the journal's own
+//! partition that every handle reads; the RocksDB journal's are cheap.
 
 use crate::{RateLimiter, Sink, SinkError};
 use ferry_core::metric_names as m;
@@ -62,11 +63,13 @@ pub struct WorkerConfig {
     /// process, a network that drops packets) becomes a transient error,
     /// shown in `status`, instead of a silent stall.
     pub apply_timeout: Duration,
+    /// How often, at most, a streaming worker records its applied
+    /// checkpoint in the journal; zero: after every batch.
+    pub record_every: Duration,
 }
 
-/// How often, at most, a streaming worker records its applied checkpoint
-/// in the journal.
-pub const RECORD_EVERY: Duration = Duration::from_secs(1);
+/// [`WorkerConfig::record_every`] for the Kafka journal.
+pub const KAFKA_RECORD_EVERY: Duration = Duration::from_secs(1);
 
 /// The default [`WorkerConfig::apply_timeout`].
 pub const DEFAULT_APPLY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -79,6 +82,7 @@ impl Default for WorkerConfig {
             // damage of a missed wake-up.
             idle_wait: Duration::from_millis(200),
             apply_timeout: DEFAULT_APPLY_TIMEOUT,
+            record_every: Duration::ZERO,
         }
     }
 }
@@ -265,7 +269,7 @@ pub async fn run<J: Journal, S: Sink>(
             if fence {
                 tracing::debug!(shard = shard.0, target_store = %target, seq = durable, "applied through a fence");
             }
-            if fence || recorded_at.elapsed() >= RECORD_EVERY {
+            if fence || recorded_at.elapsed() >= cfg.record_every {
                 record(applied).await?;
                 (recorded, recorded_at) = (applied, std::time::Instant::now());
             }
