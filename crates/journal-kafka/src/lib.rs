@@ -397,8 +397,16 @@ impl KafkaJournal {
     pub async fn take_over(&self, epoch: u64) -> Result<(), JournalError> {
         let writer: u64 = rand::random();
         let at = self.produce_meta(&Meta::Epoch { epoch, writer }).await?;
-        self.wait("taking over the journal", |st| st.read_past(0, at))
-            .await?;
+        // A negative offset: the broker deduplicated a resend (its report
+        // carries no offset); then wait for the epoch itself.
+        self.wait("taking over the journal", |st| {
+            if at >= 0 {
+                st.read_past(0, at)
+            } else {
+                st.epoch >= epoch
+            }
+        })
+        .await?;
         let voids: Vec<(i32, Seq)> = {
             let st = self.lock();
             if (st.epoch, st.epoch_writer) != (epoch, writer) {
@@ -425,7 +433,15 @@ impl KafkaJournal {
             landed.push((p, delivered(f.await)?));
         }
         self.wait("fencing the journal's shards", |st| {
-            landed.iter().all(|(p, o)| st.read_past(*p, *o))
+            landed.iter().all(|(p, o)| {
+                if *o >= 0 {
+                    st.read_past(*p, *o)
+                } else {
+                    st.shards
+                        .get(&(*p as u32 - 1))
+                        .is_some_and(|s| s.fence >= epoch)
+                }
+            })
         })
         .await?;
         self.inner.epoch.store(epoch, Ordering::SeqCst);
@@ -559,21 +575,28 @@ impl Journal for KafkaJournal {
                 ev.seq = part.first_seq + i as u64;
                 let frame = encode_frame(&ev);
                 let h = records::event_headers(&e, &ev.seq.to_string());
-                pending.push((lasts.len(), self.send(p, &frame, Some(h))?));
+                let last = i as u64 + 1 == n;
+                pending.push((lasts.len(), last, self.send(p, &frame, Some(h))?));
             }
             events += n as usize;
             lasts.push((part.shard.0, part.first_seq + n - 1, p));
         }
-        // Every event acknowledged before the commit that shows them.
+        // Every event acknowledged before the commit that shows them. Each
+        // shard's last event's offset, or a negative one when the broker
+        // deduplicated it (a resend after a broker restart: the record is
+        // in the partition, but its delivery report carries no offset).
         let mut last_offset = vec![-1i64; lasts.len()];
-        for (i, f) in pending {
+        for (i, last, f) in pending {
             let o = delivered(f.await)?;
-            last_offset[i] = last_offset[i].max(o);
+            if last {
+                last_offset[i] = o;
+            }
         }
+        let checkpoint = batch.checkpoint.map(|c| (c.source, c.position));
         let commit = Meta::Commit {
             epoch,
             shards: lasts.iter().map(|(s, l, _)| (*s, *l)).collect(),
-            checkpoint: batch.checkpoint.map(|c| (c.source, c.position)),
+            checkpoint: checkpoint.clone(),
         };
         let acked = asked.elapsed();
         let at = self.produce_meta(&commit).await?;
@@ -586,22 +609,57 @@ impl Journal for KafkaJournal {
             ?last_offset,
             "awaiting the follower"
         );
+        // What the commit makes visible, for a commit whose own offset is
+        // unknown (deduplicated too): every shard through its last and the
+        // checkpoint.
+        let visible = |st: &State| {
+            lasts
+                .iter()
+                .all(|(s, l, _)| st.shards.get(s).is_some_and(|sh| sh.last() >= *l))
+                && checkpoint
+                    .as_ref()
+                    .is_none_or(|(src, pos)| st.sources.get(src).is_some_and(|c| c >= pos))
+        };
+        // Read back: the commit, and each shard's last event, at its
+        // offset when known, else wherever the follower indexed it.
         self.wait("appending to the journal", |st| {
-            st.read_past(0, at)
-                && lasts
-                    .iter()
-                    .zip(&last_offset)
-                    .all(|((_, _, p), o)| st.read_past(*p, *o))
+            (if at >= 0 {
+                st.read_past(0, at)
+            } else {
+                visible(st)
+            }) && lasts.iter().zip(&last_offset).all(|((s, l, p), o)| {
+                if *o >= 0 {
+                    st.read_past(*p, *o)
+                } else {
+                    st.shards.get(s).is_some_and(|sh| sh.offset(*l).is_some())
+                }
+            })
         })
         .await?;
         let st = self.lock();
-        let ours = st.verdict(at) == Some(true)
+        // Ours: the commit valid (our epoch is the journal's), and each
+        // shard's last event the record we sent. One whose offset is
+        // unknown was indexed under the current epoch, which is ours.
+        let commit_valid = if at >= 0 {
+            st.verdict(at) == Some(true)
+        } else {
+            st.epoch == epoch && visible(&st)
+        };
+        let ours = commit_valid
             && lasts.iter().zip(&last_offset).all(|((s, l, _), o)| {
                 st.shards
                     .get(s)
-                    .is_some_and(|sh| sh.last() >= *l && sh.offset(*l) == Some(*o))
+                    .is_some_and(|sh| sh.last() >= *l && (*o < 0 || sh.offset(*l) == Some(*o)))
             });
         if !ours {
+            if st.epoch == epoch {
+                // Not another writer: say what did not match.
+                let found: Vec<_> = lasts
+                    .iter()
+                    .map(|(s, l, _)| st.shards.get(s).map(|sh| (sh.last(), sh.offset(*l))))
+                    .collect();
+                tracing::warn!(commit_at = at, verdict = ?st.verdict(at), ?lasts, ?last_offset, ?found, "an append's read back does not match what it sent");
+            }
             return Err(JournalError::Fenced {
                 mine: epoch,
                 by: st.epoch,
