@@ -30,6 +30,12 @@ use std::time::{Duration, Instant};
 /// per append.
 const WRITE_PAUSE: Duration = Duration::from_millis(25);
 
+/// How long `verify` may take to come out equal after a fault. On `s3://`
+/// storage (moto, one Python process) a journal append took 1 to 7 s after
+/// a takeover here, and the target was equal 12 to 57 s after a broker
+/// restart: the bound leaves room for a slower run, never for a loss.
+const CONVERGE: Duration = Duration::from_secs(150);
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -282,7 +288,7 @@ fn three_agents_share_a_migration_through_kills_and_a_pause() {
     let leader3 = m.wait_settled(&live, "after an owner's SIGKILL");
     rt.block_on(writer.finish());
     m.wait_caught_up(leader3, "caught up after the kills");
-    m.verify_converges("verify after the kills", Duration::from_secs(60));
+    m.verify_converges("verify after the kills", CONVERGE);
 
     // 3. The leader pauses past its lease; another leads; the paused one
     //    wakes and appends nothing: it stops, and the data stays equal.
@@ -309,10 +315,7 @@ fn three_agents_share_a_migration_through_kills_and_a_pause() {
     m.wait_caught_up(leader4, "caught up after the pause");
     // The new leader's tailer may still be reading the source's latest
     // changes (it resumed from the journal's checkpoint): converge.
-    m.verify_converges(
-        "verify after the deposed leader woke",
-        Duration::from_secs(60),
-    );
+    m.verify_converges("verify after the deposed leader woke", CONVERGE);
 
     // 4. One agent comes back (the other stays dead); `ferry stop` is sent
     //    to it, not to the leader: the leader fences, every shard's owner
@@ -389,7 +392,7 @@ fn three_agents_move_mongodb_through_a_broker_restart_on_durable_storage() {
     let ops = writer.join().unwrap();
     assert!(ops > 50, "the application made only {ops} changes");
     m.wait_caught_up(leader, "caught up after the broker restart");
-    m.verify_converges("verify after the broker restart", Duration::from_secs(60));
+    m.verify_converges("verify after the broker restart", CONVERGE);
     eprintln!("equal {:?} after the broker restart", restarted.elapsed());
 
     // 2. The leader, which also owns shards, is SIGKILLed while the
@@ -412,7 +415,7 @@ fn three_agents_move_mongodb_through_a_broker_restart_on_durable_storage() {
     stop.store(true, Ordering::Relaxed);
     writer.join().unwrap();
     m.wait_caught_up(leader2, "caught up after the leader's SIGKILL");
-    m.verify_converges("verify after the leader's SIGKILL", Duration::from_secs(60));
+    m.verify_converges("verify after the leader's SIGKILL", CONVERGE);
     eprintln!("equal {:?} after the leader's SIGKILL", killed.elapsed());
 
     // 3. The cutover, sent to the agent that does not lead, with the third

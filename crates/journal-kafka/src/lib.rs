@@ -170,6 +170,10 @@ fn consumer(bootstrap: &str) -> Result<BaseConsumer<Quiet>, JournalError> {
         .set("fetch.wait.max.ms", "100")
         // Each fetch's high watermark: where a partition ends.
         .set("statistics.interval.ms", "100")
+        // Reading again within a second of a broker restart (librdkafka
+        // backs off up to 10 s), and soon after a failed fetch.
+        .set("reconnect.backoff.max.ms", "1000")
+        .set("fetch.error.backoff.ms", "100")
         .create_with_context(Quiet::default())
         .map_err(io)
 }
@@ -228,6 +232,9 @@ impl KafkaJournal {
             .set("message.timeout.ms", "30000")
             .set("linger.ms", "1")
             .set("queue.buffering.max.messages", "1000000")
+            // Back at the broker within a second of its restart, not
+            // librdkafka's 10 s backoff ceiling: every append waits on it.
+            .set("reconnect.backoff.max.ms", "1000")
             .create_with_context(Quiet::default())
             .map_err(io)?;
         let state = Arc::new(Mutex::new(match snapshot {
