@@ -3,7 +3,7 @@
 //!
 //! - etcd to etcd under churn on durable broker storage (`s3://` on moto):
 //!   the tailer leader SIGKILLed (another takes over), an agent owning
-//!   shards SIGKILLed (its shards move), a paused leader that wakes after
+//!   shards SIGKILLed (its shards move), a broker restart, a paused leader that wakes after
 //!   its lease expired (it appends nothing), then `ferry stop` sent to an
 //!   agent that does not lead, with one agent dead: the leader fences, every
 //!   shard's owner records it in etcd, the leader opens.
@@ -285,10 +285,19 @@ fn three_agents_share_a_migration_through_kills_and_a_pause() {
     let owner = (0..3).find(|i| *i != leader2).unwrap();
     m.agents[owner].kill_agent();
     let live: Vec<usize> = (0..3).filter(|i| *i != owner).collect();
-    let leader3 = m.wait_settled(&live, "after an owner's SIGKILL");
+    m.wait_settled(&live, "after an owner's SIGKILL");
+    // The broker restarts while the application writes (its data on S3
+    // survives it).
+    let restarted = Instant::now();
+    kafka
+        .restart()
+        .expect("the broker restarts on its S3 storage");
+    std::thread::sleep(Duration::from_secs(2));
     rt.block_on(writer.finish());
-    m.wait_caught_up(leader3, "caught up after the kills");
-    m.verify_converges("verify after the kills", CONVERGE);
+    let leader3 = m.wait_settled(&live, "after the broker restart");
+    m.wait_caught_up(leader3, "caught up after the kills and the restart");
+    m.verify_converges("verify after the kills and the restart", CONVERGE);
+    eprintln!("equal {:?} after the broker restart", restarted.elapsed());
 
     // 3. The leader pauses past its lease; another leads; the paused one
     //    wakes and appends nothing: it stops, and the data stays equal.

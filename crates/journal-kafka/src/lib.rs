@@ -646,7 +646,10 @@ impl Journal for KafkaJournal {
         let st = self.lock();
         // Ours: the commit valid (our epoch is the journal's), and each
         // shard's last event the record we sent. One whose offset is
-        // unknown was indexed under the current epoch, which is ours.
+        // unknown was indexed under the current epoch, which is ours; one
+        // already truncated was applied by every target before this
+        // handle looked (other agents' workers read it as soon as the
+        // commit showed it).
         let commit_valid = if at >= 0 {
             st.verdict(at) == Some(true)
         } else {
@@ -654,9 +657,9 @@ impl Journal for KafkaJournal {
         };
         let ours = commit_valid
             && lasts.iter().zip(&last_offset).all(|((s, l, _), o)| {
-                st.shards
-                    .get(s)
-                    .is_some_and(|sh| sh.last() >= *l && (*o < 0 || sh.offset(*l) == Some(*o)))
+                st.shards.get(s).is_some_and(|sh| {
+                    sh.last() >= *l && (*o < 0 || sh.offset(*l) == Some(*o) || sh.truncated >= *l)
+                })
             });
         if !ours {
             if st.epoch == epoch {
