@@ -600,8 +600,7 @@ fn the_status_page_logs_in_shows_the_shards_and_cuts_over_in_chromium() {
     });
     let f = Ferry::new();
     let source = src.url("p");
-    // Rate-limited, so the browser sees the copy in progress: about 20 s
-    // (at 400 a second, one CI run's Chromium first looked after the copy).
+    // Rate-limited, so the browser sees the copy in progress.
     ok(
         &f.start(
             &source,
@@ -609,7 +608,7 @@ fn the_status_page_logs_in_shows_the_shards_and_cuts_over_in_chromium() {
             &[
                 "--source.read-only=external",
                 "--rate-limit",
-                "200",
+                "400",
                 "--shards",
                 "2",
             ],
