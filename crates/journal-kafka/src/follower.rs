@@ -261,6 +261,12 @@ impl State {
         st
     }
 
+    /// An applied checkpoint: each (target, shard) keeps its highest.
+    pub fn note_applied(&mut self, target: String, shard: u32, seq: Seq) {
+        let cur = self.applied.entry((target, shard)).or_default();
+        *cur = (*cur).max(seq);
+    }
+
     pub fn caught_up(&self) -> bool {
         self.eof.iter().all(|e| *e)
     }
@@ -340,10 +346,7 @@ impl State {
                 }
                 self.verdicts.push_back((offset, valid));
             }
-            Meta::Applied { target, shard, seq } => {
-                let cur = self.applied.entry((target, shard)).or_default();
-                *cur = (*cur).max(seq);
-            }
+            Meta::Applied { target, shard, seq } => self.note_applied(target, shard, seq),
             Meta::Truncate { shard, through } => {
                 self.shards.entry(shard).or_default().truncate(through);
             }

@@ -818,9 +818,7 @@ impl Journal for KafkaJournal {
             seq,
         })
         .await?;
-        let mut st = self.lock();
-        let cur = st.applied.entry((target.to_string(), shard.0)).or_default();
-        *cur = (*cur).max(seq);
+        self.lock().note_applied(target.to_string(), shard.0, seq);
         Ok(())
     }
 
